@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages elephant builds against. Safe to re-run: it installs only what is missing.
+set -euo pipefail
+packages=(
+  build-essential cmake pkg-config ccache
+  libopenblas-dev             # CPU GEMMs
+  libsentencepiece-dev        # tokenizer
+  nlohmann-json3-dev          # config.json and safetensors headers
+  libcli11-dev                # command-line flags
+  libgtest-dev libbenchmark-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+echo "setup: all build dependencies present"

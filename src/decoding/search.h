@@ -1,0 +1,28 @@
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "models/encoder_decoder.h"
+
+namespace elephant {
+
+struct SearchOptions {
+  int beam_size = 1;            // 1: greedy
+  int max_length = 256;         // generated tokens, EOS included
+  float length_penalty = 1.0f;  // finished beam scores are sum(log p) / length^length_penalty
+  bool prune_finished = true;   // drop finished sources from the decoder batch
+};
+
+// Generates a target for every encoded source. Each result holds the generated ids, ending with EOS when
+// the model produced it before max_length. Greedy and beam search follow transformers' generate()
+// (num_beams, length_penalty, early_stopping=False) so that the tokens are identical.
+std::vector<std::vector<int32_t>> generate(EncoderDecoderModel& model, const EncoderOutput& encoded,
+                                           const SearchOptions& options);
+
+std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
+                                                const SearchOptions& options);
+std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
+                                              const SearchOptions& options);
+
+}  // namespace elephant

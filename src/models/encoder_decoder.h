@@ -1,0 +1,76 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/tensor.h"
+#include "elephant/model_info.h"
+
+namespace elephant {
+
+struct SpecialTokens {
+  int32_t decoder_start = 0;
+  int32_t eos = 1;
+  int32_t pad = 0;
+  int32_t vocab_size = 0;
+};
+
+// Encoder states of a batch of sources, packed token-major without padding: source i owns the rows
+// [offsets[i], offsets[i + 1]) of hidden.
+struct EncoderOutput {
+  Tensor hidden;
+  std::vector<int64_t> offsets;
+};
+
+// Everything a decoder keeps between steps for its live rows (beams of live sources).
+class DecoderState {
+ public:
+  struct Layer {
+    Tensor self_keys, self_values;    // [rows, capacity, heads * head_dim]: one slot per step
+    Tensor cross_keys, cross_values;  // [source tokens, heads * head_dim], packed like EncoderOutput
+  };
+
+  DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int capacity);
+
+  int steps_done() const { return steps_done_; }
+  int capacity() const { return capacity_; }
+  int64_t rows() const { return static_cast<int64_t>(row_source_.size()); }
+  const std::vector<int32_t>& row_source() const { return row_source_; }
+  const std::vector<int64_t>& source_offsets() const { return source_offsets_; }
+  std::vector<Layer>& layers() { return layers_; }
+
+  // Keeps the old rows `rows`, in that order: reorders beams and drops the rows of finished sources.
+  // A source that no kept row refers to is dropped and the cross-attention memory compacted.
+  void select_rows(const std::vector<int32_t>& rows);
+  void advance() { ++steps_done_; }
+
+ private:
+  std::vector<int64_t> source_offsets_;
+  std::vector<int32_t> row_source_;
+  std::vector<Layer> layers_;
+  int capacity_;
+  int steps_done_ = 0;
+};
+
+// The interface decoding strategies drive; one implementation per architecture under src/models/.
+class EncoderDecoderModel {
+ public:
+  virtual ~EncoderDecoderModel() = default;
+
+  virtual const SpecialTokens& special_tokens() const = 0;
+  virtual const ModelInfo& info() const = 0;
+
+  // Each source is a list of token ids (ending with EOS).
+  virtual EncoderOutput encode(const std::vector<std::vector<int32_t>>& sources) = 0;
+  // Prepares `rows_per_source` decoder rows per source (beams) for at most `max_steps` steps.
+  virtual std::unique_ptr<DecoderState> start_decoding(const EncoderOutput& encoded, int rows_per_source,
+                                                       int max_steps) = 0;
+  // Feeds one token per live row and returns next-token logits [rows, vocab].
+  virtual Tensor step(DecoderState& state, const std::vector<int32_t>& tokens) = 0;
+};
+
+// Reads config.json's model_type and builds the matching architecture from the directory's checkpoint.
+std::unique_ptr<EncoderDecoderModel> load_model(const std::string& model_dir);
+
+}  // namespace elephant

@@ -1,0 +1,350 @@
+#include "models/switch_transformers.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "elephant/error.h"
+#include "io/checkpoint.h"
+#include "io/json_config.h"
+#include "ops/gemm.h"
+#include "ops/relative_position.h"
+
+namespace elephant {
+
+SwitchTransformersConfig SwitchTransformersConfig::parse(const JsonConfig& json) {
+  SwitchTransformersConfig c;
+  c.vocab_size = json.get_positive_int("vocab_size", c.vocab_size);
+  c.d_model = json.get_positive_int("d_model", c.d_model);
+  c.d_kv = json.get_positive_int("d_kv", c.d_kv);
+  c.d_ff = json.get_positive_int("d_ff", c.d_ff);
+  c.num_heads = json.get_positive_int("num_heads", c.num_heads);
+  c.num_layers = json.get_positive_int("num_layers", c.num_layers);
+  c.num_decoder_layers = json.has("num_decoder_layers") && !json.is_null("num_decoder_layers")
+                             ? json.get_positive_int("num_decoder_layers", c.num_layers)
+                             : c.num_layers;
+  c.num_sparse_encoder_layers = json.get_int("num_sparse_encoder_layers", c.num_sparse_encoder_layers);
+  c.num_sparse_decoder_layers = json.get_int("num_sparse_decoder_layers", c.num_sparse_decoder_layers);
+  c.num_experts = json.get_positive_int("num_experts", c.num_experts);
+  c.relative_attention_num_buckets =
+      json.get_positive_int("relative_attention_num_buckets", c.relative_attention_num_buckets);
+  c.relative_attention_max_distance =
+      json.get_positive_int("relative_attention_max_distance", c.relative_attention_max_distance);
+  c.layer_norm_epsilon = json.get_float("layer_norm_epsilon", c.layer_norm_epsilon);
+  c.dense_act_fn = json.get_string("dense_act_fn", c.dense_act_fn);
+  c.router_bias = json.get_bool("router_bias", c.router_bias);
+  c.tie_word_embeddings = json.get_bool("tie_word_embeddings", c.tie_word_embeddings);
+  c.pad_token_id = json.get_int("pad_token_id", c.pad_token_id);
+  // T5-style models start decoding from the pad token when the config names no start token.
+  c.decoder_start_token_id = json.has("decoder_start_token_id") && !json.is_null("decoder_start_token_id")
+                                 ? json.get_int("decoder_start_token_id", c.pad_token_id)
+                                 : c.pad_token_id;
+  if (json.has("eos_token_id")) {
+    const std::vector<int> eos = json.get_int_list_or_int("eos_token_id");
+    if (eos.size() != 1)
+      throw ModelError(json.path() + ": eos_token_id must name exactly one token, got " +
+                       std::to_string(eos.size()));
+    c.eos_token_id = eos[0];
+  }
+
+  const auto fail = [&](const std::string& message) { throw ModelError(json.path() + ": " + message); };
+  if (c.num_sparse_encoder_layers < 0 || c.num_sparse_encoder_layers > c.num_layers)
+    fail("num_sparse_encoder_layers " + std::to_string(c.num_sparse_encoder_layers) + " is not in [0, num_layers " +
+         std::to_string(c.num_layers) + "]");
+  if (c.num_sparse_decoder_layers < 0 || c.num_sparse_decoder_layers > c.num_decoder_layers)
+    fail("num_sparse_decoder_layers " + std::to_string(c.num_sparse_decoder_layers) +
+         " is not in [0, num_decoder_layers " + std::to_string(c.num_decoder_layers) + "]");
+  if (c.relative_attention_num_buckets < 4)
+    fail("relative_attention_num_buckets must be at least 4, got " + std::to_string(c.relative_attention_num_buckets));
+  if (!(c.layer_norm_epsilon > 0.0f)) fail("layer_norm_epsilon must be positive");
+  for (const auto& [name, id] : {std::pair<const char*, int>{"pad_token_id", c.pad_token_id},
+                                 {"eos_token_id", c.eos_token_id},
+                                 {"decoder_start_token_id", c.decoder_start_token_id}})
+    if (id < 0 || id >= c.vocab_size)
+      fail(std::string(name) + " " + std::to_string(id) + " is outside the vocabulary of " +
+           std::to_string(c.vocab_size));
+  if (json.has("feed_forward_proj") && json.get_string("feed_forward_proj", "").rfind("gated-", 0) == 0)
+    fail("feed_forward_proj \"" + json.get_string("feed_forward_proj", "") +
+         "\" asks for a gated FFN, which transformers' SwitchTransformers does not have");
+  try {
+    ops::parse_activation(c.dense_act_fn);
+  } catch (const std::invalid_argument& e) {
+    fail(std::string("dense_act_fn: ") + e.what());
+  }
+  return c;
+}
+
+namespace {
+
+int sparse_step(int layers, int sparse_layers) { return sparse_layers > 0 ? layers / sparse_layers : layers; }
+
+bool layer_is_sparse(int layer, int step) { return step > 0 && (layer % step == 1 || step == 1); }
+
+}  // namespace
+
+int SwitchTransformersConfig::encoder_sparse_step() const {
+  return sparse_step(num_layers, num_sparse_encoder_layers);
+}
+int SwitchTransformersConfig::decoder_sparse_step() const {
+  return sparse_step(num_decoder_layers, num_sparse_decoder_layers);
+}
+bool SwitchTransformersConfig::encoder_layer_is_sparse(int layer) const {
+  return layer_is_sparse(layer, encoder_sparse_step());
+}
+bool SwitchTransformersConfig::decoder_layer_is_sparse(int layer) const {
+  return layer_is_sparse(layer, decoder_sparse_step());
+}
+
+ModelInfo SwitchTransformersModel::describe(const SwitchTransformersConfig& c, const Checkpoint& checkpoint) {
+  ModelInfo info;
+  info.architecture = "switch_transformers";
+  info.d_model = c.d_model;
+  info.d_ff = c.d_ff;
+  info.num_heads = c.num_heads;
+  info.d_kv = c.d_kv;
+  info.vocab_size = c.vocab_size;
+  info.encoder_layers = c.num_layers;
+  info.decoder_layers = c.num_decoder_layers;
+  for (int i = 0; i < c.num_layers; ++i) info.sparse_encoder_layers += c.encoder_layer_is_sparse(i);
+  for (int i = 0; i < c.num_decoder_layers; ++i) info.sparse_decoder_layers += c.decoder_layer_is_sparse(i);
+  info.num_experts = c.num_experts;
+  info.parameters = checkpoint.parameter_count();
+  info.expert_parameters = static_cast<int64_t>(info.sparse_encoder_layers + info.sparse_decoder_layers) *
+                           c.num_experts * 2 * c.d_ff * c.d_model;
+  info.bytes_by_dtype = checkpoint.bytes_by_dtype();
+  return info;
+}
+
+namespace {
+
+// Builds the typed layers from the checkpoint by transformers' tensor names.
+class LayerBuilder {
+ public:
+  LayerBuilder(const SwitchTransformersConfig& config, Checkpoint& checkpoint)
+      : c_(config), checkpoint_(checkpoint) {}
+
+  Tensor load(const std::string& name, const Shape& shape) { return checkpoint_.load(name, shape); }
+
+  layers::RmsNorm norm(const std::string& prefix) {
+    return {load(prefix + ".layer_norm.weight", {c_.d_model}), c_.layer_norm_epsilon};
+  }
+
+  layers::MultiHeadAttention attention(const std::string& prefix) {
+    const int64_t inner = static_cast<int64_t>(c_.num_heads) * c_.d_kv;
+    layers::MultiHeadAttention a;
+    a.q = load(prefix + ".q.weight", {inner, c_.d_model});
+    a.k = load(prefix + ".k.weight", {inner, c_.d_model});
+    a.v = load(prefix + ".v.weight", {inner, c_.d_model});
+    a.o = load(prefix + ".o.weight", {c_.d_model, inner});
+    a.num_heads = c_.num_heads;
+    a.head_dim = c_.d_kv;
+    return a;
+  }
+
+  layers::DenseFeedForward dense(const std::string& prefix) {
+    return {load(prefix + ".wi.weight", {c_.d_ff, c_.d_model}), load(prefix + ".wo.weight", {c_.d_model, c_.d_ff})};
+  }
+
+  layers::FeedForward feed_forward(const std::string& prefix, bool sparse) {
+    layers::FeedForward ffn;
+    ffn.activation = ops::parse_activation(c_.dense_act_fn);
+    if (!sparse) {
+      ffn.dense = dense(prefix);
+      return ffn;
+    }
+    layers::MixtureOfExperts moe;
+    moe.router = load(prefix + ".router.classifier.weight", {c_.num_experts, c_.d_model});
+    if (c_.router_bias) moe.router_bias = load(prefix + ".router.classifier.bias", {c_.num_experts});
+    for (int e = 0; e < c_.num_experts; ++e) moe.experts.push_back(dense(prefix + ".experts.expert_" + std::to_string(e)));
+    ffn.moe = std::move(moe);
+    return ffn;
+  }
+
+ private:
+  const SwitchTransformersConfig& c_;
+  Checkpoint& checkpoint_;
+};
+
+}  // namespace
+
+SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig& config, Checkpoint& checkpoint)
+    : config_(config) {
+  const SwitchTransformersConfig& c = config_;
+  LayerBuilder builder(c, checkpoint);
+  shared_embedding_ = builder.load("shared.weight", {c.vocab_size, c.d_model});
+  // transformers ties these to shared.weight; checkpoints may still carry copies.
+  for (const char* alias : {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"})
+    if (checkpoint.contains(alias)) builder.load(alias, {c.vocab_size, c.d_model});
+  if (c.tie_word_embeddings) {
+    lm_head_ = shared_embedding_;
+    if (checkpoint.contains("lm_head.weight")) builder.load("lm_head.weight", {c.vocab_size, c.d_model});
+  } else {
+    lm_head_ = builder.load("lm_head.weight", {c.vocab_size, c.d_model});
+  }
+
+  encoder_relative_bias_ = builder.load("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                                        {c.relative_attention_num_buckets, c.num_heads});
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string block = "encoder.block." + std::to_string(i);
+    EncoderLayer layer;
+    layer.attention_norm = builder.norm(block + ".layer.0");
+    layer.attention = builder.attention(block + ".layer.0.SelfAttention");
+    layer.ffn_norm = builder.norm(block + ".layer.1");
+    layer.ffn = builder.feed_forward(block + ".layer.1.mlp", c.encoder_layer_is_sparse(i));
+    encoder_layers_.push_back(std::move(layer));
+  }
+  encoder_final_norm_ = {builder.load("encoder.final_layer_norm.weight", {c.d_model}), c.layer_norm_epsilon};
+
+  decoder_relative_bias_ = builder.load("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                                        {c.relative_attention_num_buckets, c.num_heads});
+  for (int i = 0; i < c.num_decoder_layers; ++i) {
+    const std::string block = "decoder.block." + std::to_string(i);
+    DecoderLayer layer;
+    layer.self_attention_norm = builder.norm(block + ".layer.0");
+    layer.self_attention = builder.attention(block + ".layer.0.SelfAttention");
+    layer.cross_attention_norm = builder.norm(block + ".layer.1");
+    layer.cross_attention = builder.attention(block + ".layer.1.EncDecAttention");
+    layer.ffn_norm = builder.norm(block + ".layer.2");
+    layer.ffn = builder.feed_forward(block + ".layer.2.mlp", c.decoder_layer_is_sparse(i));
+    decoder_layers_.push_back(std::move(layer));
+  }
+  decoder_final_norm_ = {builder.load("decoder.final_layer_norm.weight", {c.d_model}), c.layer_norm_epsilon};
+  checkpoint.check_all_used();
+
+  special_tokens_ = {c.decoder_start_token_id, c.eos_token_id, c.pad_token_id, c.vocab_size};
+  info_ = describe(c, checkpoint);
+}
+
+EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int32_t>>& sources) {
+  EncoderOutput out;
+  out.offsets = {0};
+  std::vector<int32_t> tokens;
+  int64_t longest = 0;
+  for (const auto& source : sources) {
+    if (source.empty()) throw InputError("encode: empty source (every source ends with EOS)");
+    tokens.insert(tokens.end(), source.begin(), source.end());
+    out.offsets.push_back(static_cast<int64_t>(tokens.size()));
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(source.size()));
+  }
+  ops::AttentionLayout layout;
+  layout.query_begin = out.offsets;
+  for (size_t s = 0; s < sources.size(); ++s) {
+    layout.key_begin.push_back(out.offsets[s]);
+    layout.key_length.push_back(out.offsets[s + 1] - out.offsets[s]);
+    layout.query_position.push_back(0);
+  }
+  const int max_offset = static_cast<int>(std::max<int64_t>(longest - 1, 0));
+  const Tensor bias = ops::relative_position_bias(
+      encoder_relative_bias_, max_offset,
+      {true, config_.relative_attention_num_buckets, config_.relative_attention_max_distance});
+  ops::AttentionArgs args;
+  args.num_heads = config_.num_heads;
+  args.head_dim = config_.d_kv;
+  args.position_bias = &bias;
+  args.bias_max_offset = max_offset;
+
+  Tensor hidden = layers::embed(shared_embedding_, tokens);
+  for (const EncoderLayer& layer : encoder_layers_) {
+    const Tensor normed = layer.attention_norm(hidden);
+    const Tensor keys = ops::linear(normed, layer.attention.k);
+    const Tensor values = ops::linear(normed, layer.attention.v);
+    layers::add_attention(layer.attention, normed, keys, values, layout, args, hidden);
+    layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden);
+  }
+  out.hidden = encoder_final_norm_(hidden);
+  return out;
+}
+
+std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const EncoderOutput& encoded,
+                                                                      int rows_per_source, int max_steps) {
+  auto state = std::make_unique<DecoderState>(encoded.offsets, rows_per_source, max_steps);
+  const int64_t inner = static_cast<int64_t>(config_.num_heads) * config_.d_kv;
+  for (const DecoderLayer& layer : decoder_layers_) {
+    DecoderState::Layer cache;
+    cache.self_keys = Tensor::empty({state->rows(), max_steps, inner});
+    cache.self_values = Tensor::empty({state->rows(), max_steps, inner});
+    // Cross-attention keys and values are computed once per source, shared by its beams.
+    cache.cross_keys = ops::linear(encoded.hidden, layer.cross_attention.k);
+    cache.cross_values = ops::linear(encoded.hidden, layer.cross_attention.v);
+    state->layers().push_back(std::move(cache));
+  }
+  return state;
+}
+
+namespace {
+
+// Writes this step's key/value of each row into its cache slot.
+void store_step(const Tensor& step_values, int slot, Tensor& cache) {
+  const int64_t rows = cache.dim(0);
+  const int64_t capacity = cache.dim(1);
+  const int64_t width = cache.dim(2);
+  const float* in = step_values.data<float>();
+  float* out = cache.data<float>();
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(in + r * width, width, out + (r * capacity + slot) * width);
+}
+
+}  // namespace
+
+Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int32_t>& tokens) {
+  const int64_t rows = state.rows();
+  if (static_cast<int64_t>(tokens.size()) != rows)
+    throw std::invalid_argument("step: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(rows) +
+                                " rows");
+  const int position = state.steps_done();
+  if (position >= state.capacity())
+    throw std::logic_error("step: decoder state holds " + std::to_string(state.capacity()) + " steps");
+
+  ops::AttentionLayout self_layout;
+  ops::AttentionLayout cross_layout;
+  const auto& offsets = state.source_offsets();
+  for (int64_t r = 0; r < rows; ++r) {
+    self_layout.query_begin.push_back(r);
+    self_layout.key_begin.push_back(r * state.capacity());
+    self_layout.key_length.push_back(position + 1);
+    self_layout.query_position.push_back(position);
+    const int32_t source = state.row_source()[r];
+    cross_layout.query_begin.push_back(r);
+    cross_layout.key_begin.push_back(offsets[source]);
+    cross_layout.key_length.push_back(offsets[source + 1] - offsets[source]);
+    cross_layout.query_position.push_back(0);
+  }
+  self_layout.query_begin.push_back(rows);
+  cross_layout.query_begin.push_back(rows);
+
+  const Tensor bias = ops::relative_position_bias(
+      decoder_relative_bias_, position,
+      {false, config_.relative_attention_num_buckets, config_.relative_attention_max_distance});
+  ops::AttentionArgs self_args;
+  self_args.num_heads = config_.num_heads;
+  self_args.head_dim = config_.d_kv;
+  self_args.position_bias = &bias;
+  self_args.bias_max_offset = position;
+  ops::AttentionArgs cross_args;
+  cross_args.num_heads = config_.num_heads;
+  cross_args.head_dim = config_.d_kv;
+
+  Tensor hidden = layers::embed(shared_embedding_, tokens);
+  for (size_t i = 0; i < decoder_layers_.size(); ++i) {
+    const DecoderLayer& layer = decoder_layers_[i];
+    DecoderState::Layer& cache = state.layers()[i];
+    const int64_t width = cache.self_keys.dim(2);
+    const Tensor normed = layer.self_attention_norm(hidden);
+    store_step(ops::linear(normed, layer.self_attention.k), position, cache.self_keys);
+    store_step(ops::linear(normed, layer.self_attention.v), position, cache.self_values);
+    layers::add_attention(layer.self_attention, normed, cache.self_keys.reshape({-1, width}),
+                          cache.self_values.reshape({-1, width}), self_layout, self_args, hidden);
+    layers::add_attention(layer.cross_attention, layer.cross_attention_norm(hidden), cache.cross_keys,
+                          cache.cross_values, cross_layout, cross_args, hidden);
+    layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden);
+  }
+  Tensor output = decoder_final_norm_(hidden);
+  if (config_.tie_word_embeddings) {
+    // transformers rescales before the tied projection (Mesh TensorFlow's convention).
+    const float scale = static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5));
+    float* data = output.data<float>();
+    for (int64_t i = 0; i < output.numel(); ++i) data[i] *= scale;
+  }
+  state.advance();
+  return ops::linear(output, lm_head_);
+}
+
+}  // namespace elephant

@@ -1,0 +1,207 @@
+// The `elephant` program end to end: exit codes (0 ok, 2 bad usage, 1 other errors), one-line errors that
+// name the file, tensor or line, and the translate/inspect happy paths.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/tensor.h"
+#include "io/safetensors.h"
+#include "test_utils.h"
+
+namespace elephant {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Outcome {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs the CLI through the shell with `stdin_text` as standard input.
+Outcome run_cli(const std::string& args, const std::string& stdin_text = "") {
+  TempDir dir;
+  write_text_file(dir.file("stdin"), stdin_text);
+  const std::string command = std::string(ELEPHANT_CLI_PATH) + " " + args + " <" + dir.file("stdin") + " >" +
+                              dir.file("stdout") + " 2>" + dir.file("stderr");
+  const int status = std::system(command.c_str());
+  Outcome o;
+  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  o.out = read_text_file(dir.file("stdout"));
+  o.err = read_text_file(dir.file("stderr"));
+  return o;
+}
+
+int count_lines(const std::string& text) { return static_cast<int>(std::count(text.begin(), text.end(), '\n')); }
+
+std::string golden_model() { return goldens_dir() + "/tiny_e4/model"; }
+
+// A writable copy of a golden model directory, to corrupt.
+void copy_model(const std::string& from, const std::string& to) {
+  fs::copy(from, to, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+}
+
+TEST(Cli, TranslatesStdinToStdoutOneLinePerLine) {
+  const Outcome o = run_cli("translate --model " + golden_model() + " --max-length 8", "File not found\nSave\n\nOpen the file\n");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(count_lines(o.out), 4);
+  // The empty line gives an empty translation, in place.
+  EXPECT_NE(o.out.find("\n\n"), std::string::npos);
+}
+
+TEST(Cli, ReadsInputFileAndWritesOutputFile) {
+  TempDir dir;
+  write_text_file(dir.file("in.txt"), "Save the file\nQuit\n");
+  const Outcome o = run_cli("translate --model " + golden_model() + " --beam-size 2 --max-length 6 --input " +
+                            dir.file("in.txt") + " --output " + dir.file("out.txt"));
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_TRUE(o.out.empty());
+  EXPECT_EQ(count_lines(read_text_file(dir.file("out.txt"))), 2);
+}
+
+TEST(Cli, InvalidUtf8LineIsAnErrorNamingTheLine) {
+  const Outcome o = run_cli("translate --model " + golden_model(), "good line\nbad \xC3\x28 line\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("line 2"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("UTF-8"), std::string::npos) << o.err;
+  EXPECT_EQ(count_lines(o.err), 1);
+}
+
+TEST(Cli, OverlongLineIsTruncatedWithOneWarning) {
+  std::string line;
+  for (int i = 0; i < 300; ++i) line += "file ";
+  const Outcome o =
+      run_cli("translate --model " + golden_model() + " --max-input-length 16 --max-length 4", "Save\n" + line + "\n");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(count_lines(o.out), 2);
+  EXPECT_EQ(count_lines(o.err), 1) << o.err;
+  EXPECT_NE(o.err.find("line 2"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("truncated"), std::string::npos) << o.err;
+}
+
+TEST(Cli, BadFlagValuesExitWithUsageError) {
+  const std::string model = " --model " + golden_model();
+  for (const std::string& args : std::vector<std::string>{"translate" + model + " --beam-size 0", "translate" + model + " --beam-size two",
+        "translate" + model + " --batch-size -1", "translate" + model + " --max-length 0",
+        "translate" + model + " --device gpu", "translate" + model + " --no-such-flag", "translate",
+        "translate --model /no/such/dir", "", "frobnicate", "inspect"}) {
+    const Outcome o = run_cli(args);
+    EXPECT_EQ(o.exit_code, 2) << args << "\n" << o.err;
+    EXPECT_FALSE(o.err.empty()) << args;
+  }
+}
+
+TEST(Cli, UnknownTargetLanguageIsAnError) {
+  const Outcome o = run_cli("translate --model " + golden_model() + " --target-lang xx", "Save\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("<2xx>"), std::string::npos) << o.err;
+}
+
+TEST(Cli, CudaWithoutAGpuOrBackendIsAUsageError) {
+  const Outcome o = run_cli("translate --model " + golden_model() + " --device cuda", "Save\n");
+  EXPECT_EQ(o.exit_code, 2);
+  EXPECT_NE(o.err.find("--device cuda"), std::string::npos) << o.err;
+}
+
+TEST(Cli, InspectPrintsArchitectureAndBytes) {
+  const Outcome o = run_cli("inspect " + golden_model());
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NE(o.out.find("switch_transformers"), std::string::npos);
+  EXPECT_NE(o.out.find("encoder layers     4 (2 MoE)"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("bytes F32"), std::string::npos) << o.out;
+}
+
+TEST(Cli, MissingConfigIsAnErrorNamingTheFile) {
+  TempDir dir;
+  copy_model(golden_model(), dir.path());
+  fs::remove(dir.file("config.json"));
+  for (const std::string command : {"translate --model ", "inspect "}) {
+    const Outcome o = run_cli(command + dir.path(), "Save\n");
+    EXPECT_EQ(o.exit_code, 1);
+    EXPECT_NE(o.err.find("config.json"), std::string::npos) << o.err;
+  }
+}
+
+TEST(Cli, UnknownModelTypeIsAnError) {
+  TempDir dir;
+  copy_model(golden_model(), dir.path());
+  std::string config = read_text_file(dir.file("config.json"));
+  config.replace(config.find("\"switch_transformers\""), 21, "\"bert\"");
+  write_text_file(dir.file("config.json"), config);
+  const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("model_type \"bert\""), std::string::npos) << o.err;
+}
+
+// Rewrites the model's safetensors file after `edit` changed its tensor list.
+template <typename Edit>
+void rewrite_checkpoint(const std::string& dir, Edit edit) {
+  const std::string path = dir + "/model.safetensors";
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  {
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    for (const TensorInfo& info : file.tensors()) tensors.emplace_back(info.name, file.tensor(info.name).clone());
+  }
+  edit(tensors);
+  write_safetensors(path, tensors);
+}
+
+TEST(Cli, MissingTensorIsAnErrorNamingTheTensor) {
+  TempDir dir;
+  copy_model(golden_model(), dir.path());
+  rewrite_checkpoint(dir.path(), [](auto& tensors) {
+    tensors.erase(std::find_if(tensors.begin(), tensors.end(),
+                               [](const auto& t) { return t.first == "encoder.block.1.layer.1.mlp.experts.expert_2.wo.weight"; }));
+  });
+  const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("encoder.block.1.layer.1.mlp.experts.expert_2.wo.weight"), std::string::npos) << o.err;
+}
+
+TEST(Cli, WrongShapeIsAnErrorNamingTensorAndShapes) {
+  TempDir dir;
+  copy_model(golden_model(), dir.path());
+  rewrite_checkpoint(dir.path(), [](auto& tensors) {
+    for (auto& [name, tensor] : tensors)
+      if (name == "decoder.final_layer_norm.weight") tensor = Tensor::zeros({tensor.dim(0) + 1});
+  });
+  const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("decoder.final_layer_norm.weight"), std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("[33]"), std::string::npos) << o.err;
+}
+
+TEST(Cli, LeftoverTensorIsAnError) {
+  TempDir dir;
+  copy_model(golden_model(), dir.path());
+  rewrite_checkpoint(dir.path(), [](auto& tensors) { tensors.emplace_back("encoder.block.9.extra.weight", Tensor::zeros({2})); });
+  const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("encoder.block.9.extra.weight"), std::string::npos) << o.err;
+}
+
+TEST(Cli, TruncatedCheckpointIsAnErrorNamingTheFile) {
+  TempDir dir;
+  copy_model(golden_model(), dir.path());
+  const std::string path = dir.file("model.safetensors");
+  fs::resize_file(path, fs::file_size(path) - 100);
+  const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("model.safetensors"), std::string::npos) << o.err;
+}
+
+TEST(Cli, MissingTokenizerIsAnErrorNamingTheFile) {
+  TempDir dir;
+  copy_model(golden_model(), dir.path());
+  fs::remove(dir.file("spiece.model"));
+  const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_NE(o.err.find("spiece.model"), std::string::npos) << o.err;
+}
+
+}  // namespace
+}  // namespace elephant

@@ -1,0 +1,29 @@
+#pragma once
+
+#include <string>
+
+namespace elephant {
+
+// A fresh directory under /tmp, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const;  // path() + "/" + name
+
+ private:
+  std::string path_;
+};
+
+// Binary-safe: the content is written and read back byte for byte. Throw std::runtime_error on failure.
+void write_text_file(const std::string& path, const std::string& content);
+std::string read_text_file(const std::string& path);
+
+// tests/goldens in the source tree (the ELEPHANT_GOLDENS_DIR compile definition).
+std::string goldens_dir();
+
+}  // namespace elephant
