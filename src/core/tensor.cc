@@ -45,8 +45,8 @@ Tensor Tensor::borrow(void* data, const Shape& shape, DType dtype, std::shared_p
 template <typename T>
 Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape) {
   if (static_cast<int64_t>(values.size()) != shape_numel(shape))
-    throw std::invalid_argument("Tensor::from_vector: " + std::to_string(values.size()) +
-                                " values for shape " + shape_string(shape));
+    throw std::invalid_argument("Tensor::from_vector: " + std::to_string(values.size()) + " values for shape " +
+                                shape_string(shape));
   Tensor t = empty(shape, dtype_of<T>());
   if (!values.empty()) std::memcpy(t.data_, values.data(), values.size() * sizeof(T));
   return t;
@@ -79,7 +79,12 @@ Tensor Tensor::reshape(Shape shape) const {
       known *= shape[i];
     }
   }
-  if (infer >= 0 && known != 0) shape[infer] = numel() / known;
+  if (infer >= 0) {
+    if (known == 0)
+      throw std::invalid_argument("reshape: -1 is ambiguous when viewing " + shape_string(shape_) + " as " +
+                                  shape_string(shape));
+    shape[infer] = numel() / known;
+  }
   if (shape_numel(shape) != numel())
     throw std::invalid_argument("reshape: cannot view " + shape_string(shape_) + " as " + shape_string(shape));
   return Tensor(data_, std::move(shape), dtype_, owner_);

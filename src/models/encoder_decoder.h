@@ -27,14 +27,14 @@ struct EncoderOutput {
 class DecoderState {
  public:
   struct Layer {
-    Tensor self_keys, self_values;    // [rows, capacity, heads * head_dim]: one slot per step
+    Tensor self_keys, self_values;    // [rows, slots, heads * head_dim]: one slot per step
     Tensor cross_keys, cross_values;  // [source tokens, heads * head_dim], packed like EncoderOutput
   };
 
-  DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int capacity);
+  DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int max_steps);
 
   int steps_done() const { return steps_done_; }
-  int capacity() const { return capacity_; }
+  int max_steps() const { return max_steps_; }
   int64_t rows() const { return static_cast<int64_t>(row_source_.size()); }
   const std::vector<int32_t>& row_source() const { return row_source_; }
   const std::vector<int64_t>& source_offsets() const { return source_offsets_; }
@@ -43,13 +43,16 @@ class DecoderState {
   // Keeps the old rows `rows`, in that order: reorders beams and drops the rows of finished sources.
   // A source that no kept row refers to is dropped and the cross-attention memory compacted.
   void select_rows(const std::vector<int32_t>& rows);
+  // Makes room in the self-attention caches for one more step, growing them geometrically: most
+  // sentences stop long before max_steps, so the caches are not sized for it up front.
+  void reserve_next_step();
   void advance() { ++steps_done_; }
 
  private:
   std::vector<int64_t> source_offsets_;
   std::vector<int32_t> row_source_;
   std::vector<Layer> layers_;
-  int capacity_;
+  int max_steps_;
   int steps_done_ = 0;
 };
 

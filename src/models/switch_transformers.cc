@@ -41,8 +41,7 @@ SwitchTransformersConfig SwitchTransformersConfig::parse(const JsonConfig& json)
   if (json.has("eos_token_id")) {
     const std::vector<int> eos = json.get_int_list_or_int("eos_token_id");
     if (eos.size() != 1)
-      throw ModelError(json.path() + ": eos_token_id must name exactly one token, got " +
-                       std::to_string(eos.size()));
+      throw ModelError(json.path() + ": eos_token_id must name exactly one token, got " + std::to_string(eos.size()));
     c.eos_token_id = eos[0];
   }
 
@@ -81,9 +80,7 @@ bool layer_is_sparse(int layer, int step) { return step > 0 && (layer % step == 
 
 }  // namespace
 
-int SwitchTransformersConfig::encoder_sparse_step() const {
-  return sparse_step(num_layers, num_sparse_encoder_layers);
-}
+int SwitchTransformersConfig::encoder_sparse_step() const { return sparse_step(num_layers, num_sparse_encoder_layers); }
 int SwitchTransformersConfig::decoder_sparse_step() const {
   return sparse_step(num_decoder_layers, num_sparse_decoder_layers);
 }
@@ -119,8 +116,7 @@ namespace {
 // Builds the typed layers from the checkpoint by transformers' tensor names.
 class LayerBuilder {
  public:
-  LayerBuilder(const SwitchTransformersConfig& config, Checkpoint& checkpoint)
-      : c_(config), checkpoint_(checkpoint) {}
+  LayerBuilder(const SwitchTransformersConfig& config, Checkpoint& checkpoint) : c_(config), checkpoint_(checkpoint) {}
 
   Tensor load(const std::string& name, const Shape& shape) { return checkpoint_.load(name, shape); }
 
@@ -154,7 +150,8 @@ class LayerBuilder {
     layers::MixtureOfExperts moe;
     moe.router = load(prefix + ".router.classifier.weight", {c_.num_experts, c_.d_model});
     if (c_.router_bias) moe.router_bias = load(prefix + ".router.classifier.bias", {c_.num_experts});
-    for (int e = 0; e < c_.num_experts; ++e) moe.experts.push_back(dense(prefix + ".experts.expert_" + std::to_string(e)));
+    for (int e = 0; e < c_.num_experts; ++e)
+      moe.experts.push_back(dense(prefix + ".experts.expert_" + std::to_string(e)));
     ffn.moe = std::move(moe);
     return ffn;
   }
@@ -254,14 +251,14 @@ EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int3
   return out;
 }
 
-std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const EncoderOutput& encoded,
-                                                                      int rows_per_source, int max_steps) {
+std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const EncoderOutput& encoded, int rows_per_source,
+                                                                      int max_steps) {
   auto state = std::make_unique<DecoderState>(encoded.offsets, rows_per_source, max_steps);
   const int64_t inner = static_cast<int64_t>(config_.num_heads) * config_.d_kv;
   for (const DecoderLayer& layer : decoder_layers_) {
     DecoderState::Layer cache;
-    cache.self_keys = Tensor::empty({state->rows(), max_steps, inner});
-    cache.self_values = Tensor::empty({state->rows(), max_steps, inner});
+    cache.self_keys = Tensor::empty({state->rows(), 0, inner});
+    cache.self_values = Tensor::empty({state->rows(), 0, inner});
     // Cross-attention keys and values are computed once per source, shared by its beams.
     cache.cross_keys = ops::linear(encoded.hidden, layer.cross_attention.k);
     cache.cross_values = ops::linear(encoded.hidden, layer.cross_attention.v);
@@ -275,11 +272,11 @@ namespace {
 // Writes this step's key/value of each row into its cache slot.
 void store_step(const Tensor& step_values, int slot, Tensor& cache) {
   const int64_t rows = cache.dim(0);
-  const int64_t capacity = cache.dim(1);
+  const int64_t slots = cache.dim(1);
   const int64_t width = cache.dim(2);
   const float* in = step_values.data<float>();
   float* out = cache.data<float>();
-  for (int64_t r = 0; r < rows; ++r) std::copy_n(in + r * width, width, out + (r * capacity + slot) * width);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(in + r * width, width, out + (r * slots + slot) * width);
 }
 
 }  // namespace
@@ -290,15 +287,15 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
     throw std::invalid_argument("step: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(rows) +
                                 " rows");
   const int position = state.steps_done();
-  if (position >= state.capacity())
-    throw std::logic_error("step: decoder state holds " + std::to_string(state.capacity()) + " steps");
+  state.reserve_next_step();
+  const int64_t slots = state.layers().front().self_keys.dim(1);
 
   ops::AttentionLayout self_layout;
   ops::AttentionLayout cross_layout;
   const auto& offsets = state.source_offsets();
   for (int64_t r = 0; r < rows; ++r) {
     self_layout.query_begin.push_back(r);
-    self_layout.key_begin.push_back(r * state.capacity());
+    self_layout.key_begin.push_back(r * slots);
     self_layout.key_length.push_back(position + 1);
     self_layout.query_position.push_back(position);
     const int32_t source = state.row_source()[r];
