@@ -18,12 +18,24 @@ void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, 
       layout.key_length.size() != sequences || layout.query_position.size() != sequences ||
       layout.query_begin.back() > queries.dim(0))
     throw std::invalid_argument("attention: queries " + shape_string(queries.shape()) + ", keys " +
-                                shape_string(keys.shape()) + ", values " + shape_string(values.shape()) +
-                                ", out " + shape_string(out.shape()) + " do not match the layout");
-  for (size_t s = 0; s < sequences; ++s)
+                                shape_string(keys.shape()) + ", values " + shape_string(values.shape()) + ", out " +
+                                shape_string(out.shape()) + " do not match the layout");
+  for (size_t s = 0; s < sequences; ++s) {
     if (layout.key_begin[s] < 0 || layout.key_begin[s] + layout.key_length[s] > keys.dim(0))
       throw std::invalid_argument("attention: keys of sequence " + std::to_string(s) + " out of range of " +
                                   shape_string(keys.shape()));
+    // Every (query, key) distance must have a column in the bias table.
+    const int64_t first = layout.query_position[s];
+    const int64_t last = first + layout.query_begin[s + 1] - layout.query_begin[s] - 1;
+    if (args.position_bias && (last > args.bias_max_offset || layout.key_length[s] - 1 - first > args.bias_max_offset))
+      throw std::invalid_argument("attention: position bias covers distances up to " +
+                                  std::to_string(args.bias_max_offset) + ", sequence " + std::to_string(s) +
+                                  " needs more");
+  }
+  if (args.position_bias && args.position_bias->shape() != Shape{heads, 2 * args.bias_max_offset + 1})
+    throw std::invalid_argument("attention: position bias " + shape_string(args.position_bias->shape()) + " for " +
+                                std::to_string(heads) + " heads and offsets up to " +
+                                std::to_string(args.bias_max_offset));
 
   const float* q = queries.data<float>();
   const float* k = keys.data<float>();

@@ -27,9 +27,10 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
 Tensor linear(const Tensor& x, const Tensor& weight) {
   Shape out_shape = x.shape();
   out_shape.back() = weight.dim(0);
+  const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   Tensor y = Tensor::empty(out_shape);
-  Tensor y2 = y.reshape({-1, weight.dim(0)});
-  gemm(x.reshape({-1, x.dim(-1)}), weight, y2);
+  Tensor y2 = y.reshape({rows, weight.dim(0)});
+  gemm(x.reshape({rows, x.dim(-1)}), weight, y2);
   return y;
 }
 

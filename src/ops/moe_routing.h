@@ -9,7 +9,7 @@ namespace elephant::ops {
 
 // Top-1 routing decisions, one per token.
 struct Top1Routing {
-  std::vector<int32_t> expert;      // chosen expert; num_experts for inactive rows (they are never computed)
+  std::vector<int32_t> expert;     // chosen expert; num_experts for inactive rows (they are never computed)
   std::vector<float> probability;  // softmax probability of the chosen expert, which scales its output
 };
 

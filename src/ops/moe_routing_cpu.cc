@@ -71,8 +71,8 @@ void gather_rows(const Tensor& x, const int32_t* rows, int64_t count, Tensor& ou
 void scatter_scaled_add(const Tensor& y, const int32_t* rows, int64_t count, const float* scale, Tensor& out) {
   const int64_t d = out.dim(-1);
   if (y.dim(0) < count || y.dim(-1) != d)
-    throw std::invalid_argument("scatter_scaled_add: " + std::to_string(count) + " rows of " +
-                                shape_string(y.shape()) + " into " + shape_string(out.shape()));
+    throw std::invalid_argument("scatter_scaled_add: " + std::to_string(count) + " rows of " + shape_string(y.shape()) +
+                                " into " + shape_string(out.shape()));
   const float* in = y.data<float>();
   float* o = out.data<float>();
 #pragma omp parallel for if (count * d > 65536)

@@ -1,0 +1,329 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <vector>
+
+#include "models/encoder_decoder.h"
+#include "ops/reference_helpers.h"
+
+namespace elephant {
+namespace {
+
+using testref::random_tensor;
+using testref::to_vector;
+
+// A snapshot of everything select_rows must preserve, taken before the call, to compare against after it.
+struct Snapshot {
+  std::vector<int64_t> source_offsets;
+  std::vector<int32_t> row_source;
+  int steps_done = 0;
+  struct Layer {
+    int64_t slots;  // the self caches' slot count
+    std::vector<float> self_keys, self_values, cross_keys, cross_values;
+  };
+  std::vector<Layer> layers;
+};
+
+Snapshot snapshot(DecoderState& state) {
+  Snapshot s{state.source_offsets(), state.row_source(), state.steps_done(), {}};
+  for (DecoderState::Layer& layer : state.layers())
+    s.layers.push_back({layer.self_keys.dim(1), to_vector(layer.self_keys), to_vector(layer.self_values),
+                        to_vector(layer.cross_keys), to_vector(layer.cross_values)});
+  return s;
+}
+
+constexpr int64_t kWidth = 6;  // heads * head_dim
+
+constexpr int kMaxSteps = 40;
+
+// 3 sources of 3, 5 and 2 tokens, `rows_per_source` beams each, `layers` layers of random caches with `slots`
+// slots; the cache slots at or past steps_done are NaN (never written by the decoder).
+DecoderState make_state(int rows_per_source, int slots, int steps_done, int layers, std::mt19937& rng,
+                        std::vector<int64_t> offsets = {0, 3, 8, 10}) {
+  const int64_t capacity = slots;
+  DecoderState state(offsets, rows_per_source, kMaxSteps);
+  const int64_t rows = state.rows();
+  for (int l = 0; l < layers; ++l) {
+    DecoderState::Layer layer;
+    layer.self_keys = random_tensor({rows, capacity, kWidth}, rng);
+    layer.self_values = random_tensor({rows, capacity, kWidth}, rng);
+    for (Tensor* cache : {&layer.self_keys, &layer.self_values})
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t slot = steps_done; slot < capacity; ++slot)
+          for (int64_t i = 0; i < kWidth; ++i)
+            cache->data<float>()[(r * capacity + slot) * kWidth + i] = std::numeric_limits<float>::quiet_NaN();
+    layer.cross_keys = random_tensor({offsets.back(), kWidth}, rng);
+    layer.cross_values = random_tensor({offsets.back(), kWidth}, rng);
+    state.layers().push_back(layer);
+  }
+  for (int s = 0; s < steps_done; ++s) state.advance();
+  return state;
+}
+
+// Checks the state after select_rows(rows) against the snapshot taken before it.
+void expect_selected(DecoderState& state, const Snapshot& before, const std::vector<int32_t>& rows) {
+  ASSERT_EQ(state.rows(), static_cast<int64_t>(rows.size()));
+  ASSERT_EQ(state.row_source().size(), rows.size());
+  EXPECT_EQ(state.steps_done(), before.steps_done);
+  const int filled = before.steps_done;
+  const auto& offsets = state.source_offsets();
+
+  // Sources still referenced, and nothing else, remain.
+  std::set<int32_t> referenced;
+  for (int32_t r : rows) referenced.insert(before.row_source[r]);
+  ASSERT_EQ(offsets.size(), referenced.size() + 1);
+  EXPECT_EQ(offsets.front(), 0);
+  int64_t expected_tokens = 0;
+  for (int32_t s : referenced) expected_tokens += before.source_offsets[s + 1] - before.source_offsets[s];
+  EXPECT_EQ(offsets.back(), expected_tokens);
+  std::set<int32_t> new_sources(state.row_source().begin(), state.row_source().end());
+  EXPECT_EQ(new_sources.size(), referenced.size()) << "every kept source is referenced by a row";
+
+  for (size_t l = 0; l < before.layers.size(); ++l) {
+    DecoderState::Layer& layer = state.layers()[l];
+    const Snapshot::Layer& old = before.layers[l];
+    // The selected caches keep room for the steps already done (their slot count may differ).
+    const int64_t capacity = layer.self_keys.dim(1);
+    ASSERT_EQ(layer.self_keys.rank(), 3);
+    ASSERT_GE(capacity, filled);
+    ASSERT_EQ(layer.self_keys.shape(), (Shape{static_cast<int64_t>(rows.size()), capacity, kWidth}));
+    ASSERT_EQ(layer.self_values.shape(), layer.self_keys.shape());
+    ASSERT_EQ(layer.cross_keys.shape(), (Shape{offsets.back(), kWidth}));
+    ASSERT_EQ(layer.cross_values.shape(), layer.cross_keys.shape());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      // Self caches: row i is old row rows[i], in the filled slots.
+      for (int64_t slot = 0; slot < filled; ++slot)
+        for (int64_t j = 0; j < kWidth; ++j) {
+          const int64_t now = (static_cast<int64_t>(i) * capacity + slot) * kWidth + j;
+          const int64_t then = (static_cast<int64_t>(rows[i]) * old.slots + slot) * kWidth + j;
+          ASSERT_EQ(layer.self_keys.data<float>()[now], old.self_keys[then]) << "layer " << l << " row " << i;
+          ASSERT_EQ(layer.self_values.data<float>()[now], old.self_values[then]) << "layer " << l << " row " << i;
+        }
+      // Cross memory: the source that row i now points to holds the tokens of its old source.
+      const int32_t old_source = before.row_source[rows[i]];
+      const int32_t new_source = state.row_source()[i];
+      ASSERT_GE(new_source, 0);
+      ASSERT_LT(static_cast<size_t>(new_source) + 1, offsets.size());
+      const int64_t length = before.source_offsets[old_source + 1] - before.source_offsets[old_source];
+      ASSERT_EQ(offsets[new_source + 1] - offsets[new_source], length) << "row " << i;
+      for (int64_t t = 0; t < length; ++t)
+        for (int64_t j = 0; j < kWidth; ++j) {
+          const int64_t now = (offsets[new_source] + t) * kWidth + j;
+          const int64_t then = (before.source_offsets[old_source] + t) * kWidth + j;
+          ASSERT_EQ(layer.cross_keys.data<float>()[now], old.cross_keys[then]) << "layer " << l << " row " << i;
+          ASSERT_EQ(layer.cross_values.data<float>()[now], old.cross_values[then]) << "layer " << l << " row " << i;
+        }
+    }
+  }
+}
+
+TEST(DecoderStateTest, ConstructorAssignsBeamsToSources) {
+  DecoderState state({0, 3, 8, 10}, 2, 6);
+  EXPECT_EQ(state.rows(), 6);
+  EXPECT_EQ(state.row_source(), (std::vector<int32_t>{0, 0, 1, 1, 2, 2}));
+  EXPECT_EQ(state.max_steps(), 6);
+  EXPECT_EQ(state.steps_done(), 0);
+  state.advance();
+  state.advance();
+  EXPECT_EQ(state.steps_done(), 2);
+}
+
+TEST(DecoderStateTest, ReordersBeamsKeepingAllSources) {
+  std::mt19937 rng(1100);
+  DecoderState state = make_state(2, 6, 3, 2, rng);
+  const Snapshot before = snapshot(state);
+  const std::vector<int32_t> rows = {1, 1, 3, 2, 4, 5};  // beam reordering within each source, all kept
+  state.select_rows(rows);
+  expect_selected(state, before, rows);
+  EXPECT_EQ(state.source_offsets(), before.source_offsets);
+  EXPECT_EQ(state.row_source(), (std::vector<int32_t>{0, 0, 1, 1, 2, 2}));
+  // The cross memory is unchanged.
+  EXPECT_TRUE(testref::bitwise_equal(state.layers()[1].cross_keys, before.layers[1].cross_keys));
+}
+
+TEST(DecoderStateTest, DropsUnreferencedSourcesAndCompactsMemory) {
+  std::mt19937 rng(1101);
+  // Drop the first, the middle, the last, two of them, and reorder rows across sources.
+  const std::vector<std::vector<int32_t>> selections = {
+      {3, 2, 3, 5},  // source 0 dropped
+      {0, 5, 4, 1},  // source 1 dropped
+      {2, 1},        // source 2 dropped
+      {4, 5, 5},     // only source 2 left
+      {5, 0},        // sources visited out of order: 2 then 0
+      {2},           // a single row
+  };
+  for (const auto& rows : selections) {
+    SCOPED_TRACE(::testing::PrintToString(rows));
+    DecoderState state = make_state(2, 6, 3, 2, rng);
+    const Snapshot before = snapshot(state);
+    state.select_rows(rows);
+    expect_selected(state, before, rows);
+  }
+  // One worked example in full.
+  DecoderState state = make_state(2, 6, 3, 1, rng);
+  const Snapshot before = snapshot(state);
+  state.select_rows({5, 0});
+  EXPECT_EQ(state.source_offsets(), (std::vector<int64_t>{0, 3, 5}));  // source 0 (3 tokens), source 2 (2)
+  EXPECT_EQ(state.row_source(), (std::vector<int32_t>{1, 0}));
+  std::vector<float> expected(before.layers[0].cross_values.begin(),
+                              before.layers[0].cross_values.begin() + 3 * kWidth);
+  expected.insert(expected.end(), before.layers[0].cross_values.begin() + 8 * kWidth,
+                  before.layers[0].cross_values.end());
+  EXPECT_TRUE(testref::bitwise_equal(state.layers()[0].cross_values, expected));
+}
+
+TEST(DecoderStateTest, SuccessiveSelectionsCompose) {
+  std::mt19937 rng(1102);
+  DecoderState state = make_state(3, 5, 2, 2, rng, {0, 4, 5, 9, 16});  // 4 sources, 12 rows
+  const Snapshot original = snapshot(state);
+  const std::vector<int32_t> first = {11, 0, 4, 9, 10, 1, 2};  // sources 3, 0, 1, 3, 3, 0, 0: drops 2
+  state.select_rows(first);
+  expect_selected(state, original, first);
+  state.advance();  // the decoder writes slot 2 of every row before the next selection
+  for (DecoderState::Layer& layer : state.layers())
+    for (Tensor* cache : {&layer.self_keys, &layer.self_values})
+      for (int64_t r = 0; r < state.rows(); ++r)
+        for (int64_t j = 0; j < kWidth; ++j)
+          cache->data<float>()[(r * cache->dim(1) + 2) * kWidth + j] = static_cast<float>(100 * r + j);
+  const Snapshot middle = snapshot(state);
+  const std::vector<int32_t> second = {6, 2, 5, 6};  // original rows 2, 4, 1, 2: sources 0 and 1, drops 3
+  state.select_rows(second);
+  expect_selected(state, middle, second);
+  // Composed: the new rows come from original rows first[second[i]].
+  for (size_t i = 0; i < second.size(); ++i) {
+    const int32_t origin = first[second[i]];
+    const int32_t old_source = original.row_source[origin];
+    const int32_t new_source = state.row_source()[i];
+    EXPECT_EQ(state.source_offsets()[new_source + 1] - state.source_offsets()[new_source],
+              original.source_offsets[old_source + 1] - original.source_offsets[old_source]);
+    EXPECT_EQ(state.layers()[0].self_keys.data<float>()[(i * state.layers()[0].self_keys.dim(1) + 1) * kWidth],
+              original.layers[0].self_keys[(origin * original.layers[0].slots + 1) * kWidth]);
+    EXPECT_EQ(state.layers()[1].cross_keys.data<float>()[state.source_offsets()[new_source] * kWidth + 3],
+              original.layers[1].cross_keys[original.source_offsets[old_source] * kWidth + 3]);
+  }
+}
+
+TEST(DecoderStateTest, SelectBeforeAnyStepAndSelectNothing) {
+  std::mt19937 rng(1103);
+  DecoderState fresh = make_state(2, 4, 0, 1, rng);
+  const Snapshot before = snapshot(fresh);
+  fresh.select_rows({4, 4});
+  expect_selected(fresh, before, {4, 4});
+
+  DecoderState state = make_state(2, 4, 2, 2, rng);
+  state.select_rows({});
+  EXPECT_EQ(state.rows(), 0);
+  EXPECT_EQ(state.source_offsets(), (std::vector<int64_t>{0}));
+  for (DecoderState::Layer& layer : state.layers()) {
+    EXPECT_EQ(layer.cross_keys.dim(0), 0);
+    EXPECT_EQ(layer.self_keys.dim(0), 0);
+  }
+}
+
+TEST(DecoderStateTest, WithoutLayers) {
+  DecoderState state({0, 2, 5}, 3, 4);
+  state.select_rows({5, 3});
+  EXPECT_EQ(state.row_source(), (std::vector<int32_t>{0, 0}));
+  EXPECT_EQ(state.source_offsets(), (std::vector<int64_t>{0, 3}));
+}
+
+// Drives the state like the decoder does (reserve a slot, write it for every row, advance), with beam
+// reorderings and row drops in between, against a plain model of what every row's cache should hold.
+TEST(DecoderStateTest, ReserveNextStepGrowsGeometricallyAndKeepsWrittenSlots) {
+  std::mt19937 rng(1105);
+  const int layers = 2;
+  DecoderState state({0, 3, 8, 10}, 2, kMaxSteps);
+  for (int l = 0; l < layers; ++l) {
+    DecoderState::Layer layer;
+    layer.self_keys = Tensor::empty({state.rows(), 0, kWidth});  // as start_decoding makes them
+    layer.self_values = Tensor::empty({state.rows(), 0, kWidth});
+    layer.cross_keys = random_tensor({10, kWidth}, rng);
+    layer.cross_values = random_tensor({10, kWidth}, rng);
+    state.layers().push_back(layer);
+  }
+  // model[l][row][step * kWidth + j]: keys; values hold the negated keys.
+  std::vector<std::vector<std::vector<float>>> model(layers, std::vector<std::vector<float>>(state.rows()));
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  int64_t previous_slots = 0;
+  int reallocations = 0;
+  for (int step = 0; step < kMaxSteps; ++step) {
+    SCOPED_TRACE(::testing::Message() << "step " << step);
+    state.reserve_next_step();
+    const int64_t slots = state.layers()[0].self_keys.dim(1);
+    ASSERT_GT(slots, step);
+    ASSERT_LE(slots, kMaxSteps);
+    if (slots != previous_slots) {
+      ++reallocations;
+      EXPECT_GE(slots, std::min<int64_t>(kMaxSteps, 2 * previous_slots)) << "growth must be geometric";
+      previous_slots = slots;
+    }
+    for (int l = 0; l < layers; ++l) {
+      DecoderState::Layer& layer = state.layers()[l];
+      ASSERT_EQ(layer.self_keys.shape(), (Shape{state.rows(), slots, kWidth}));
+      ASSERT_EQ(layer.self_values.shape(), layer.self_keys.shape());
+      for (int64_t r = 0; r < state.rows(); ++r) {
+        for (int64_t i = 0; i < step * kWidth; ++i) {
+          ASSERT_EQ(layer.self_keys.data<float>()[r * slots * kWidth + i], model[l][r][i])
+              << "layer " << l << " row " << r;
+          ASSERT_EQ(layer.self_values.data<float>()[r * slots * kWidth + i], -model[l][r][i]);
+        }
+        for (int64_t j = 0; j < kWidth; ++j) {  // this step's key and value
+          const float value = dist(rng);
+          layer.self_keys.data<float>()[(r * slots + step) * kWidth + j] = value;
+          layer.self_values.data<float>()[(r * slots + step) * kWidth + j] = -value;
+          model[l][r].push_back(value);
+        }
+      }
+    }
+    state.advance();
+    if (step == 6 || step == 20 || step == 33) {  // reorder beams, dropping a row or a source now and then
+      std::vector<int32_t> rows;
+      for (int64_t r = state.rows() - 1; r >= 0; --r) rows.push_back(static_cast<int32_t>(r));
+      if (step == 20) rows.pop_back();
+      if (step == 33) rows = {rows[0], rows[0], rows[1]};
+      state.select_rows(rows);
+      for (auto& layer_model : model) {
+        std::vector<std::vector<float>> selected;
+        for (int32_t r : rows) selected.push_back(layer_model[r]);
+        layer_model = selected;
+      }
+    }
+  }
+  EXPECT_EQ(state.steps_done(), kMaxSteps);
+  EXPECT_LE(reallocations, 6) << "a cache grown one slot at a time would be reallocated every step";
+  EXPECT_THROW(state.reserve_next_step(), std::logic_error);
+}
+
+TEST(DecoderStateTest, ReserveNextStepKeepsCachesThatHaveRoom) {
+  std::mt19937 rng(1106);
+  DecoderState state = make_state(2, 6, 3, 2, rng);
+  const Snapshot before = snapshot(state);
+  state.reserve_next_step();
+  for (size_t l = 0; l < before.layers.size(); ++l) {
+    EXPECT_EQ(state.layers()[l].self_keys.dim(1), 6);
+    // Slots 0..2 are written; 3 is free (NaN here, never read): nothing changes.
+    EXPECT_TRUE(testref::bitwise_equal(state.layers()[l].self_keys, before.layers[l].self_keys));
+    EXPECT_TRUE(testref::bitwise_equal(state.layers()[l].self_values, before.layers[l].self_values));
+  }
+}
+
+TEST(DecoderStateTest, OutOfRangeRowThrowsAndLeavesTheStateAlone) {
+  std::mt19937 rng(1104);
+  DecoderState state = make_state(2, 6, 3, 2, rng);
+  const Snapshot before = snapshot(state);
+  EXPECT_THROW(state.select_rows({0, 6}), std::out_of_range);
+  EXPECT_THROW(state.select_rows({-1}), std::out_of_range);
+  EXPECT_THROW(state.select_rows({1, 2, 100}), std::out_of_range);
+  EXPECT_EQ(state.rows(), 6);
+  EXPECT_EQ(state.row_source(), before.row_source);
+  EXPECT_EQ(state.source_offsets(), before.source_offsets);
+  EXPECT_TRUE(testref::bitwise_equal(state.layers()[0].cross_keys, before.layers[0].cross_keys));
+  EXPECT_TRUE(testref::bitwise_equal(state.layers()[1].self_values, before.layers[1].self_values));
+}
+
+}  // namespace
+}  // namespace elephant

@@ -1,0 +1,341 @@
+#include "ops/attention.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "ops/reference_helpers.h"
+
+namespace elephant {
+namespace {
+
+using testref::random_tensor;
+using testref::to_double;
+
+// Naive attention, one sequence and one head at a time: softmax(q·K^T + bias) V in double, reading the keys
+// of sequence s at rows key_begin[s] + j.
+std::vector<double> reference_attention(const Tensor& queries, const Tensor& keys, const Tensor& values,
+                                        const ops::AttentionLayout& layout, const ops::AttentionArgs& args) {
+  const int64_t heads = args.num_heads, head_dim = args.head_dim, inner = heads * head_dim;
+  const std::vector<double> q = to_double(queries), k = to_double(keys), v = to_double(values);
+  const std::vector<double> bias = args.position_bias ? to_double(*args.position_bias) : std::vector<double>{};
+  const int64_t bias_width = 2 * static_cast<int64_t>(args.bias_max_offset) + 1;
+  std::vector<double> out(q.size(), 0.0);
+  for (size_t s = 0; s < layout.key_begin.size(); ++s) {
+    for (int64_t row = layout.query_begin[s]; row < layout.query_begin[s + 1]; ++row) {
+      const int64_t position = layout.query_position[s] + (row - layout.query_begin[s]);
+      for (int64_t h = 0; h < heads; ++h) {
+        std::vector<double> scores;
+        std::vector<int64_t> key_rows;
+        for (int64_t j = 0; j < layout.key_length[s]; ++j) {
+          if (args.causal && j > position) continue;  // key j sits at position j
+          const int64_t key_row = layout.key_begin[s] + j;
+          double score = 0.0;
+          for (int64_t d = 0; d < head_dim; ++d)
+            score += q[row * inner + h * head_dim + d] * k[key_row * inner + h * head_dim + d];
+          if (args.position_bias) {
+            const int64_t column = j - position + args.bias_max_offset;
+            EXPECT_TRUE(column >= 0 && column < bias_width) << "test bug: bias table too narrow";
+            score += bias[h * bias_width + column];
+          }
+          scores.push_back(score);
+          key_rows.push_back(key_row);
+        }
+        const double max = *std::max_element(scores.begin(), scores.end());
+        double sum = 0.0;
+        for (double& score : scores) sum += (score = std::exp(score - max));
+        for (size_t j = 0; j < scores.size(); ++j)
+          for (int64_t d = 0; d < head_dim; ++d)
+            out[row * inner + h * head_dim + d] += scores[j] / sum * v[key_rows[j] * inner + h * head_dim + d];
+      }
+    }
+  }
+  return out;
+}
+
+// Each output is a convex combination of values in [-1, 1]. Scores (|q·k| <= head_dim, here < ~10) carry a
+// float error of ~head_dim * u * |q||k|, which perturbs the probabilities by the same relative amount; the
+// weighted sum adds ~keys * u. 1e-5 (absolute, as max(1, max |ref|) = 1) bounds that with a 10x margin for
+// the sizes used, while a missing bias, a wrong key row or mask moves outputs by ~1e-2 or more.
+::testing::AssertionResult check(const Tensor& out, const std::vector<double>& ref) {
+  return testref::close_to_reference(out, ref, 1e-5);
+}
+
+struct Heads {
+  int num_heads, head_dim;
+};
+const std::vector<Heads> kHeads = {{1, 1}, {3, 8}, {4, 7}, {2, 64}};
+
+// Encoder-style self-attention over several packed sequences of different lengths, all at position 0.
+ops::AttentionLayout packed_layout(const std::vector<int64_t>& lengths) {
+  ops::AttentionLayout layout;
+  layout.query_begin.push_back(0);
+  for (int64_t length : lengths) {
+    layout.key_begin.push_back(layout.query_begin.back());
+    layout.key_length.push_back(length);
+    layout.query_position.push_back(0);
+    layout.query_begin.push_back(layout.query_begin.back() + length);
+  }
+  return layout;
+}
+
+TEST(AttentionTest, PackedSequencesWithoutBias) {
+  std::mt19937 rng(500);
+  const std::vector<int64_t> lengths = {1, 5, 13, 7};
+  const ops::AttentionLayout layout = packed_layout(lengths);
+  const int64_t tokens = layout.query_begin.back();
+  for (const Heads& h : kHeads) {
+    SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
+    const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
+    const Tensor q = random_tensor({tokens, inner}, rng), k = random_tensor({tokens, inner}, rng),
+                 v = random_tensor({tokens, inner}, rng);
+    ops::AttentionArgs args;
+    args.num_heads = h.num_heads;
+    args.head_dim = h.head_dim;
+    Tensor out = Tensor::empty({tokens, inner});
+    ops::attention(q, k, v, layout, args, out);
+    EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args)));
+  }
+}
+
+TEST(AttentionTest, PackedSequencesWithBidirectionalPositionBias) {
+  std::mt19937 rng(501);
+  const std::vector<int64_t> lengths = {6, 1, 11, 3};
+  const ops::AttentionLayout layout = packed_layout(lengths);
+  const int64_t tokens = layout.query_begin.back();
+  for (const Heads& h : kHeads) {
+    SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
+    const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
+    const Tensor q = random_tensor({tokens, inner}, rng), k = random_tensor({tokens, inner}, rng),
+                 v = random_tensor({tokens, inner}, rng);
+    for (int max_offset : {10, 14}) {  // exactly the longest sequence - 1, and wider
+      const Tensor bias = random_tensor({h.num_heads, 2 * max_offset + 1}, rng, -3.0f, 3.0f);
+      ops::AttentionArgs args;
+      args.num_heads = h.num_heads;
+      args.head_dim = h.head_dim;
+      args.position_bias = &bias;
+      args.bias_max_offset = max_offset;
+      Tensor out = Tensor::empty({tokens, inner});
+      ops::attention(q, k, v, layout, args, out);
+      EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args))) << "max_offset " << max_offset;
+    }
+  }
+}
+
+TEST(AttentionTest, CausalMaskingWithAndWithoutBias) {
+  std::mt19937 rng(502);
+  const ops::AttentionLayout layout = packed_layout({4, 9, 1, 16});
+  const int64_t tokens = layout.query_begin.back();
+  for (const Heads& h : kHeads) {
+    SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
+    const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
+    const Tensor q = random_tensor({tokens, inner}, rng), k = random_tensor({tokens, inner}, rng),
+                 v = random_tensor({tokens, inner}, rng);
+    const Tensor bias = random_tensor({h.num_heads, 2 * 15 + 1}, rng, -2.0f, 2.0f);
+    for (bool with_bias : {false, true}) {
+      ops::AttentionArgs args;
+      args.num_heads = h.num_heads;
+      args.head_dim = h.head_dim;
+      args.causal = true;
+      if (with_bias) {
+        args.position_bias = &bias;
+        args.bias_max_offset = 15;
+      }
+      Tensor out = Tensor::empty({tokens, inner});
+      ops::attention(q, k, v, layout, args, out);
+      const std::vector<double> ref = reference_attention(q, k, v, layout, args);
+      EXPECT_TRUE(check(out, ref)) << "bias " << with_bias;
+      // The mask matters: the unmasked result differs.
+      args.causal = false;
+      EXPECT_FALSE(check(out, reference_attention(q, k, v, layout, args)));
+    }
+  }
+}
+
+// Decoder step: one query per row at position t (different per row) against the keys 0..t, which live in a
+// [rows, capacity, width] cache: key_begin[r] = r * capacity. Unwritten slots hold NaN and must not be read.
+TEST(AttentionTest, DecoderStepAgainstStridedCache) {
+  std::mt19937 rng(503);
+  const std::vector<int64_t> steps = {0, 3, 7, 1, 7};  // position of each row's query
+  const int64_t rows = static_cast<int64_t>(steps.size());
+  const int64_t capacity = 8;
+  for (const Heads& h : kHeads) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim << " causal " << causal);
+      const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
+      Tensor key_cache = random_tensor({rows, capacity, inner}, rng);
+      Tensor value_cache = random_tensor({rows, capacity, inner}, rng);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t slot = steps[r] + 1; slot < capacity; ++slot)
+          for (int64_t i = 0; i < inner; ++i) {
+            key_cache.data<float>()[(r * capacity + slot) * inner + i] = std::numeric_limits<float>::quiet_NaN();
+            value_cache.data<float>()[(r * capacity + slot) * inner + i] = std::numeric_limits<float>::quiet_NaN();
+          }
+      const Tensor q = random_tensor({rows, inner}, rng);
+      ops::AttentionLayout layout;
+      for (int64_t r = 0; r < rows; ++r) {
+        layout.query_begin.push_back(r);
+        layout.key_begin.push_back(r * capacity);
+        layout.key_length.push_back(steps[r] + 1);
+        layout.query_position.push_back(steps[r]);
+      }
+      layout.query_begin.push_back(rows);
+      const int max_offset = 7;  // the largest position, as the decoder builds it
+      const Tensor bias = random_tensor({h.num_heads, 2 * max_offset + 1}, rng, -3.0f, 3.0f);
+      ops::AttentionArgs args;
+      args.num_heads = h.num_heads;
+      args.head_dim = h.head_dim;
+      args.causal = causal;
+      args.position_bias = &bias;
+      args.bias_max_offset = max_offset;
+      const Tensor keys = key_cache.reshape({-1, inner});
+      const Tensor values = value_cache.reshape({-1, inner});
+      Tensor out = Tensor::empty({rows, inner});
+      ops::attention(q, keys, values, layout, args, out);
+      EXPECT_TRUE(check(out, reference_attention(q, keys, values, layout, args)));
+    }
+  }
+}
+
+// A chunk of several queries that starts at position p > 0 (incremental prefill), causal: query j of the chunk
+// is at position p + j and sees keys 0..p + j.
+TEST(AttentionTest, QueriesAtAnOffsetPositionWithCausalMask) {
+  std::mt19937 rng(504);
+  const Heads h{3, 5};
+  const int64_t inner = 15;
+  // Sequence 0: 4 queries at positions 3..6 over 7 keys; sequence 1: 2 queries at 9..10 over 11 keys stored
+  // after a gap; sequence 2: 1 query at position 0 over 1 key.
+  ops::AttentionLayout layout;
+  layout.query_begin = {0, 4, 6, 7};
+  layout.key_begin = {0, 12, 30};
+  layout.key_length = {7, 11, 1};
+  layout.query_position = {3, 9, 0};
+  const Tensor q = random_tensor({7, inner}, rng), k = random_tensor({31, inner}, rng),
+               v = random_tensor({31, inner}, rng);
+  const Tensor bias = random_tensor({h.num_heads, 2 * 10 + 1}, rng, -2.0f, 2.0f);
+  for (bool causal : {true, false}) {
+    ops::AttentionArgs args;
+    args.num_heads = h.num_heads;
+    args.head_dim = h.head_dim;
+    args.causal = causal;
+    args.position_bias = &bias;
+    args.bias_max_offset = 10;
+    Tensor out = Tensor::empty({7, inner});
+    ops::attention(q, k, v, layout, args, out);
+    EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args))) << "causal " << causal;
+  }
+}
+
+// Cross-attention: queries of one decoder row each against the packed encoder states of their source. Two rows
+// (beams) share a source, sources are visited out of order, and there are more keys than queries.
+TEST(AttentionTest, CrossAttentionWithSharedAndReorderedKeys) {
+  std::mt19937 rng(505);
+  const std::vector<int64_t> source_offsets = {0, 5, 6, 19};
+  const std::vector<int32_t> row_source = {2, 2, 0, 1, 0};
+  for (const Heads& h : kHeads) {
+    SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
+    const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
+    const int64_t rows = static_cast<int64_t>(row_source.size());
+    ops::AttentionLayout layout;
+    for (int64_t r = 0; r < rows; ++r) {
+      layout.query_begin.push_back(r);
+      layout.key_begin.push_back(source_offsets[row_source[r]]);
+      layout.key_length.push_back(source_offsets[row_source[r] + 1] - source_offsets[row_source[r]]);
+      layout.query_position.push_back(0);
+    }
+    layout.query_begin.push_back(rows);
+    const Tensor q = random_tensor({rows, inner}, rng), k = random_tensor({19, inner}, rng),
+                 v = random_tensor({19, inner}, rng);
+    ops::AttentionArgs args;
+    args.num_heads = h.num_heads;
+    args.head_dim = h.head_dim;
+    Tensor out = Tensor::empty({rows, inner});
+    ops::attention(q, k, v, layout, args, out);
+    EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args)));
+  }
+}
+
+// Large scores (|q·k| up to ~500): the softmax must subtract the maximum.
+TEST(AttentionTest, LargeScoresStayFinite) {
+  std::mt19937 rng(506);
+  const ops::AttentionLayout layout = packed_layout({3, 8});
+  const Heads h{2, 16};
+  const Tensor q = random_tensor({11, 32}, rng, -6.0f, 6.0f), k = random_tensor({11, 32}, rng, -6.0f, 6.0f),
+               v = random_tensor({11, 32}, rng);
+  ops::AttentionArgs args;
+  args.num_heads = h.num_heads;
+  args.head_dim = h.head_dim;
+  Tensor out = Tensor::empty({11, 32});
+  ops::attention(q, k, v, layout, args, out);
+  // Scores up to ~|q||k| ~ 300 carry float errors of ~1e-4, which move near-tied probabilities by as much.
+  EXPECT_TRUE(testref::close_to_reference(out, reference_attention(q, k, v, layout, args), 1e-3));
+}
+
+TEST(AttentionTest, NoSequencesOrEmptyQueryRanges) {
+  std::mt19937 rng(507);
+  ops::AttentionArgs args;
+  args.num_heads = 2;
+  args.head_dim = 4;
+  ops::AttentionLayout none;
+  none.query_begin = {0};
+  Tensor empty_out = Tensor::empty({0, 8});
+  EXPECT_NO_THROW(
+      ops::attention(Tensor::empty({0, 8}), Tensor::empty({0, 8}), Tensor::empty({0, 8}), none, args, empty_out));
+  // A sequence without queries next to one with queries.
+  ops::AttentionLayout layout;
+  layout.query_begin = {0, 0, 3};
+  layout.key_begin = {0, 2};
+  layout.key_length = {2, 4};
+  layout.query_position = {0, 0};
+  const Tensor q = random_tensor({3, 8}, rng), k = random_tensor({6, 8}, rng), v = random_tensor({6, 8}, rng);
+  Tensor out = Tensor::empty({3, 8});
+  ops::attention(q, k, v, layout, args, out);
+  EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args)));
+}
+
+TEST(AttentionTest, InvalidLayoutsThrow) {
+  std::mt19937 rng(508);
+  ops::AttentionArgs args;
+  args.num_heads = 2;
+  args.head_dim = 4;
+  const Tensor q = random_tensor({3, 8}, rng), k = random_tensor({5, 8}, rng), v = random_tensor({5, 8}, rng);
+  Tensor out = Tensor::empty({3, 8});
+  ops::AttentionLayout good;
+  good.query_begin = {0, 3};
+  good.key_begin = {0};
+  good.key_length = {5};
+  good.query_position = {0};
+  EXPECT_NO_THROW(ops::attention(q, k, v, good, args, out));
+
+  ops::AttentionLayout keys_past_end = good;
+  keys_past_end.key_begin = {1};
+  EXPECT_THROW(ops::attention(q, k, v, keys_past_end, args, out), std::invalid_argument);
+  ops::AttentionLayout negative_begin = good;
+  negative_begin.key_begin = {-1};
+  negative_begin.key_length = {2};
+  EXPECT_THROW(ops::attention(q, k, v, negative_begin, args, out), std::invalid_argument);
+  ops::AttentionLayout queries_past_end = good;
+  queries_past_end.query_begin = {0, 4};
+  EXPECT_THROW(ops::attention(q, k, v, queries_past_end, args, out), std::invalid_argument);
+  ops::AttentionLayout missing_entries = good;
+  missing_entries.query_position = {};
+  EXPECT_THROW(ops::attention(q, k, v, missing_entries, args, out), std::invalid_argument);
+  ops::AttentionLayout short_query_begin = good;
+  short_query_begin.query_begin = {3};
+  EXPECT_THROW(ops::attention(q, k, v, short_query_begin, args, out), std::invalid_argument);
+
+  ops::AttentionArgs wrong_heads = args;
+  wrong_heads.head_dim = 3;
+  EXPECT_THROW(ops::attention(q, k, v, good, wrong_heads, out), std::invalid_argument);
+  Tensor wrong_out = Tensor::empty({2, 8});
+  EXPECT_THROW(ops::attention(q, k, v, good, args, wrong_out), std::invalid_argument);
+  EXPECT_THROW(ops::attention(q, k, random_tensor({4, 8}, rng), good, args, out), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace elephant

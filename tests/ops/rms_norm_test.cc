@@ -1,0 +1,117 @@
+#include "ops/rms_norm.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "layers/transformer_layers.h"
+#include "ops/reference_helpers.h"
+
+namespace elephant {
+namespace {
+
+using testref::close_elementwise;
+using testref::kFloatEps;
+using testref::random_tensor;
+using testref::to_double;
+
+// y = w * x / sqrt(mean(x^2) + eps), per row of the last dimension, in double.
+std::vector<double> reference_rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  const int64_t d = x.dim(-1);
+  const int64_t rows = d ? x.numel() / d : 0;
+  const std::vector<double> xv = to_double(x), w = to_double(weight);
+  std::vector<double> y(xv.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < d; ++i) sum += xv[r * d + i] * xv[r * d + i];
+    const double inv = 1.0 / std::sqrt(sum / static_cast<double>(d) + eps);
+    for (int64_t i = 0; i < d; ++i) y[r * d + i] = w[i] * xv[r * d + i] * inv;
+  }
+  return y;
+}
+
+// The float sum of d squares has a relative error of at most ~d*u (sequential order), halved by the square
+// root; the scaling adds a few roundings. So each element is within (d/2 + 8) u of |y| relative, which is
+// at least 1e3 times smaller than any error from a wrong eps placement, a missing weight or a wrong row.
+::testing::AssertionResult check(const Tensor& y, const std::vector<double>& ref, int64_t d) {
+  return close_elementwise(y, ref, [&ref, d](size_t i) {
+    return (0.5 * static_cast<double>(d) + 8.0) * kFloatEps * std::abs(ref[i]) + 1e-37;
+  });
+}
+
+TEST(RmsNormTest, MatchesReferenceOnSeveralShapes) {
+  std::mt19937 rng(42);
+  for (const Shape& shape :
+       {Shape{1, 1}, Shape{1, 7}, Shape{5, 13}, Shape{3, 4, 33}, Shape{64, 512}, Shape{2, 1000}, Shape{9}}) {
+    for (float eps : {1e-6f, 1e-3f}) {
+      SCOPED_TRACE(::testing::Message() << "shape " << shape_string(shape) << " eps " << eps);
+      const Tensor x = random_tensor(shape, rng, -3.0f, 3.0f);
+      const Tensor w = random_tensor({shape.back()}, rng, -2.0f, 2.0f);
+      Tensor y = Tensor::empty(shape);
+      ops::rms_norm(x, w, eps, y);
+      EXPECT_TRUE(check(y, reference_rms_norm(x, w, eps), shape.back()));
+    }
+  }
+}
+
+// With tiny inputs, eps dominates mean(x^2): this checks that eps sits inside the square root and that it
+// is the given eps; with huge inputs, the squares must not overflow for realistic widths.
+TEST(RmsNormTest, EpsilonMattersForTinyInputsAndLargeInputsStayFinite) {
+  std::mt19937 rng(43);
+  for (float scale : {1e-4f, 1e-2f, 1e3f, 1e15f}) {
+    SCOPED_TRACE(::testing::Message() << "scale " << scale);
+    const Tensor x = random_tensor({6, 37}, rng, -scale, scale);
+    const Tensor w = random_tensor({37}, rng, 0.5f, 1.5f);
+    Tensor y = Tensor::empty({6, 37});
+    ops::rms_norm(x, w, 1e-6f, y);
+    EXPECT_TRUE(check(y, reference_rms_norm(x, w, 1e-6), 37));
+  }
+}
+
+TEST(RmsNormTest, RowsAreIndependent) {
+  // A row of zeros next to a row of large values: the zero row stays exactly zero (0 / sqrt(eps)).
+  std::mt19937 rng(44);
+  Tensor x = random_tensor({3, 10}, rng, -100.0f, 100.0f);
+  std::fill_n(x.data<float>() + 10, 10, 0.0f);
+  const Tensor w = random_tensor({10}, rng);
+  Tensor y = Tensor::empty({3, 10});
+  ops::rms_norm(x, w, 1e-6f, y);
+  for (int i = 10; i < 20; ++i) EXPECT_EQ(y.data<float>()[i], 0.0f);
+  EXPECT_TRUE(check(y, reference_rms_norm(x, w, 1e-6), 10));
+}
+
+TEST(RmsNormTest, EmptyRowsAreAllowed) {
+  std::mt19937 rng(45);
+  const Tensor x = Tensor::empty({0, 16});
+  const Tensor w = random_tensor({16}, rng);
+  Tensor y = Tensor::empty({0, 16});
+  EXPECT_NO_THROW(ops::rms_norm(x, w, 1e-6f, y));
+}
+
+TEST(RmsNormTest, ShapeMismatchThrows) {
+  std::mt19937 rng(46);
+  const Tensor x = random_tensor({4, 8}, rng);
+  Tensor y = Tensor::empty({4, 8});
+  EXPECT_THROW(ops::rms_norm(x, random_tensor({7}, rng), 1e-6f, y), std::invalid_argument);
+  Tensor wrong = Tensor::empty({4, 9});
+  EXPECT_THROW(ops::rms_norm(x, random_tensor({8}, rng), 1e-6f, wrong), std::invalid_argument);
+  Tensor flat = Tensor::empty({32});
+  EXPECT_THROW(ops::rms_norm(x, random_tensor({8}, rng), 1e-6f, flat), std::invalid_argument);
+}
+
+TEST(RmsNormTest, LayerWrapperUsesItsWeightAndEpsilon) {
+  std::mt19937 rng(47);
+  layers::RmsNorm norm;
+  norm.weight = random_tensor({21}, rng);
+  norm.epsilon = 1e-2f;
+  const Tensor x = random_tensor({5, 21}, rng, -0.1f, 0.1f);  // small, so that the epsilon matters
+  const Tensor y = norm(x);
+  ASSERT_EQ(y.shape(), x.shape());
+  EXPECT_TRUE(check(y, reference_rms_norm(x, norm.weight, 1e-2), 21));
+}
+
+}  // namespace
+}  // namespace elephant
