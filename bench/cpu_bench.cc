@@ -1,12 +1,11 @@
 // CPU benchmarks: the MoE FFN layer and one decoder step, in GFLOP/s next to the BLAS sgemm rate
 // measured in the same run. Run: build/bin/bench_cpu --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <random>
-
-#include <unistd.h>
 
 #include "io/safetensors.h"
 #include "layers/transformer_layers.h"
@@ -61,9 +60,8 @@ void BM_MoeLayer(benchmark::State& state) {
     benchmark::DoNotOptimize(hidden.raw());
   }
   // Each token runs one expert: two GEMMs of 2 * d_model * d_ff FLOPs (the router is negligible).
-  state.counters["GFLOP/s"] = benchmark::Counter(4.0 * tokens * kModel * kFf,
-                                                 benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      4.0 * tokens * kModel * kFf, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_MoeLayer)->Arg(1)->Arg(8)->Arg(64)->Arg(256)->Arg(1024)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
@@ -153,8 +151,8 @@ void BM_DecodeStep(benchmark::State& state) {
   // Per row: self q,k,v,o + cross q,o (6 * d^2 each layer), the FFNs (2 layers x 2 * d * d_ff) and the
   // vocabulary projection, all times 2 FLOPs per multiply-add. Attention scores are a small remainder.
   const double per_row = 2.0 * (2 * 6.0 * 512 * 512 + 2 * 2.0 * 512 * 2048 + 512.0 * 8000);
-  state.counters["GFLOP/s"] = benchmark::Counter(per_row * rows, benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(per_row * rows, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_DecodeStep)->Arg(1)->Arg(8)->Arg(32)->Unit(benchmark::kMicrosecond)->UseRealTime();
 

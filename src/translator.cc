@@ -59,8 +59,7 @@ class TranslatorImpl {
   }
 
   std::vector<std::vector<int>> translate_ids(const std::vector<std::vector<int>>& sources,
-                                              const TranslationOptions& options,
-                                              const ProgressCallback& progress) {
+                                              const TranslationOptions& options, const ProgressCallback& progress) {
     validate(options);
     const SpecialTokens& special = model_->special_tokens();
     std::vector<std::vector<int>> results(sources.size());
@@ -98,8 +97,10 @@ class TranslatorImpl {
                                            const ProgressCallback& progress, const WarningCallback& warn) {
     validate(options);
     const auto warning = [&](const std::string& message) {
-      if (warn) warn(message);
-      else std::cerr << "warning: " << message << '\n';
+      if (warn)
+        warn(message);
+      else
+        std::cerr << "warning: " << message << '\n';
     };
     std::vector<int> prefix;
     if (!options.target_lang.empty()) {

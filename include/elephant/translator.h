@@ -49,8 +49,7 @@ class Translator {
   // One result per line, in input order. Empty lines give empty translations.
   std::vector<TranslationResult> translate(const std::vector<std::string>& lines,
                                            const TranslationOptions& options = {},
-                                           const ProgressCallback& progress = {},
-                                           const WarningCallback& warn = {});
+                                           const ProgressCallback& progress = {}, const WarningCallback& warn = {});
 
   // Token-level entry: each source is a list of ids ending with EOS. Returns generated ids (EOS excluded).
   std::vector<std::vector<int>> translate_ids(const std::vector<std::vector<int>>& sources,

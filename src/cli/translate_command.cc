@@ -89,8 +89,7 @@ Runner add_translate_command(CLI::App& app) {
   cmd->add_option("--max-length", flags->options.max_length, "Maximum generated tokens per sentence")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
-  cmd->add_option("--max-input-length", flags->options.max_input_length,
-                  "Longer inputs are truncated, with a warning")
+  cmd->add_option("--max-input-length", flags->options.max_input_length, "Longer inputs are truncated, with a warning")
       ->check(CLI::Range(2, 65536))
       ->capture_default_str();
   cmd->add_option("--length-penalty", flags->options.length_penalty, "Beam score = log-prob / length^penalty")

@@ -68,8 +68,9 @@ std::vector<int32_t> advance_source(SourceBeams& beams, const float* log_probs, 
       if (!hits_stop(c)) continue;
       Hypothesis h{c.score / penalty, beams.running[c.beam].tokens, true};
       h.tokens.push_back(c.token);
-      const auto position = std::upper_bound(beams.finished.begin(), beams.finished.end(), h,
-                                             [](const Hypothesis& a, const Hypothesis& b) { return a.score > b.score; });
+      const auto position =
+          std::upper_bound(beams.finished.begin(), beams.finished.end(), h,
+                           [](const Hypothesis& a, const Hypothesis& b) { return a.score > b.score; });
       if (position == beams.finished.end()) continue;
       beams.finished.insert(position, std::move(h));
       beams.finished.pop_back();
@@ -91,10 +92,10 @@ std::vector<int32_t> advance_source(SourceBeams& beams, const float* log_probs, 
 
   // Stop once the best running beam, at its current length, cannot beat the worst finished hypothesis.
   if (beams.can_improve) {
-    const float best_possible = beams.running.front().score /
-                                static_cast<float>(std::pow(static_cast<double>(length), options.length_penalty));
-    const bool all_finished = std::all_of(beams.finished.begin(), beams.finished.end(),
-                                          [](const Hypothesis& h) { return h.finished; });
+    const float best_possible =
+        beams.running.front().score / static_cast<float>(std::pow(static_cast<double>(length), options.length_penalty));
+    const bool all_finished =
+        std::all_of(beams.finished.begin(), beams.finished.end(), [](const Hypothesis& h) { return h.finished; });
     beams.can_improve = !all_finished || best_possible > beams.finished.back().score;
   }
   return parents;
@@ -150,7 +151,8 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
     live = std::move(next_live);
     tokens.clear();
     for (int32_t source : live)
-      for (const Hypothesis& h : beams[source].running) tokens.push_back(h.tokens.empty() ? special.pad : h.tokens.back());
+      for (const Hypothesis& h : beams[source].running)
+        tokens.push_back(h.tokens.empty() ? special.pad : h.tokens.back());
   }
   for (size_t s = 0; s < sources; ++s) results[s] = beams[s].finished.front().tokens;
   return results;

@@ -41,8 +41,10 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
       const auto next = static_cast<int32_t>(std::max_element(row, row + vocab) - row);  // first maximum
       results[source].push_back(next);
       tokens[r] = next;
-      if (next == special.eos) finished[source] = 1;
-      else keep.push_back(static_cast<int32_t>(r));
+      if (next == special.eos)
+        finished[source] = 1;
+      else
+        keep.push_back(static_cast<int32_t>(r));
     }
     if (std::all_of(finished.begin(), finished.end(), [](uint8_t f) { return f; })) break;
     if (options.prune_finished && keep.size() < row_to_source.size()) {

@@ -41,8 +41,8 @@ Tensor dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, const 
 
 // Groups the rows by expert (counting sort on the expert id) and runs one GEMM per expert matrix, only
 // for experts that received rows: an expert no row is routed to is never read.
-void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activation, const Tensor& x,
-                            Tensor& hidden, const std::vector<uint8_t>& active) {
+void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activation, const Tensor& x, Tensor& hidden,
+                            const std::vector<uint8_t>& active) {
   Tensor router_logits = ops::linear(x, moe.router);
   if (moe.router_bias.defined()) add_row_bias(router_logits, moe.router_bias);
   const ops::Top1Routing routing = ops::route_top1(router_logits, active);
@@ -81,8 +81,7 @@ Tensor embed(const Tensor& table, const std::vector<int32_t>& ids) {
   const int64_t vocab = table.dim(0);
   for (int32_t id : ids)
     if (id < 0 || id >= vocab)
-      throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary of " +
-                              std::to_string(vocab));
+      throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(vocab));
   Tensor out = Tensor::empty({static_cast<int64_t>(ids.size()), table.dim(1)});
   ops::gather_rows(table, ids.data(), static_cast<int64_t>(ids.size()), out);
   return out;

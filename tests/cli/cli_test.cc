@@ -46,7 +46,8 @@ void copy_model(const std::string& from, const std::string& to) {
 }
 
 TEST(Cli, TranslatesStdinToStdoutOneLinePerLine) {
-  const Outcome o = run_cli("translate --model " + golden_model() + " --max-length 8", "File not found\nSave\n\nOpen the file\n");
+  const Outcome o =
+      run_cli("translate --model " + golden_model() + " --max-length 8", "File not found\nSave\n\nOpen the file\n");
   ASSERT_EQ(o.exit_code, 0) << o.err;
   EXPECT_EQ(count_lines(o.out), 4);
   // The empty line gives an empty translation, in place.
@@ -85,10 +86,11 @@ TEST(Cli, OverlongLineIsTruncatedWithOneWarning) {
 
 TEST(Cli, BadFlagValuesExitWithUsageError) {
   const std::string model = " --model " + golden_model();
-  for (const std::string& args : std::vector<std::string>{"translate" + model + " --beam-size 0", "translate" + model + " --beam-size two",
-        "translate" + model + " --batch-size -1", "translate" + model + " --max-length 0",
-        "translate" + model + " --device gpu", "translate" + model + " --no-such-flag", "translate",
-        "translate --model /no/such/dir", "", "frobnicate", "inspect"}) {
+  for (const std::string& args :
+       std::vector<std::string>{"translate" + model + " --beam-size 0", "translate" + model + " --beam-size two",
+                                "translate" + model + " --batch-size -1", "translate" + model + " --max-length 0",
+                                "translate" + model + " --device gpu", "translate" + model + " --no-such-flag",
+                                "translate", "translate --model /no/such/dir", "", "frobnicate", "inspect"}) {
     const Outcome o = run_cli(args);
     EXPECT_EQ(o.exit_code, 2) << args << "\n" << o.err;
     EXPECT_FALSE(o.err.empty()) << args;
@@ -154,8 +156,9 @@ TEST(Cli, MissingTensorIsAnErrorNamingTheTensor) {
   TempDir dir;
   copy_model(golden_model(), dir.path());
   rewrite_checkpoint(dir.path(), [](auto& tensors) {
-    tensors.erase(std::find_if(tensors.begin(), tensors.end(),
-                               [](const auto& t) { return t.first == "encoder.block.1.layer.1.mlp.experts.expert_2.wo.weight"; }));
+    tensors.erase(std::find_if(tensors.begin(), tensors.end(), [](const auto& t) {
+      return t.first == "encoder.block.1.layer.1.mlp.experts.expert_2.wo.weight";
+    }));
   });
   const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
   EXPECT_EQ(o.exit_code, 1);
@@ -178,7 +181,8 @@ TEST(Cli, WrongShapeIsAnErrorNamingTensorAndShapes) {
 TEST(Cli, LeftoverTensorIsAnError) {
   TempDir dir;
   copy_model(golden_model(), dir.path());
-  rewrite_checkpoint(dir.path(), [](auto& tensors) { tensors.emplace_back("encoder.block.9.extra.weight", Tensor::zeros({2})); });
+  rewrite_checkpoint(dir.path(),
+                     [](auto& tensors) { tensors.emplace_back("encoder.block.9.extra.weight", Tensor::zeros({2})); });
   const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
   EXPECT_EQ(o.exit_code, 1);
   EXPECT_NE(o.err.find("encoder.block.9.extra.weight"), std::string::npos) << o.err;

@@ -52,7 +52,8 @@ Golden load_golden(const std::string& name) {
   for (int64_t b = 0; b < batch; ++b) {
     std::vector<int32_t> source;
     for (int64_t t = 0; t < length; ++t)
-      if (mask.data<int64_t>()[b * length + t]) source.push_back(static_cast<int32_t>(ids.data<int64_t>()[b * length + t]));
+      if (mask.data<int64_t>()[b * length + t])
+        source.push_back(static_cast<int32_t>(ids.data<int64_t>()[b * length + t]));
     g.sources.push_back(source);
   }
   g.encoder_output = data.tensor("encoder_output").clone();
@@ -120,9 +121,9 @@ TEST_P(GoldenTest, FirstStepLogitsMatchTransformers) {
   ASSERT_EQ(logits.shape(), golden_.first_step_logits.shape());
   const int64_t vocab = logits.dim(1);
   for (int64_t b = 0; b < logits.dim(0); ++b)
-    EXPECT_LE(relative_error(logits.data<float>() + b * vocab, golden_.first_step_logits.data<float>() + b * vocab,
-                             vocab),
-              1e-4)
+    EXPECT_LE(
+        relative_error(logits.data<float>() + b * vocab, golden_.first_step_logits.data<float>() + b * vocab, vocab),
+        1e-4)
         << "source " << b;
 }
 
@@ -156,7 +157,7 @@ TEST_P(GoldenTest, TextTranslationMatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, GoldenTest, ::testing::ValuesIn(golden_names()),
-                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
 TEST(Goldens, AtLeastFourCheckpointsArePresent) { EXPECT_GE(golden_names().size(), 4u) << goldens_dir(); }
 
