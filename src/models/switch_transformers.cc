@@ -167,15 +167,22 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
     : config_(config) {
   const SwitchTransformersConfig& c = config_;
   LayerBuilder builder(c, checkpoint);
-  shared_embedding_ = builder.load("shared.weight", {c.vocab_size, c.d_model});
-  // transformers ties these to shared.weight; checkpoints may still carry copies.
-  for (const char* alias : {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"})
-    if (checkpoint.contains(alias)) builder.load(alias, {c.vocab_size, c.d_model});
+  const Shape embedding_shape{c.vocab_size, c.d_model};
+  const Tensor shared = builder.load("shared.weight", embedding_shape);
+  // Tied, transformers ties encoder/decoder.embed_tokens and lm_head to shared.weight (copies in the file are
+  // the same values). Untied, it ties nothing: each stack embeds with its own table when the file has one.
+  const auto embedding = [&](const std::string& name) {
+    if (!checkpoint.contains(name)) return shared;
+    const Tensor own = builder.load(name, embedding_shape);
+    return c.tie_word_embeddings ? shared : own;
+  };
+  encoder_embedding_ = embedding("encoder.embed_tokens.weight");
+  decoder_embedding_ = embedding("decoder.embed_tokens.weight");
   if (c.tie_word_embeddings) {
-    lm_head_ = shared_embedding_;
-    if (checkpoint.contains("lm_head.weight")) builder.load("lm_head.weight", {c.vocab_size, c.d_model});
+    lm_head_ = shared;
+    if (checkpoint.contains("lm_head.weight")) builder.load("lm_head.weight", embedding_shape);
   } else {
-    lm_head_ = builder.load("lm_head.weight", {c.vocab_size, c.d_model});
+    lm_head_ = builder.load("lm_head.weight", embedding_shape);
   }
 
   encoder_relative_bias_ = builder.load("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
@@ -239,7 +246,7 @@ EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int3
   args.position_bias = &bias;
   args.bias_max_offset = max_offset;
 
-  Tensor hidden = layers::embed(shared_embedding_, tokens);
+  Tensor hidden = layers::embed(encoder_embedding_, tokens);
   for (const EncoderLayer& layer : encoder_layers_) {
     const Tensor normed = layer.attention_norm(hidden);
     const Tensor keys = ops::linear(normed, layer.attention.k);
@@ -319,7 +326,7 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
   cross_args.num_heads = config_.num_heads;
   cross_args.head_dim = config_.d_kv;
 
-  Tensor hidden = layers::embed(shared_embedding_, tokens);
+  Tensor hidden = layers::embed(decoder_embedding_, tokens);
   for (size_t i = 0; i < decoder_layers_.size(); ++i) {
     const DecoderLayer& layer = decoder_layers_[i];
     DecoderState::Layer& cache = state.layers()[i];

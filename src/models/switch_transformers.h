@@ -79,8 +79,9 @@ class SwitchTransformersModel final : public EncoderDecoderModel {
   SwitchTransformersConfig config_;
   SpecialTokens special_tokens_;
   ModelInfo info_;
-  Tensor shared_embedding_;       // [vocab, d_model]
-  Tensor lm_head_;                // [vocab, d_model]; the shared embedding when tied
+  Tensor encoder_embedding_;  // [vocab, d_model]: shared.weight, unless untied with its own table
+  Tensor decoder_embedding_;
+  Tensor lm_head_;                // [vocab, d_model]: shared.weight when tied
   Tensor encoder_relative_bias_;  // [buckets, heads]
   Tensor decoder_relative_bias_;
   std::vector<EncoderLayer> encoder_layers_;

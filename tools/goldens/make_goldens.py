@@ -232,10 +232,8 @@ def init_weights(model, cfg, seed):
             raise KeyError(name)
         with torch.no_grad():
             p.copy_(torch.from_numpy(w))
-    if not tied:  # untied, v5 keeps encoder/decoder.embed_tokens separate from shared: make them equal, as in
-        with torch.no_grad():  # real checkpoints, so "use shared" and "use embed_tokens" both are right
-            model.encoder.embed_tokens.weight.copy_(model.shared.weight)
-            model.decoder.embed_tokens.weight.copy_(model.shared.weight)
+    # Untied, transformers 5 ties nothing: the encoder embeds with encoder.embed_tokens, the decoder with
+    # decoder.embed_tokens, and shared is unused. Their independent draws check that the engine does the same.
 
 
 def build(ck, vocab_size, seed, eos_scale):
