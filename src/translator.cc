@@ -102,6 +102,8 @@ class TranslatorImpl {
       else
         std::cerr << "warning: " << message << '\n';
     };
+    // A source is [<2xx> id] + pieces(sentence) + [EOS], as tools/train builds training examples: the tag
+    // piece is not run through SentencePiece, which would put a lone "▁" piece before it.
     std::vector<int> prefix;
     if (!options.target_lang.empty()) {
       const std::string tag = "<2" + options.target_lang + ">";
