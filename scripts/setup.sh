@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config ccache
-  libopenblas-dev             # CPU GEMMs
+  libopenblas-openmp-dev      # CPU GEMMs (OpenMP build: one thread pool with ours)
   libsentencepiece-dev        # tokenizer
   nlohmann-json3-dev          # config.json and safetensors headers
   libcli11-dev                # command-line flags
