@@ -1,6 +1,10 @@
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <string>
+
+#include "elephant/error.h"
 
 namespace elephant {
 
@@ -25,5 +29,19 @@ std::string read_text_file(const std::string& path);
 
 // tests/goldens in the source tree (the ELEPHANT_GOLDENS_DIR compile definition).
 std::string goldens_dir();
+
+#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
+
+// The message of the ModelError `function` throws; a test failure if it throws none.
+template <typename Function>
+std::string model_error_of(Function&& function) {
+  try {
+    function();
+  } catch (const ModelError& error) {
+    return error.what();
+  }
+  ADD_FAILURE() << "expected ModelError";
+  return {};
+}
 
 }  // namespace elephant

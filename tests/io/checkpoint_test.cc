@@ -15,19 +15,6 @@
 namespace elephant {
 namespace {
 
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
-
-template <typename Function>
-std::string model_error_of(Function&& function) {
-  try {
-    function();
-  } catch (const ModelError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected ModelError";
-  return {};
-}
-
 Tensor half_tensor(DType dtype, const std::vector<uint16_t>& bits, const Shape& shape) {
   Tensor tensor = Tensor::empty(shape, dtype);
   std::memcpy(tensor.raw(), bits.data(), bits.size() * sizeof(uint16_t));

@@ -11,19 +11,6 @@
 namespace elephant {
 namespace {
 
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
-
-template <typename Function>
-std::string model_error_of(Function&& function) {
-  try {
-    function();
-  } catch (const ModelError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected ModelError";
-  return {};
-}
-
 const char* const sample_config = R"({
   "d_model": 768,
   "d_ff": 3072.0,

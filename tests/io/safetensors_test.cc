@@ -31,8 +31,6 @@ std::string open_error(const std::string& path) {
   return {};
 }
 
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
-
 template <typename T>
 Tensor tensor_of(DType dtype, const std::vector<T>& values, const Shape& shape) {
   Tensor tensor = Tensor::empty(shape, dtype);

@@ -15,8 +15,6 @@
 namespace elephant {
 namespace {
 
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
-
 const char* const training_sentences[] = {
     "The quick brown fox jumps over the lazy dog.",
     "A mixture of experts routes each token to one expert.",

@@ -29,6 +29,7 @@ from transformers import SwitchTransformersForConditionalGeneration
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import score  # noqa: E402
+from cli_help import HelpFormatter  # noqa: E402
 
 PAD, EOS = 0, 1
 
@@ -45,12 +46,14 @@ def read_test(path):
 
 
 @torch.no_grad()
-def translate(model, sp, lines, tag, beams, batch_size, max_new_tokens, device):
-    """Batched generation, batches of similar source length (longest first); returns texts in input order."""
+def translate(model, sp, lines, tag, beams, batch_size, max_new_tokens, device, return_ids=False):
+    """Batched generation, batches of similar source length (longest first); returns texts in input order
+    (and, with return_ids, the generated ids through the EOS, without the decoder start token)."""
     pieces = sp.encode(lines, out_type=int)
     sources = [[tag] + p + [EOS] if p else None for p in pieces]
     order = sorted((i for i, s in enumerate(sources) if s is not None), key=lambda i: -len(sources[i]))
     out = [""] * len(lines)
+    out_ids = [[] for _ in lines]
     kwargs = dict(num_beams=beams, max_new_tokens=max_new_tokens, do_sample=False)
     if beams > 1:
         kwargs.update(length_penalty=1.0, early_stopping=False)
@@ -65,19 +68,10 @@ def translate(model, sp, lines, tag, beams, batch_size, max_new_tokens, device):
         for row, i in enumerate(idx):
             toks = gen[row][1:]  # drop the decoder start token (pad id)
             if EOS in toks:
-                toks = toks[:toks.index(EOS)]
-            out[i] = sp.decode([t for t in toks if t != PAD])
-    return out
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the docstring's layout; shows every option's default unless its help already speaks of one."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
-            text += f" (default: {action.default})"
-        return text
+                toks = toks[:toks.index(EOS) + 1]
+            out_ids[i] = toks
+            out[i] = sp.decode([t for t in toks if t not in (PAD, EOS)])
+    return (out, out_ids) if return_ids else out
 
 
 def main():

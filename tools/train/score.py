@@ -24,6 +24,7 @@ from collections import defaultdict
 
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF
+from cli_help import HelpFormatter
 
 LANG_ORDER = ["de", "fr", "es", "it", "pt_BR", "ru", "uk", "sv", "ja", "zh_CN"]
 HYP_RE = re.compile(r"^hyp\.(\d+)\.([A-Za-z_]+)-([A-Za-z_]+)\.txt$")
@@ -163,16 +164,6 @@ def compare_folders(dir_a, dir_b, show=3):
     only = sorted({f"hyp.{bm}.{d}" for bm in a for d in a[bm]} ^ {f"hyp.{bm}.{d}" for bm in b for d in b[bm]})
     return dict(per_file=result, match=same, sentences=total, rate=same / max(1, total), only_in_one=only,
                 examples=examples)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the docstring's layout; shows every option's default unless its help already speaks of one."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
-            text += f" (default: {action.default})"
-        return text
 
 
 def main():

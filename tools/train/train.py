@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
 from transformers.models.switch_transformers import modeling_switch_transformers as st
+from cli_help import HelpFormatter
 
 PAD, EOS = 0, 1
 
@@ -463,16 +464,6 @@ def save(model, optimizer, sampler, args, step, train_time, history, langs):
     log(f"saved step {step}: {args.out} ({size:,} bytes), {args.state_out}/train_state.pt "
         f"({os.path.getsize(os.path.join(args.state_out, 'train_state.pt')):,} bytes) in {time.time() - t0:.1f}s")
     assert size <= args.max_model_bytes, f"model folder {size:,} bytes > limit {args.max_model_bytes:,}"
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the docstring's layout; shows every option's default unless its help already speaks of one."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
-            text += f" (default: {action.default})"
-        return text
 
 
 def main():
