@@ -19,7 +19,7 @@ struct ModelInfo {
   int sparse_encoder_layers = 0;
   int sparse_decoder_layers = 0;
   int num_experts = 0;
-  int64_t parameters = 0;                         // distinct parameters (tied tensors counted once)
+  int64_t parameters = 0;                         // elements of every tensor stored in the checkpoint
   int64_t expert_parameters = 0;                  // of which in experts
   std::map<std::string, int64_t> bytes_by_dtype;  // checkpoint bytes per stored dtype ("F32", "F16", ...)
 };
