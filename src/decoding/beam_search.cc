@@ -151,8 +151,7 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
     live = std::move(next_live);
     tokens.clear();
     for (int32_t source : live)
-      for (const Hypothesis& h : beams[source].running)
-        tokens.push_back(h.tokens.empty() ? special.pad : h.tokens.back());
+      for (const Hypothesis& h : beams[source].running) tokens.push_back(h.tokens.back());
   }
   for (size_t s = 0; s < sources; ++s) results[s] = beams[s].finished.front().tokens;
   return results;
