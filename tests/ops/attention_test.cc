@@ -66,6 +66,13 @@ std::vector<double> reference_attention(const Tensor& queries, const Tensor& key
   return testref::close_to_reference(out, ref, 1e-5);
 }
 
+::testing::AssertionResult matches_reference(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const ops::AttentionLayout& layout, const ops::AttentionArgs& args) {
+  Tensor out = Tensor::empty(q.shape());
+  ops::attention(q, k, v, layout, args, out);
+  return check(out, reference_attention(q, k, v, layout, args));
+}
+
 struct Heads {
   int num_heads, head_dim;
 };
@@ -97,9 +104,7 @@ TEST(AttentionTest, PackedSequencesWithoutBias) {
     ops::AttentionArgs args;
     args.num_heads = h.num_heads;
     args.head_dim = h.head_dim;
-    Tensor out = Tensor::empty({tokens, inner});
-    ops::attention(q, k, v, layout, args, out);
-    EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args)));
+    EXPECT_TRUE(matches_reference(q, k, v, layout, args));
   }
 }
 
@@ -120,9 +125,7 @@ TEST(AttentionTest, PackedSequencesWithBidirectionalPositionBias) {
       args.head_dim = h.head_dim;
       args.position_bias = &bias;
       args.bias_max_offset = max_offset;
-      Tensor out = Tensor::empty({tokens, inner});
-      ops::attention(q, k, v, layout, args, out);
-      EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args))) << "max_offset " << max_offset;
+      EXPECT_TRUE(matches_reference(q, k, v, layout, args)) << "max_offset " << max_offset;
     }
   }
 }
@@ -225,9 +228,7 @@ TEST(AttentionTest, QueriesAtAnOffsetPositionWithCausalMask) {
     args.causal = causal;
     args.position_bias = &bias;
     args.bias_max_offset = 10;
-    Tensor out = Tensor::empty({7, inner});
-    ops::attention(q, k, v, layout, args, out);
-    EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args))) << "causal " << causal;
+    EXPECT_TRUE(matches_reference(q, k, v, layout, args)) << "causal " << causal;
   }
 }
 
@@ -254,9 +255,7 @@ TEST(AttentionTest, CrossAttentionWithSharedAndReorderedKeys) {
     ops::AttentionArgs args;
     args.num_heads = h.num_heads;
     args.head_dim = h.head_dim;
-    Tensor out = Tensor::empty({rows, inner});
-    ops::attention(q, k, v, layout, args, out);
-    EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args)));
+    EXPECT_TRUE(matches_reference(q, k, v, layout, args));
   }
 }
 
@@ -293,9 +292,7 @@ TEST(AttentionTest, NoSequencesOrEmptyQueryRanges) {
   layout.key_length = {2, 4};
   layout.query_position = {0, 0};
   const Tensor q = random_tensor({3, 8}, rng), k = random_tensor({6, 8}, rng), v = random_tensor({6, 8}, rng);
-  Tensor out = Tensor::empty({3, 8});
-  ops::attention(q, k, v, layout, args, out);
-  EXPECT_TRUE(check(out, reference_attention(q, k, v, layout, args)));
+  EXPECT_TRUE(matches_reference(q, k, v, layout, args));
 }
 
 TEST(AttentionTest, InvalidLayoutsThrow) {
