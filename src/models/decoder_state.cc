@@ -81,15 +81,56 @@ void DecoderState::select_rows(const std::vector<int32_t>& rows) {
 void DecoderState::reserve_next_step() {
   if (steps_done_ >= max_steps_)
     throw std::logic_error("DecoderState: all " + std::to_string(max_steps_) + " steps are used");
-  std::vector<int32_t> all_rows(row_source_.size());
-  for (size_t r = 0; r < all_rows.size(); ++r) all_rows[r] = static_cast<int32_t>(r);
+  std::vector<int32_t> all_rows;
   for (Layer& layer : layers_) {
     const int64_t slots = layer.self_keys.dim(1);
     if (steps_done_ < slots) continue;
+    if (all_rows.empty())
+      for (size_t r = 0; r < row_source_.size(); ++r) all_rows.push_back(static_cast<int32_t>(r));
     const int64_t grown = std::min<int64_t>(max_steps_, std::max<int64_t>(16, 2 * slots));
     layer.self_keys = copy_cache_rows(layer.self_keys, all_rows, steps_done_, grown);
     layer.self_values = copy_cache_rows(layer.self_values, all_rows, steps_done_, grown);
   }
+}
+
+void DecoderState::store_step(Layer& layer, const Tensor& keys, const Tensor& values) const {
+  for (auto [step, cache] :
+       {std::pair<const Tensor*, Tensor*>{&keys, &layer.self_keys}, {&values, &layer.self_values}}) {
+    const int64_t slots = cache->dim(1);
+    const int64_t width = cache->dim(2);
+    if (steps_done_ >= slots || step->shape() != Shape{rows(), width})
+      throw std::invalid_argument("DecoderState::store_step: " + shape_string(step->shape()) + " into slot " +
+                                  std::to_string(steps_done_) + " of " + shape_string(cache->shape()));
+    const float* in = step->data<float>();
+    float* out = cache->data<float>();
+    for (int64_t r = 0; r < rows(); ++r) std::copy_n(in + r * width, width, out + (r * slots + steps_done_) * width);
+  }
+}
+
+ops::AttentionLayout DecoderState::self_attention_layout() const {
+  const int64_t slots = layers_.empty() ? 0 : layers_.front().self_keys.dim(1);
+  ops::AttentionLayout layout;
+  for (int64_t r = 0; r < rows(); ++r) {
+    layout.query_begin.push_back(r);
+    layout.key_begin.push_back(r * slots);
+    layout.key_length.push_back(steps_done_ + 1);
+    layout.query_position.push_back(steps_done_);
+  }
+  layout.query_begin.push_back(rows());
+  return layout;
+}
+
+ops::AttentionLayout DecoderState::cross_attention_layout() const {
+  ops::AttentionLayout layout;
+  for (int64_t r = 0; r < rows(); ++r) {
+    const int32_t source = row_source_[r];
+    layout.query_begin.push_back(r);
+    layout.key_begin.push_back(source_offsets_[source]);
+    layout.key_length.push_back(source_offsets_[source + 1] - source_offsets_[source]);
+    layout.query_position.push_back(0);
+  }
+  layout.query_begin.push_back(rows());
+  return layout;
 }
 
 }  // namespace elephant

@@ -6,6 +6,7 @@
 
 #include "core/tensor.h"
 #include "elephant/model_info.h"
+#include "ops/attention.h"
 
 namespace elephant {
 
@@ -46,6 +47,12 @@ class DecoderState {
   // Makes room in the self-attention caches for one more step, growing them geometrically: most
   // sentences stop long before max_steps, so the caches are not sized for it up front.
   void reserve_next_step();
+  // Writes this step's keys and values, [rows, heads * head_dim], into each row's slot of the layer's cache.
+  void store_step(Layer& layer, const Tensor& keys, const Tensor& values) const;
+  // Who attends to what this step: each row's query against its own cached steps (self-attention), or
+  // against its source's encoder states (cross-attention).
+  ops::AttentionLayout self_attention_layout() const;
+  ops::AttentionLayout cross_attention_layout() const;
   void advance() { ++steps_done_; }
 
  private:

@@ -274,20 +274,6 @@ std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const Enco
   return state;
 }
 
-namespace {
-
-// Writes this step's key/value of each row into its cache slot.
-void store_step(const Tensor& step_values, int slot, Tensor& cache) {
-  const int64_t rows = cache.dim(0);
-  const int64_t slots = cache.dim(1);
-  const int64_t width = cache.dim(2);
-  const float* in = step_values.data<float>();
-  float* out = cache.data<float>();
-  for (int64_t r = 0; r < rows; ++r) std::copy_n(in + r * width, width, out + (r * slots + slot) * width);
-}
-
-}  // namespace
-
 Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int32_t>& tokens) {
   const int64_t rows = state.rows();
   if (static_cast<int64_t>(tokens.size()) != rows)
@@ -295,24 +281,8 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
                                 " rows");
   const int position = state.steps_done();
   state.reserve_next_step();
-  const int64_t slots = state.layers().front().self_keys.dim(1);
-
-  ops::AttentionLayout self_layout;
-  ops::AttentionLayout cross_layout;
-  const auto& offsets = state.source_offsets();
-  for (int64_t r = 0; r < rows; ++r) {
-    self_layout.query_begin.push_back(r);
-    self_layout.key_begin.push_back(r * slots);
-    self_layout.key_length.push_back(position + 1);
-    self_layout.query_position.push_back(position);
-    const int32_t source = state.row_source()[r];
-    cross_layout.query_begin.push_back(r);
-    cross_layout.key_begin.push_back(offsets[source]);
-    cross_layout.key_length.push_back(offsets[source + 1] - offsets[source]);
-    cross_layout.query_position.push_back(0);
-  }
-  self_layout.query_begin.push_back(rows);
-  cross_layout.query_begin.push_back(rows);
+  const ops::AttentionLayout self_layout = state.self_attention_layout();
+  const ops::AttentionLayout cross_layout = state.cross_attention_layout();
 
   const Tensor bias = ops::relative_position_bias(
       decoder_relative_bias_, position,
@@ -332,8 +302,7 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
     DecoderState::Layer& cache = state.layers()[i];
     const int64_t width = cache.self_keys.dim(2);
     const Tensor normed = layer.self_attention_norm(hidden);
-    store_step(ops::linear(normed, layer.self_attention.k), position, cache.self_keys);
-    store_step(ops::linear(normed, layer.self_attention.v), position, cache.self_values);
+    state.store_step(cache, ops::linear(normed, layer.self_attention.k), ops::linear(normed, layer.self_attention.v));
     layers::add_attention(layer.self_attention, normed, cache.self_keys.reshape({-1, width}),
                           cache.self_values.reshape({-1, width}), self_layout, self_args, hidden);
     layers::add_attention(layer.cross_attention, layer.cross_attention_norm(hidden), cache.cross_keys,

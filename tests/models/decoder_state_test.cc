@@ -325,5 +325,32 @@ TEST(DecoderStateTest, OutOfRangeRowThrowsAndLeavesTheStateAlone) {
   EXPECT_TRUE(testref::bitwise_equal(state.layers()[1].self_values, before.layers[1].self_values));
 }
 
+// store_step writes each row's step into slot steps_done; the layouts point every row at its own slots and at
+// its source's encoder states.
+TEST(DecoderStateTest, StoreStepAndLayoutsFollowRowsAndSources) {
+  std::mt19937 rng(1107);
+  DecoderState state = make_state(2, 4, 1, 1, rng);  // 6 rows, 4 slots, 1 step done
+  const Tensor keys = random_tensor({state.rows(), kWidth}, rng);
+  const Tensor values = random_tensor({state.rows(), kWidth}, rng);
+  DecoderState::Layer& layer = state.layers()[0];
+  state.store_step(layer, keys, values);
+  for (int64_t r = 0; r < state.rows(); ++r)
+    for (int64_t j = 0; j < kWidth; ++j) {
+      EXPECT_EQ(layer.self_keys.data<float>()[(r * 4 + 1) * kWidth + j], keys.data<float>()[r * kWidth + j]);
+      EXPECT_EQ(layer.self_values.data<float>()[(r * 4 + 1) * kWidth + j], values.data<float>()[r * kWidth + j]);
+    }
+  EXPECT_THROW(state.store_step(layer, random_tensor({2, kWidth}, rng), values), std::invalid_argument);
+
+  const ops::AttentionLayout self = state.self_attention_layout();
+  EXPECT_EQ(self.query_begin, (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(self.key_begin, (std::vector<int64_t>{0, 4, 8, 12, 16, 20}));
+  EXPECT_EQ(self.key_length, (std::vector<int64_t>(6, 2)));
+  EXPECT_EQ(self.query_position, (std::vector<int64_t>(6, 1)));
+  const ops::AttentionLayout cross = state.cross_attention_layout();
+  EXPECT_EQ(cross.key_begin, (std::vector<int64_t>{0, 0, 3, 3, 8, 8}));
+  EXPECT_EQ(cross.key_length, (std::vector<int64_t>{3, 3, 5, 5, 2, 2}));
+  EXPECT_EQ(cross.query_position, (std::vector<int64_t>(6, 0)));
+}
+
 }  // namespace
 }  // namespace elephant
