@@ -58,9 +58,9 @@ class TranslatorImpl {
     }
   }
 
+  // Options are validated by the caller.
   std::vector<std::vector<int>> translate_ids(const std::vector<std::vector<int>>& sources,
                                               const TranslationOptions& options, const ProgressCallback& progress) {
-    validate(options);
     const SpecialTokens& special = model_->special_tokens();
     std::vector<std::vector<int>> results(sources.size());
     // Longest first, so that a batch holds sentences of similar length.
@@ -162,6 +162,7 @@ std::vector<TranslationResult> Translator::translate(const std::vector<std::stri
 
 std::vector<std::vector<int>> Translator::translate_ids(const std::vector<std::vector<int>>& sources,
                                                         const TranslationOptions& options) {
+  validate(options);
   return impl_->translate_ids(sources, options, {});
 }
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "decoding/search.h"
+#include "elephant/error.h"
 #include "elephant/translator.h"
 #include "io/safetensors.h"
 #include "models/encoder_decoder.h"
@@ -158,6 +159,15 @@ TEST_P(GoldenTest, TextTranslationMatchesTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Goldens, GoldenTest, ::testing::ValuesIn(golden_names()),
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
+
+TEST(Goldens, TranslateIdsRejectsBadOptions) {
+  Translator translator(goldens_dir() + "/tiny_e4/model");
+  TranslationOptions options;
+  options.beam_size = 0;
+  EXPECT_THROW(translator.translate_ids({{5, 1}}, options), UsageError);
+  options.beam_size = 1;
+  EXPECT_EQ(translator.translate_ids({{5, 1}, {}}, options).size(), 2u);
+}
 
 TEST(Goldens, AtLeastFourCheckpointsArePresent) { EXPECT_GE(golden_names().size(), 4u) << goldens_dir(); }
 
