@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Everything to run on the GPU machine in one call: unpack the carried Debian packages (no apt there), build with
-# the CUDA backend for sm_90a, run every test (GPU suites included), run the benchmarks, print a short table.
+# the CUDA backend for sm_90a, run every test (GPU suites included), compute-sanitizer on the GPU suites, the
+# benchmarks, and print a short table. Logs go to build-device/out and, packed in one file, to $OUT.
 #
 #   here:  scripts/fetch-device-deps.sh
-#   there: scripts/device-check.sh            (device call with carry [".deps"]; results also land in $OUT)
-set -euo pipefail
+#   there: scripts/device-check.sh             (device call with carry [".deps/debs"])
+#
+# STAGES picks what runs (default: "tests memcheck bench"):
+#   tests    ctest, every suite (the GPU suites run; nothing may be skipped there)
+#   memcheck compute-sanitizer memcheck over the GPU suites (elephant_tests --gtest_filter=*Cuda*)
+#   bench    bench_cuda_moe (one MoE layer, fp16/bf16) next to tools/bench/moe_layer_torch.py (torch._grouped_mm)
+#   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine)
+#            next to tools/bench/hf_generate_bench.py (transformers fp16 generate); slow
+#   cpu      bench_cpu
+set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-build-device/out}
-mkdir -p "$out"
+stages=" ${STAGES:-tests memcheck bench} "
+logs=build-device/out
+rm -rf "$logs"
+mkdir -p "$logs"
 root=$PWD/.deps/root
 arch=$(gcc -dumpmachine)
 if [ -d .deps/debs ]; then
@@ -19,20 +30,82 @@ export PKG_CONFIG_PATH=$root/usr/lib/$arch/pkgconfig:$root/usr/share/pkgconfig
 export LD_LIBRARY_PATH=$root/usr/lib/$arch:$root/usr/lib/$arch/openblas-openmp:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
 
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || echo "no GPU"; } | tee "$out/gpu.txt"
+pack() {
+  if [ -n "${OUT:-}" ]; then tar -czf "$OUT/device-check.tgz" -C "$logs" .; fi
+}
+trap pack EXIT
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no GPU"; } | tee "$logs/gpu.txt"
+start=$(date +%s)
 cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DELEPHANT_CUDA=ON -DELEPHANT_DEPS_ROOT="$root" \
-  -DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" >"$out/configure.log"
-cmake --build build-device -j "$(nproc)" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+  -DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" >"$logs/configure.log" 2>&1 ||
+  { tail -30 "$logs/configure.log"; exit 1; }
+cmake --build build-device -j "${JOBS:-$(nproc)}" >"$logs/build.log" 2>&1 ||
+  { grep -E "error|Error" "$logs/build.log" | head -30; exit 1; }
+echo "== built in $(($(date +%s) - start)) s"
+status=0
 
-set +e
-(cd build-device && ctest -j 8 --output-on-failure >"$out/ctest.log" 2>&1)
-tests_rc=$?
-build-device/bin/bench_cpu --benchmark_min_time=0.5 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
-  --benchmark_format=console >"$out/bench_cpu.txt" 2>&1
-set -e
+if [[ $stages == *" tests "* ]]; then
+  (cd build-device && ctest -j 8 --output-on-failure >"../$logs/ctest.log" 2>&1) || status=1
+  echo "== tests"
+  grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Exception|Not Run|Timeout" "$logs/ctest.log" | head -30
+  # On the GPU machine nothing may be skipped: a skipped GPU suite would mean it never ran.
+  if grep -q "Skipped" "$logs/ctest.log"; then
+    echo "!! skipped tests on the GPU machine:"
+    grep -B1 "Skipped" "$logs/ctest.log" | head -10
+    status=1
+  fi
+fi
 
-echo "== tests"
-grep -E "tests passed|tests failed|Skipped|\*\*\*Failed" "$out/ctest.log" | tail -12
-echo "== CPU benchmarks (medians)"
-grep median "$out/bench_cpu.txt" | awk '{printf "%-36s %10s %s %s\n", $1, $2, $3, $NF}'
-exit $tests_rc
+if [[ $stages == *" memcheck "* ]]; then
+  compute-sanitizer --tool memcheck --leak-check full --error-exitcode 99 build-device/bin/elephant_tests \
+    --gtest_filter='*Cuda*' >"$logs/memcheck.log" 2>&1
+  rc=$?
+  echo "== compute-sanitizer memcheck, GPU suites: rc=$rc"
+  grep -E "ERROR SUMMARY|LEAK SUMMARY|\[  PASSED  \]|\[  FAILED  \]|tests ran" "$logs/memcheck.log" | tail -6
+  [ $rc = 0 ] || status=1
+fi
+
+if [[ $stages == *" bench "* ]]; then
+  build-device/bin/bench_cuda_moe --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+    --benchmark_format=console --benchmark_out="$logs/bench_cuda_moe.json" --benchmark_out_format=json \
+    >"$logs/bench_cuda_moe.txt" 2>&1 || status=1
+  python3 tools/bench/moe_layer_torch.py --json "$logs/moe_torch.json" >"$logs/moe_torch.txt" 2>&1 || status=1
+  echo "== MoE layer, d_model 1024, d_ff 4096, 32 experts (engine: CUDA graph replay; medians, us per layer)"
+  python3 - "$logs/bench_cuda_moe.json" "$logs/moe_torch.json" <<'PY' || status=1
+import json, sys
+engine = json.load(open(sys.argv[1]))["benchmarks"]
+torch_rows = {r["tokens"]: r for r in json.load(open(sys.argv[2]))["rows"]}
+print("| dtype | tokens | experts hit | HBM floor us | engine us | of floor | torch layer (graph) us | torch grouped_mm (graph) us | engine speedup vs torch layer |")
+print("|---|---|---|---|---|---|---|---|---|")
+for b in engine:
+    if b.get("aggregate_name") != "median":
+        continue
+    dtype, tokens = b["run_name"].split("/")[1], int(b["run_name"].split("/")[2])
+    t = torch_rows.get(tokens, {})
+    us = b["real_time"]
+    tl, tg = t.get("layer_graph_ms", float("nan")) * 1e3, t.get("grouped_mm_graph_ms", float("nan")) * 1e3
+    print(f"| {dtype} | {tokens} | {b['experts_hit']:.0f} | {b['floor_us']:.1f} | {us:.1f} | {b['floor_us'] / us:.2f} | {tl:.1f} | {tg:.1f} | {tl / us:.2f}x |")
+PY
+fi
+
+if [[ $stages == *" table3 "* ]]; then
+  model=build-device/paper_model
+  [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
+  build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --json "$logs/table3_engine.json" \
+    >"$logs/table3_engine.txt" 2>&1 || status=1
+  python3 tools/bench/hf_generate_bench.py "$model" --json "$logs/table3_hf.json" >"$logs/table3_hf.txt" 2>&1 ||
+    status=1
+  echo "== Table 3 (input tokens/s, 40 in / 40 out forced, fp16)"
+  cat "$logs/table3_engine.txt"
+  tail -8 "$logs/table3_hf.txt"
+fi
+
+if [[ $stages == *" cpu "* ]]; then
+  build-device/bin/bench_cpu --benchmark_min_time=0.5 --benchmark_repetitions=3 \
+    --benchmark_report_aggregates_only=true --benchmark_format=console >"$logs/bench_cpu.txt" 2>&1
+  echo "== CPU benchmarks (medians)"
+  grep median "$logs/bench_cpu.txt" | awk '{printf "%-36s %10s %s %s\n", $1, $2, $3, $NF}'
+fi
+echo "== done in $(($(date +%s) - start)) s, status $status"
+exit $status

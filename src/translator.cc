@@ -3,8 +3,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <iostream>
 #include <numeric>
+#include <optional>
 
 #include "decoding/search.h"
 #include "elephant/error.h"
@@ -22,13 +24,22 @@ namespace elephant {
 namespace {
 
 Device resolve_device(DeviceRequest request) {
-  if (request == DeviceRequest::CUDA) {
-    const int gpus = cuda_device_count();
-    if (gpus == 0) throw UsageError("--device cuda: no CUDA device is available");
-    throw UsageError("--device cuda: " + std::to_string(gpus) +
-                     " CUDA device(s) found, but models run on the CPU backend only in this version");
-  }
-  return Device::CPU;  // Auto: the CPU backend is the one that runs models today
+  const int gpus = cuda_device_count();
+  if (request == DeviceRequest::CUDA && gpus == 0)
+    throw UsageError("--device cuda: no CUDA device is available (or this build has no CUDA backend)");
+  if (request == DeviceRequest::CPU) return Device::CPU;
+  return gpus > 0 ? Device::CUDA : Device::CPU;
+}
+
+ComputeType resolve_compute_type(ComputeType requested, Device device) {
+  if (requested == ComputeType::Auto) return device == Device::CUDA ? ComputeType::FP16 : ComputeType::FP32;
+  if (device == Device::CPU && requested != ComputeType::FP32)
+    throw UsageError("--dtype " + to_string(requested) + ": the CPU backend computes in fp32 (use --device cuda)");
+  return requested;
+}
+
+DType dtype_of(ComputeType type) {
+  return type == ComputeType::FP16 ? DType::F16 : type == ComputeType::BF16 ? DType::BF16 : DType::F32;
 }
 
 void validate(const TranslationOptions& options) {
@@ -38,6 +49,8 @@ void validate(const TranslationOptions& options) {
   check(options.beam_size >= 1, "beam size must be at least 1, got " + std::to_string(options.beam_size));
   check(options.max_batch_size >= 1, "batch size must be at least 1, got " + std::to_string(options.max_batch_size));
   check(options.max_length >= 1, "max length must be at least 1, got " + std::to_string(options.max_length));
+  check(options.min_length >= 0 && options.min_length <= options.max_length,
+        "min length must be between 0 and the max length, got " + std::to_string(options.min_length));
   check(options.max_input_length >= 2,
         "max input length must be at least 2, got " + std::to_string(options.max_input_length));
   check(options.length_penalty == options.length_penalty, "length penalty must be a number");
@@ -49,8 +62,11 @@ class TranslatorImpl {
  public:
   TranslatorImpl(const std::string& model_dir, const TranslatorOptions& options)
       : device_(resolve_device(options.device)),
-        model_(load_model(model_dir)),
-        tokenizer_(Tokenizer::load(model_dir + "/spiece.model")) {
+        compute_type_(resolve_compute_type(options.compute_type, device_)),
+        model_(load_model(model_dir, {device_, dtype_of(compute_type_)})),
+        tokenizer_path_(model_dir + "/spiece.model") {
+    // Text needs the SentencePiece model; token ids (translate_ids, benchmarks) do not.
+    if (std::filesystem::exists(tokenizer_path_)) tokenizer_ = Tokenizer::load(tokenizer_path_);
     if (options.num_threads < 0) throw UsageError("number of threads must be >= 0");
     if (options.num_threads > 0) {
       omp_set_num_threads(options.num_threads);
@@ -74,7 +90,12 @@ class TranslatorImpl {
     }
     std::stable_sort(order.begin(), order.end(),
                      [&](size_t a, size_t b) { return sources[a].size() > sources[b].size(); });
-    const SearchOptions search{options.beam_size, options.max_length, options.length_penalty, options.prune_finished};
+    SearchOptions search;
+    search.beam_size = options.beam_size;
+    search.max_length = options.max_length;
+    search.min_length = options.min_length;
+    search.length_penalty = options.length_penalty;
+    search.prune_finished = options.prune_finished;
     size_t done = sources.size() - order.size();
     for (size_t begin = 0; begin < order.size(); begin += options.max_batch_size) {
       const size_t end = std::min(order.size(), begin + options.max_batch_size);
@@ -96,6 +117,9 @@ class TranslatorImpl {
   std::vector<TranslationResult> translate(const std::vector<std::string>& lines, const TranslationOptions& options,
                                            const ProgressCallback& progress, const WarningCallback& warn) {
     validate(options);
+    if (!tokenizer_)
+      throw ModelError(tokenizer_path_ +
+                       ": SentencePiece model not found (translating text needs it; token ids do not)");
     const auto warning = [&](const std::string& message) {
       if (warn)
         warn(message);
@@ -107,7 +131,7 @@ class TranslatorImpl {
     std::vector<int> prefix;
     if (!options.target_lang.empty()) {
       const std::string tag = "<2" + options.target_lang + ">";
-      const int id = tokenizer_.piece_to_id(tag);
+      const int id = tokenizer_->piece_to_id(tag);
       if (id < 0)
         throw InputError("unknown target language \"" + options.target_lang + "\": the tokenizer has no piece " + tag);
       prefix.push_back(id);
@@ -119,7 +143,7 @@ class TranslatorImpl {
       size_t error_offset = 0;
       if (!is_valid_utf8(lines[i], &error_offset))
         throw InputError("line " + std::to_string(i + 1) + ": invalid UTF-8 at byte " + std::to_string(error_offset));
-      std::vector<int> pieces = tokenizer_.encode(lines[i]);
+      std::vector<int> pieces = tokenizer_->encode(lines[i]);
       if (pieces.empty()) continue;  // an empty line translates to an empty line
       std::vector<int>& ids = sources[i];
       ids = prefix;
@@ -136,18 +160,21 @@ class TranslatorImpl {
     const std::vector<std::vector<int>> generated = translate_ids(sources, options, progress);
     for (size_t i = 0; i < lines.size(); ++i) {
       results[i].ids = generated[i];
-      results[i].text = tokenizer_.decode(generated[i]);
+      results[i].text = tokenizer_->decode(generated[i]);
     }
     return results;
   }
 
   Device device() const { return device_; }
+  ComputeType compute_type() const { return compute_type_; }
   const ModelInfo& info() const { return model_->info(); }
 
  private:
   Device device_;
+  ComputeType compute_type_;
   std::unique_ptr<EncoderDecoderModel> model_;
-  Tokenizer tokenizer_;
+  std::string tokenizer_path_;
+  std::optional<Tokenizer> tokenizer_;
 };
 
 Translator::Translator(const std::string& model_dir, const TranslatorOptions& options)
@@ -168,5 +195,6 @@ std::vector<std::vector<int>> Translator::translate_ids(const std::vector<std::v
 
 const ModelInfo& Translator::info() const { return impl_->info(); }
 Device Translator::device() const { return impl_->device(); }
+ComputeType Translator::compute_type() const { return impl_->compute_type(); }
 
 }  // namespace elephant

@@ -10,6 +10,12 @@ enum class Device { CPU, CUDA };
 enum class DeviceRequest { Auto, CPU, CUDA };
 
 DeviceRequest parse_device_request(const std::string& name);  // throws UsageError
+
+// The dtype a model computes in (its weights and activations). Auto: fp32 on the CPU, fp16 on CUDA.
+enum class ComputeType { Auto, FP32, FP16, BF16 };
+
+ComputeType parse_compute_type(const std::string& name);  // "auto", "fp32", "fp16", "bf16"; throws UsageError
+std::string to_string(ComputeType type);
 std::string to_string(Device device);
 
 // Number of CUDA devices visible to this process; 0 when built without CUDA or when none is present.

@@ -11,14 +11,16 @@
 namespace elephant {
 
 struct TranslatorOptions {
-  DeviceRequest device = DeviceRequest::Auto;
-  int num_threads = 0;  // 0: all cores
+  DeviceRequest device = DeviceRequest::Auto;  // Auto: CUDA when a GPU is present, else the CPU
+  ComputeType compute_type = ComputeType::Auto;
+  int num_threads = 0;  // CPU threads; 0: all cores
 };
 
 struct TranslationOptions {
   int beam_size = 1;            // 1: greedy search
   int max_batch_size = 32;      // sentences encoded and decoded together
   int max_length = 256;         // generated tokens per sentence, EOS included
+  int min_length = 0;           // no EOS before this many generated tokens
   int max_input_length = 512;   // longer inputs are truncated (with a warning), EOS included
   float length_penalty = 1.0f;  // beam scores are divided by length^length_penalty, as in transformers
   bool prune_finished = true;   // finished sentences leave the batch (never changes the result)
@@ -57,6 +59,7 @@ class Translator {
 
   const ModelInfo& info() const;
   Device device() const;
+  ComputeType compute_type() const;  // the resolved one, never Auto
 
  private:
   std::unique_ptr<TranslatorImpl> impl_;

@@ -16,6 +16,7 @@ struct TranslateFlags {
   std::string input;
   std::string output;
   std::string device = "auto";
+  std::string dtype = "auto";
   int threads = 0;
   TranslationOptions options;
   bool no_pruning = false;
@@ -41,6 +42,7 @@ void draw_progress(size_t done, size_t total) {
 int run_translate(const TranslateFlags& flags) {
   TranslatorOptions translator_options;
   translator_options.device = parse_device_request(flags.device);
+  translator_options.compute_type = parse_compute_type(flags.dtype);
   translator_options.num_threads = flags.threads;
   TranslationOptions options = flags.options;
   options.prune_finished = !flags.no_pruning;
@@ -89,6 +91,8 @@ Runner add_translate_command(CLI::App& app) {
   cmd->add_option("--max-length", flags->options.max_length, "Maximum generated tokens per sentence")
       ->check(CLI::Range(1, 4096))
       ->capture_default_str();
+  cmd->add_option("--min-length", flags->options.min_length, "Generated tokens before EOS is allowed")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--max-input-length", flags->options.max_input_length, "Longer inputs are truncated, with a warning")
       ->check(CLI::Range(2, 65536))
       ->capture_default_str();
@@ -97,8 +101,11 @@ Runner add_translate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--target-lang", flags->options.target_lang,
                   "Target language code; its tag <2CODE> is prepended to every source");
-  cmd->add_option("--device", flags->device, "cpu, cuda or auto")
+  cmd->add_option("--device", flags->device, "cpu, cuda or auto (CUDA when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
+  cmd->add_option("--dtype", flags->dtype, "Compute dtype: fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on the CPU)")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16", "auto"}))
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   cmd->add_flag("--no-pruning", flags->no_pruning, "Keep finished sentences in the batch (for testing)");

@@ -11,6 +11,28 @@ DeviceRequest parse_device_request(const std::string& name) {
   throw UsageError("unknown device \"" + name + "\" (expected cpu, cuda or auto)");
 }
 
+ComputeType parse_compute_type(const std::string& name) {
+  if (name == "auto") return ComputeType::Auto;
+  if (name == "fp32") return ComputeType::FP32;
+  if (name == "fp16") return ComputeType::FP16;
+  if (name == "bf16") return ComputeType::BF16;
+  throw UsageError("unknown dtype \"" + name + "\" (expected fp32, fp16, bf16 or auto)");
+}
+
+std::string to_string(ComputeType type) {
+  switch (type) {
+    case ComputeType::FP32:
+      return "fp32";
+    case ComputeType::FP16:
+      return "fp16";
+    case ComputeType::BF16:
+      return "bf16";
+    case ComputeType::Auto:
+      break;
+  }
+  return "auto";
+}
+
 std::string to_string(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
 
 #ifndef ELEPHANT_WITH_CUDA

@@ -34,8 +34,13 @@ constexpr DType dtype_of<uint8_t>() {
   return DType::U8;
 }
 
+bool is_floating(DType dtype);  // F32, F16 or BF16
+
 // Exact widening conversions of stored half-precision values.
 float half_to_float(uint16_t bits);
 float bfloat16_to_float(uint16_t bits);
+// Narrowing conversions, rounding to nearest even as the CUDA intrinsics do (__float2half_rn, __float2bfloat16).
+uint16_t float_to_half(float value);
+uint16_t float_to_bfloat16(float value);
 
 }  // namespace elephant

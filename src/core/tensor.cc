@@ -1,9 +1,10 @@
 #include "core/tensor.h"
 
-#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
+
+#include "core/device_memory.h"
 
 namespace elephant {
 
@@ -21,39 +22,50 @@ int64_t shape_numel(const Shape& shape) {
   return n;
 }
 
-Tensor Tensor::empty(const Shape& shape, DType dtype) {
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape)
     if (d < 0) throw std::invalid_argument("Tensor::empty: negative dimension in " + shape_string(shape));
   const size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  void* data = rounded ? std::aligned_alloc(64, rounded) : nullptr;
-  if (rounded && !data) throw std::bad_alloc();
-  std::shared_ptr<const void> owner(data, [](const void* p) { std::free(const_cast<void*>(p)); });
-  return Tensor(data, shape, dtype, std::move(owner));
+  void* data = device_allocate(device, bytes);
+  std::shared_ptr<const void> owner(data, [device](const void* p) { device_free(device, const_cast<void*>(p)); });
+  return Tensor(data, shape, dtype, device, std::move(owner));
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype) {
-  Tensor t = empty(shape, dtype);
-  if (t.nbytes()) std::memset(t.data_, 0, t.nbytes());
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  device_fill_zero(t.data_, device, t.nbytes());
   return t;
 }
 
 Tensor Tensor::borrow(void* data, const Shape& shape, DType dtype, std::shared_ptr<const void> owner) {
-  return Tensor(data, shape, dtype, std::move(owner));
+  return Tensor(data, shape, dtype, Device::CPU, std::move(owner));
 }
 
 template <typename T>
-Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape) {
+Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Device device) {
   if (static_cast<int64_t>(values.size()) != shape_numel(shape))
     throw std::invalid_argument("Tensor::from_vector: " + std::to_string(values.size()) + " values for shape " +
                                 shape_string(shape));
-  Tensor t = empty(shape, dtype_of<T>());
-  if (!values.empty()) std::memcpy(t.data_, values.data(), values.size() * sizeof(T));
+  Tensor t = empty(shape, dtype_of<T>(), device);
+  device_copy(t.data_, device, values.data(), Device::CPU, values.size() * sizeof(T));
   return t;
 }
-template Tensor Tensor::from_vector(const std::vector<float>&, const Shape&);
-template Tensor Tensor::from_vector(const std::vector<int32_t>&, const Shape&);
-template Tensor Tensor::from_vector(const std::vector<int64_t>&, const Shape&);
+template Tensor Tensor::from_vector(const std::vector<float>&, const Shape&, Device);
+template Tensor Tensor::from_vector(const std::vector<int32_t>&, const Shape&, Device);
+template Tensor Tensor::from_vector(const std::vector<int64_t>&, const Shape&, Device);
+template Tensor Tensor::from_vector(const std::vector<uint8_t>&, const Shape&, Device);
+
+template <typename T>
+std::vector<T> Tensor::to_vector() const {
+  check_dtype(dtype_of<T>());
+  std::vector<T> values(static_cast<size_t>(numel()));
+  device_copy(values.data(), Device::CPU, data_, device_, nbytes());
+  return values;
+}
+template std::vector<float> Tensor::to_vector() const;
+template std::vector<int32_t> Tensor::to_vector() const;
+template std::vector<int64_t> Tensor::to_vector() const;
+template std::vector<uint8_t> Tensor::to_vector() const;
 
 int64_t Tensor::dim(int axis) const {
   const int r = rank();
@@ -87,7 +99,7 @@ Tensor Tensor::reshape(Shape shape) const {
   }
   if (shape_numel(shape) != numel())
     throw std::invalid_argument("reshape: cannot view " + shape_string(shape_) + " as " + shape_string(shape));
-  return Tensor(data_, std::move(shape), dtype_, owner_);
+  return Tensor(data_, std::move(shape), dtype_, device_, owner_);
 }
 
 Tensor Tensor::narrow(int64_t begin, int64_t count) const {
@@ -97,16 +109,50 @@ Tensor Tensor::narrow(int64_t begin, int64_t count) const {
   Shape shape = shape_;
   shape[0] = count;
   const size_t row_bytes = shape_[0] ? nbytes() / static_cast<size_t>(shape_[0]) : 0;
-  return Tensor(static_cast<char*>(data_) + begin * row_bytes, std::move(shape), dtype_, owner_);
+  return Tensor(static_cast<char*>(data_) + begin * row_bytes, std::move(shape), dtype_, device_, owner_);
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_);
-  if (nbytes()) std::memcpy(t.data_, data_, nbytes());
+  Tensor t = empty(shape_, dtype_, device_);
+  device_copy(t.data_, device_, data_, device_, nbytes());
   return t;
 }
 
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor t = empty(shape_, dtype_, device);
+  device_copy(t.data_, device, data_, device_, nbytes());
+  return t;
+}
+
+void Tensor::copy_from(const Tensor& source) {
+  if (source.shape_ != shape_ || source.dtype_ != dtype_)
+    throw std::invalid_argument("copy_from: " + dtype_name(source.dtype_) + shape_string(source.shape_) + " into " +
+                                dtype_name(dtype_) + shape_string(shape_));
+  device_copy(data_, device_, source.data_, source.device_, nbytes());
+}
+
+Tensor Tensor::to_dtype(DType dtype) const {
+  if (device_ != Device::CPU) throw std::logic_error("to_dtype: CPU tensors only (ops::convert on CUDA)");
+  if (dtype == dtype_) return *this;
+  const Tensor source = to_float();
+  if (dtype == DType::F32) return source;
+  Tensor out = empty(shape_, dtype);
+  const float* in = source.data<float>();
+  auto* dst = static_cast<uint16_t*>(out.data_);
+  const int64_t n = numel();
+  if (dtype == DType::F16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_half(in[i]);
+  } else if (dtype == DType::BF16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bfloat16(in[i]);
+  } else {
+    throw std::logic_error("to_dtype: unsupported dtype " + dtype_name(dtype));
+  }
+  return out;
+}
+
 Tensor Tensor::to_float() const {
+  if (device_ != Device::CPU) throw std::logic_error("to_float: CPU tensors only");
   if (dtype_ == DType::F32) return *this;
   Tensor out = empty(shape_, DType::F32);
   const auto* in = static_cast<const uint16_t*>(data_);

@@ -5,6 +5,7 @@
 
 #include "decoding/search.h"
 #include "ops/softmax.h"
+#include "ops/topk.h"
 
 namespace elephant {
 
@@ -32,30 +33,11 @@ struct Candidate {
   int32_t token;
 };
 
-// The best `count` candidates over all beams and tokens, best first (torch.topk over beams * vocab).
-std::vector<Candidate> top_candidates(const float* log_probs, int64_t vocab, const std::vector<Hypothesis>& running,
-                                      int count) {
-  std::vector<Candidate> best;
-  best.reserve(static_cast<size_t>(count) + 1);
-  const auto better = [](const Candidate& a, const Candidate& b) { return a.score > b.score; };
-  for (size_t b = 0; b < running.size(); ++b) {
-    const float* row = log_probs + static_cast<int64_t>(b) * vocab;
-    for (int64_t v = 0; v < vocab; ++v) {
-      const float score = row[v] + running[b].score;
-      if (static_cast<int>(best.size()) == count && !(score > best.back().score)) continue;
-      const Candidate c{score, static_cast<int32_t>(b), static_cast<int32_t>(v)};
-      best.insert(std::upper_bound(best.begin(), best.end(), c, better), c);
-      if (static_cast<int>(best.size()) > count) best.pop_back();
-    }
-  }
-  return best;
-}
-
 // One step of one source; returns, for each new running beam, the old beam it extends.
-std::vector<int32_t> advance_source(SourceBeams& beams, const float* log_probs, int64_t vocab, int generated,
+// `candidates`: the best 2 x beam_size (beam, token) extensions of the running beams, best first.
+std::vector<int32_t> advance_source(SourceBeams& beams, const std::vector<Candidate>& candidates, int generated,
                                     const SearchOptions& options, int32_t eos) {
   const int beam_size = options.beam_size;
-  const std::vector<Candidate> candidates = top_candidates(log_probs, vocab, beams.running, 2 * beam_size);
   const int length = generated + 1;  // tokens generated after this step, EOS included
   const bool last_step = length >= options.max_length;
   const auto hits_stop = [&](const Candidate& c) { return last_step || c.token == eos; };
@@ -123,10 +105,24 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
   std::vector<int32_t> tokens(sources * beam_size, special.decoder_start);
 
   for (int step = 0; step < options.max_length; ++step) {
+    // On the model's device: log-probs, plus each row's running score, then the best 2 x beam_size of every
+    // source's beams x vocab (torch.topk over the flattened scores, as transformers does). Only those come back.
     const Tensor logits = model.step(*state, tokens);
     const int64_t vocab = logits.dim(1);
-    Tensor log_probs = Tensor::empty(logits.shape());
-    ops::log_softmax(logits, log_probs);
+    Tensor scores = Tensor::empty(logits.shape(), DType::F32, logits.device());
+    ops::log_softmax(logits, scores);
+    if (step < options.min_length) ops::fill_column(scores, special.eos, -INFINITY);
+    std::vector<float> running_scores;
+    for (int32_t source : live)
+      for (const Hypothesis& h : beams[source].running) running_scores.push_back(h.score);
+    ops::add_row_values(scores, Tensor::from_vector(running_scores, {scores.dim(0)}, scores.device()));
+    const auto live_count = static_cast<int64_t>(live.size());
+    const int count = static_cast<int>(std::min<int64_t>(2 * beam_size, beam_size * vocab));
+    Tensor top_values = Tensor::empty({live_count, count}, DType::F32, scores.device());
+    Tensor top_indices = Tensor::empty({live_count, count}, DType::I32, scores.device());
+    ops::topk(scores.reshape({live_count, beam_size * vocab}), count, top_values, top_indices);
+    const std::vector<float> values = top_values.to_vector<float>();
+    const std::vector<int32_t> indices = top_indices.to_vector<int32_t>();
 
     std::vector<int32_t> rows;  // old rows the next step's rows continue
     std::vector<int32_t> next_live;
@@ -138,8 +134,14 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
         next_live.push_back(live[i]);
         continue;
       }
-      const std::vector<int32_t> parents =
-          advance_source(b, log_probs.data<float>() + first_row * vocab, vocab, step, options, special.eos);
+      std::vector<Candidate> candidates;
+      for (int j = 0; j < count; ++j) {
+        const int32_t flat = indices[i * count + j];
+        if (flat < 0) break;  // fewer finite candidates than asked for
+        candidates.push_back(
+            {values[i * count + j], static_cast<int32_t>(flat / vocab), static_cast<int32_t>(flat % vocab)});
+      }
+      const std::vector<int32_t> parents = advance_source(b, candidates, step, options, special.eos);
       if (!b.can_improve && options.prune_finished) continue;
       for (int32_t parent : parents) rows.push_back(first_row + parent);
       next_live.push_back(live[i]);

@@ -1,8 +1,10 @@
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <stdexcept>
 
 #include "decoding/search.h"
+#include "ops/topk.h"
 
 namespace elephant {
 
@@ -27,9 +29,13 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
   std::vector<uint8_t> finished(sources, 0);
 
   for (int step = 0; step < options.max_length && !row_to_source.empty(); ++step) {
-    const Tensor logits = model.step(*state, tokens);
-    const int64_t vocab = logits.dim(1);
-    const float* data = logits.data<float>();
+    // The argmax (first maximum) runs on the model's device; only one id per row comes back.
+    Tensor logits = model.step(*state, tokens);
+    if (step < options.min_length) ops::fill_column(logits, special.eos, -INFINITY);
+    Tensor best_values = Tensor::empty({logits.dim(0), 1}, DType::F32, logits.device());
+    Tensor best_ids = Tensor::empty({logits.dim(0), 1}, DType::I32, logits.device());
+    ops::topk(logits, 1, best_values, best_ids);
+    const std::vector<int32_t> best = best_ids.to_vector<int32_t>();
     std::vector<int32_t> keep;
     for (size_t r = 0; r < row_to_source.size(); ++r) {
       const int32_t source = row_to_source[r];
@@ -37,8 +43,7 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
         tokens[r] = special.pad;  // only without pruning: the row idles, as in transformers
         continue;
       }
-      const float* row = data + static_cast<int64_t>(r) * vocab;
-      const auto next = static_cast<int32_t>(std::max_element(row, row + vocab) - row);  // first maximum
+      const int32_t next = best[r];
       results[source].push_back(next);
       tokens[r] = next;
       if (next == special.eos)

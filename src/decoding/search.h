@@ -10,6 +10,7 @@ namespace elephant {
 struct SearchOptions {
   int beam_size = 1;            // 1: greedy
   int max_length = 256;         // generated tokens, EOS included
+  int min_length = 0;           // EOS is not allowed before this many tokens (transformers' min_new_tokens)
   float length_penalty = 1.0f;  // finished beam scores are sum(log p) / length^length_penalty
   bool prune_finished = true;   // drop finished sources from the decoder batch
 };

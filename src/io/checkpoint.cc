@@ -113,7 +113,7 @@ Checkpoint::Location& Checkpoint::locate_for_load(const std::string& name, const
   return it->second;
 }
 
-Tensor Checkpoint::load(const std::string& name, const Shape& expected_shape) {
+Tensor Checkpoint::load(const std::string& name, const Shape& expected_shape, DType dtype) {
   Location& location = locate_for_load(name, &expected_shape);
   const SafetensorsFile& file = files_[location.file_index];
   const TensorInfo& tensor_info = file.tensors()[location.tensor_index];
@@ -123,7 +123,8 @@ Tensor Checkpoint::load(const std::string& name, const Shape& expected_shape) {
   if (tensor_info.dtype != DType::F32 && tensor_info.dtype != DType::F16 && tensor_info.dtype != DType::BF16)
     throw ModelError(file.path() + ": tensor " + name + " has dtype " + dtype_name(tensor_info.dtype) +
                      ", expected a floating-point dtype (F32, F16 or BF16)");
-  Tensor tensor = file.tensor(name).to_float();
+  const Tensor stored = file.tensor(name);
+  Tensor tensor = stored.dtype() == dtype ? stored : stored.to_dtype(dtype);
   location.used = true;
   return tensor;
 }

@@ -29,9 +29,9 @@ class Checkpoint {
   const TensorInfo& info(const std::string& name) const;  // throws ModelError when absent
   const std::string& file_of(const std::string& name) const;
 
-  // A float32 tensor, borrowed from the mapping when stored as aligned F32, else converted from F16/BF16.
-  // Marks the name used.
-  Tensor load(const std::string& name, const Shape& expected_shape);
+  // A CPU tensor in `dtype` (F32, F16 or BF16), borrowed from the mapping when stored in that dtype, else
+  // converted from the stored F32/F16/BF16 (rounding to nearest even). Marks the name used.
+  Tensor load(const std::string& name, const Shape& expected_shape, DType dtype = DType::F32);
   // The tensor in its stored dtype (any supported dtype), for tools that rewrite checkpoints. Marks the name used.
   Tensor load_stored(const std::string& name);
 

@@ -1,37 +1,23 @@
 #include "layers/transformer_layers.h"
 
 #include <stdexcept>
+#include <string>
 
+#include "ops/elementwise.h"
+#include "ops/gather.h"
 #include "ops/gemm.h"
-#include "ops/moe_routing.h"
+#include "ops/moe.h"
 #include "ops/rms_norm.h"
 
 namespace elephant::layers {
 
 Tensor RmsNorm::operator()(const Tensor& x) const {
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::rms_norm(x, weight, epsilon, y);
   return y;
 }
 
-void add_in_place(Tensor& hidden, const Tensor& y) {
-  if (hidden.shape() != y.shape())
-    throw std::invalid_argument("add_in_place: " + shape_string(hidden.shape()) + " += " + shape_string(y.shape()));
-  float* h = hidden.data<float>();
-  const float* in = y.data<float>();
-  const int64_t n = hidden.numel();
-#pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) h[i] += in[i];
-}
-
 namespace {
-
-void add_row_bias(Tensor& x, const Tensor& bias) {
-  const int64_t d = bias.numel();
-  float* data = x.data<float>();
-  const float* b = bias.data<float>();
-  for (int64_t i = 0; i < x.numel(); ++i) data[i] += b[i % d];
-}
 
 Tensor dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, const Tensor& x) {
   Tensor h = ops::linear(x, ffn.wi);
@@ -39,42 +25,45 @@ Tensor dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, const 
   return ops::linear(h, ffn.wo);
 }
 
-// Groups the rows by expert (counting sort on the expert id) and runs one GEMM per expert matrix, only
-// for experts that received rows: an expert no row is routed to is never read.
+// Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix, and add the scaled
+// outputs back in row order. Nothing here reads device memory on the host: the per-expert row counts stay in
+// `offsets` on the device.
 void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activation, const Tensor& x, Tensor& hidden,
-                            const std::vector<uint8_t>& active) {
-  Tensor router_logits = ops::linear(x, moe.router);
-  if (moe.router_bias.defined()) add_row_bias(router_logits, moe.router_bias);
-  const ops::Top1Routing routing = ops::route_top1(router_logits, active);
-  const int num_experts = static_cast<int>(moe.experts.size());
-  const ops::ExpertGroups groups = ops::group_by_expert(routing.expert, num_experts);
-  Tensor gathered = Tensor::empty({static_cast<int64_t>(groups.rows.size()), x.dim(-1)});
-  ops::gather_rows(x, groups.rows.data(), static_cast<int64_t>(groups.rows.size()), gathered);
-  for (int e = 0; e < num_experts; ++e) {
-    const int64_t begin = groups.offsets[e];
-    const int64_t count = groups.offsets[e + 1] - begin;
-    if (count == 0) continue;
-    const Tensor y = dense_ffn(moe.experts[e], activation, gathered.narrow(begin, count));
-    ops::scatter_scaled_add(y, groups.rows.data() + begin, count, routing.probability.data(), hidden);
-  }
+                            const Tensor* active) {
+  const int64_t tokens = x.dim(0);
+  const Device device = x.device();
+  const int experts = moe.num_experts();
+  Tensor expert = Tensor::empty({tokens}, DType::I32, device);
+  Tensor probability = Tensor::empty({tokens}, DType::F32, device);
+  ops::route_top1(x, moe.router, moe.router_bias.defined() ? &moe.router_bias : nullptr, active, expert, probability);
+  Tensor sorted_rows = Tensor::empty({tokens}, DType::I32, device);
+  Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
+  ops::sort_by_expert(expert, experts, sorted_rows, offsets);
+  Tensor gathered = Tensor::empty(x.shape(), x.dtype(), device);
+  ops::gather_rows(x, sorted_rows, gathered);
+  Tensor inner = Tensor::empty({tokens, moe.wi.dim(1)}, x.dtype(), device);
+  ops::grouped_gemm(gathered, moe.wi, offsets, inner, {nullptr, activation});
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), device);
+  ops::grouped_gemm(inner, moe.wo, offsets, y);
+  ops::scatter_scaled_add(y, sorted_rows, probability, offsets, hidden);
 }
 
 }  // namespace
 
-void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, const std::vector<uint8_t>& active) {
+void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, const Tensor* active) {
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, x, hidden, active);
   } else {
-    add_in_place(hidden, dense_ffn(*ffn.dense, ffn.activation, x));
+    ops::add_in_place(hidden, dense_ffn(*ffn.dense, ffn.activation, x));
   }
 }
 
 void add_attention(const MultiHeadAttention& attention, const Tensor& x, const Tensor& keys, const Tensor& values,
                    const ops::AttentionLayout& layout, const ops::AttentionArgs& args, Tensor& hidden) {
   const Tensor queries = ops::linear(x, attention.q);
-  Tensor context = Tensor::empty(queries.shape());
+  Tensor context = Tensor::empty(queries.shape(), queries.dtype(), queries.device());
   ops::attention(queries, keys, values, layout, args, context);
-  add_in_place(hidden, ops::linear(context, attention.o));
+  ops::add_in_place(hidden, ops::linear(context, attention.o));
 }
 
 Tensor embed(const Tensor& table, const std::vector<int32_t>& ids) {
@@ -82,8 +71,9 @@ Tensor embed(const Tensor& table, const std::vector<int32_t>& ids) {
   for (int32_t id : ids)
     if (id < 0 || id >= vocab)
       throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(vocab));
-  Tensor out = Tensor::empty({static_cast<int64_t>(ids.size()), table.dim(1)});
-  ops::gather_rows(table, ids.data(), static_cast<int64_t>(ids.size()), out);
+  const auto count = static_cast<int64_t>(ids.size());
+  Tensor out = Tensor::empty({count, table.dim(1)}, table.dtype(), table.device());
+  ops::gather_rows(table, Tensor::from_vector(ids, {count}, table.device()), out);
   return out;
 }
 

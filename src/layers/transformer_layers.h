@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <vector>
 
@@ -9,8 +10,9 @@
 
 namespace elephant::layers {
 
-// Blocks shared by encoder-decoder architectures. Weights are float32 tensors in the Linear layout
-// [out_features, in_features]; hidden states are packed token-major [tokens, d_model].
+// Blocks shared by encoder-decoder architectures, on any device. Weights are in the Linear layout
+// [out_features, in_features] and in the model's compute dtype (F32 on the CPU; F32, F16 or BF16 on CUDA), except
+// the router, which stays F32; hidden states are packed token-major [tokens, d_model] in the compute dtype.
 
 struct RmsNorm {
   Tensor weight;
@@ -31,9 +33,12 @@ struct DenseFeedForward {
 };
 
 struct MixtureOfExperts {
-  Tensor router;       // [num_experts, d_model], run in float32
-  Tensor router_bias;  // [num_experts] or undefined
-  std::vector<DenseFeedForward> experts;
+  Tensor router;       // F32 [experts, d_model]: routing runs in float32
+  Tensor router_bias;  // F32 [experts] or undefined
+  Tensor wi;           // [experts, d_ff, d_model]: every expert's wi, stacked for the grouped GEMM
+  Tensor wo;           // [experts, d_model, d_ff]
+
+  int num_experts() const { return static_cast<int>(wi.dim(0)); }
 };
 
 // A dense FFN or a top-1 MoE FFN, with its activation.
@@ -43,18 +48,15 @@ struct FeedForward {
   std::optional<MixtureOfExperts> moe;
 };
 
-// hidden += FFN(x). For a MoE FFN, rows whose `active` flag is 0 are left untouched (batch pruning);
-// an empty `active` means every row is live.
-void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, const std::vector<uint8_t>& active = {});
+// hidden += FFN(x). For a MoE FFN, rows whose `active` flag (U8 [rows]) is 0 are left untouched and cost no
+// expert work (batch pruning); no flags means every row is live.
+void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, const Tensor* active = nullptr);
 
 // hidden += o(attention(q(x), k(memory), v(memory))): self-attention when memory is x.
 void add_attention(const MultiHeadAttention& attention, const Tensor& x, const Tensor& keys, const Tensor& values,
                    const ops::AttentionLayout& layout, const ops::AttentionArgs& args, Tensor& hidden);
 
-// hidden += y, elementwise.
-void add_in_place(Tensor& hidden, const Tensor& y);
-
-// out[i] = table[ids[i]]: token embeddings.
+// out[i] = table[ids[i]]: token embeddings, on the table's device.
 Tensor embed(const Tensor& table, const std::vector<int32_t>& ids);
 
 }  // namespace elephant::layers

@@ -2,11 +2,13 @@
 #include <stdexcept>
 
 #include "models/encoder_decoder.h"
+#include "ops/gather.h"
+#include "ops/kv_cache.h"
 
 namespace elephant {
 
-DecoderState::DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int max_steps)
-    : source_offsets_(std::move(source_offsets)), max_steps_(max_steps) {
+DecoderState::DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int max_steps, Device device)
+    : source_offsets_(std::move(source_offsets)), max_steps_(max_steps), device_(device) {
   const int sources = static_cast<int>(source_offsets_.size()) - 1;
   for (int s = 0; s < sources; ++s)
     for (int b = 0; b < rows_per_source; ++b) row_source_.push_back(s);
@@ -14,31 +16,23 @@ DecoderState::DecoderState(std::vector<int64_t> source_offsets, int rows_per_sou
 
 namespace {
 
-// Copies rows of a [rows, slots, width] cache into one with `slots` slots, only the slots already written.
+// Copies rows of a [rows, slots, width] cache into a new one with `slots` slots, only the slots already written.
 Tensor copy_cache_rows(const Tensor& cache, const std::vector<int32_t>& rows, int filled, int64_t slots) {
-  const int64_t old_slots = cache.dim(1);
-  const int64_t width = cache.dim(2);
-  Tensor out = Tensor::empty({static_cast<int64_t>(rows.size()), slots, width});
-  const float* in = cache.data<float>();
-  float* o = out.data<float>();
-  for (size_t i = 0; i < rows.size(); ++i)
-    std::copy_n(in + rows[i] * old_slots * width, filled * width, o + i * slots * width);
+  const auto count = static_cast<int64_t>(rows.size());
+  Tensor out = Tensor::empty({count, slots, cache.dim(2)}, cache.dtype(), cache.device());
+  ops::gather_cache_rows(cache, Tensor::from_vector(rows, {count}, cache.device()), filled, out);
   return out;
 }
 
 // Keeps the packed token ranges of the sources in `kept`.
 Tensor select_source_tokens(const Tensor& memory, const std::vector<int64_t>& offsets,
                             const std::vector<int32_t>& kept) {
-  const int64_t width = memory.dim(1);
-  int64_t tokens = 0;
-  for (int32_t s : kept) tokens += offsets[s + 1] - offsets[s];
-  Tensor out = Tensor::empty({tokens, width});
-  const float* in = memory.data<float>();
-  float* o = out.data<float>();
-  for (int32_t s : kept) {
-    const int64_t n = (offsets[s + 1] - offsets[s]) * width;
-    o = std::copy_n(in + offsets[s] * width, n, o);
-  }
+  std::vector<int32_t> tokens;
+  for (int32_t s : kept)
+    for (int64_t t = offsets[s]; t < offsets[s + 1]; ++t) tokens.push_back(static_cast<int32_t>(t));
+  const auto count = static_cast<int64_t>(tokens.size());
+  Tensor out = Tensor::empty({count, memory.dim(1)}, memory.dtype(), memory.device());
+  ops::gather_rows(memory, Tensor::from_vector(tokens, {count}, memory.device()), out);
   return out;
 }
 
@@ -96,41 +90,37 @@ void DecoderState::reserve_next_step() {
 void DecoderState::store_step(Layer& layer, const Tensor& keys, const Tensor& values) const {
   for (auto [step, cache] :
        {std::pair<const Tensor*, Tensor*>{&keys, &layer.self_keys}, {&values, &layer.self_values}}) {
-    const int64_t slots = cache->dim(1);
-    const int64_t width = cache->dim(2);
-    if (steps_done_ >= slots || step->shape() != Shape{rows(), width})
+    if (steps_done_ >= cache->dim(1) || step->shape() != Shape{rows(), cache->dim(2)})
       throw std::invalid_argument("DecoderState::store_step: " + shape_string(step->shape()) + " into slot " +
                                   std::to_string(steps_done_) + " of " + shape_string(cache->shape()));
-    const float* in = step->data<float>();
-    float* out = cache->data<float>();
-    for (int64_t r = 0; r < rows(); ++r) std::copy_n(in + r * width, width, out + (r * slots + steps_done_) * width);
+    ops::write_cache_step(*step, steps_done_, *cache);
   }
 }
 
 ops::AttentionLayout DecoderState::self_attention_layout() const {
   const int64_t slots = layers_.empty() ? 0 : layers_.front().self_keys.dim(1);
-  ops::AttentionLayout layout;
+  std::vector<int32_t> query_begin, key_begin, key_length, query_position;
   for (int64_t r = 0; r < rows(); ++r) {
-    layout.query_begin.push_back(r);
-    layout.key_begin.push_back(r * slots);
-    layout.key_length.push_back(steps_done_ + 1);
-    layout.query_position.push_back(steps_done_);
+    query_begin.push_back(static_cast<int32_t>(r));
+    key_begin.push_back(static_cast<int32_t>(r * slots));
+    key_length.push_back(steps_done_ + 1);
+    query_position.push_back(steps_done_);
   }
-  layout.query_begin.push_back(rows());
-  return layout;
+  query_begin.push_back(static_cast<int32_t>(rows()));
+  return ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
 }
 
 ops::AttentionLayout DecoderState::cross_attention_layout() const {
-  ops::AttentionLayout layout;
+  std::vector<int32_t> query_begin, key_begin, key_length, query_position;
   for (int64_t r = 0; r < rows(); ++r) {
     const int32_t source = row_source_[r];
-    layout.query_begin.push_back(r);
-    layout.key_begin.push_back(source_offsets_[source]);
-    layout.key_length.push_back(source_offsets_[source + 1] - source_offsets_[source]);
-    layout.query_position.push_back(0);
+    query_begin.push_back(static_cast<int32_t>(r));
+    key_begin.push_back(static_cast<int32_t>(source_offsets_[source]));
+    key_length.push_back(static_cast<int32_t>(source_offsets_[source + 1] - source_offsets_[source]));
+    query_position.push_back(0);
   }
-  layout.query_begin.push_back(rows());
-  return layout;
+  query_begin.push_back(static_cast<int32_t>(rows()));
+  return ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
 }
 
 }  // namespace elephant

@@ -17,6 +17,13 @@ struct SpecialTokens {
   int32_t vocab_size = 0;
 };
 
+// Where a model runs and in which dtype it computes (weights and activations; routers, norms' statistics,
+// softmax and accumulation are float32 regardless). The CPU backend computes in F32 only.
+struct ModelOptions {
+  Device device = Device::CPU;
+  DType dtype = DType::F32;
+};
+
 // Encoder states of a batch of sources, packed token-major without padding: source i owns the rows
 // [offsets[i], offsets[i + 1]) of hidden.
 struct EncoderOutput {
@@ -32,7 +39,7 @@ class DecoderState {
     Tensor cross_keys, cross_values;  // [source tokens, heads * head_dim], packed like EncoderOutput
   };
 
-  DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int max_steps);
+  DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int max_steps, Device device = Device::CPU);
 
   int steps_done() const { return steps_done_; }
   int max_steps() const { return max_steps_; }
@@ -60,6 +67,7 @@ class DecoderState {
   std::vector<int32_t> row_source_;
   std::vector<Layer> layers_;
   int max_steps_;
+  Device device_;
   int steps_done_ = 0;
 };
 
@@ -76,11 +84,11 @@ class EncoderDecoderModel {
   // Prepares `rows_per_source` decoder rows per source (beams) for at most `max_steps` steps.
   virtual std::unique_ptr<DecoderState> start_decoding(const EncoderOutput& encoded, int rows_per_source,
                                                        int max_steps) = 0;
-  // Feeds one token per live row and returns next-token logits [rows, vocab].
+  // Feeds one token per live row and returns next-token logits, F32 [rows, vocab] on the model's device.
   virtual Tensor step(DecoderState& state, const std::vector<int32_t>& tokens) = 0;
 };
 
 // Reads config.json's model_type and builds the matching architecture from the directory's checkpoint.
-std::unique_ptr<EncoderDecoderModel> load_model(const std::string& model_dir);
+std::unique_ptr<EncoderDecoderModel> load_model(const std::string& model_dir, const ModelOptions& options = {});
 
 }  // namespace elephant

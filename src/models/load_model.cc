@@ -14,13 +14,16 @@ namespace {
 
 }  // namespace
 
-std::unique_ptr<EncoderDecoderModel> load_model(const std::string& model_dir) {
+std::unique_ptr<EncoderDecoderModel> load_model(const std::string& model_dir, const ModelOptions& options) {
+  if (options.device == Device::CPU && options.dtype != DType::F32)
+    throw UsageError("the CPU backend computes in fp32; " + dtype_name(options.dtype) + " needs --device cuda");
+  if (!is_floating(options.dtype)) throw UsageError("unsupported compute dtype " + dtype_name(options.dtype));
   const JsonConfig json = JsonConfig::load(model_dir + "/config.json");
   const std::string model_type = json.get_string("model_type");
   if (model_type != "switch_transformers") unsupported(json, model_type);
   const auto config = SwitchTransformersConfig::parse(json);
   Checkpoint checkpoint = Checkpoint::open(model_dir);
-  return std::make_unique<SwitchTransformersModel>(config, checkpoint);
+  return std::make_unique<SwitchTransformersModel>(config, checkpoint, options);
 }
 
 ModelInfo inspect_model(const std::string& model_dir) {

@@ -6,6 +6,7 @@
 #include "elephant/error.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
+#include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "ops/relative_position.h"
 
@@ -116,9 +117,28 @@ namespace {
 // Builds the typed layers from the checkpoint by transformers' tensor names.
 class LayerBuilder {
  public:
-  LayerBuilder(const SwitchTransformersConfig& config, Checkpoint& checkpoint) : c_(config), checkpoint_(checkpoint) {}
+  LayerBuilder(const SwitchTransformersConfig& config, Checkpoint& checkpoint, const ModelOptions& options)
+      : c_(config), checkpoint_(checkpoint), options_(options) {}
 
-  Tensor load(const std::string& name, const Shape& shape) { return checkpoint_.load(name, shape); }
+  // A weight in the compute dtype on the model's device.
+  Tensor load(const std::string& name, const Shape& shape) {
+    return checkpoint_.load(name, shape, options_.dtype).to(options_.device);
+  }
+  // A weight kept in float32 (routers).
+  Tensor load_f32(const std::string& name, const Shape& shape) {
+    return checkpoint_.load(name, shape).to(options_.device);
+  }
+
+  // Every expert's matrix `name`, stacked into one [experts, rows, columns] tensor for the grouped GEMM.
+  Tensor load_experts(const std::string& prefix, const std::string& name, int64_t rows, int64_t columns) {
+    Tensor stacked = Tensor::empty({c_.num_experts, rows, columns}, options_.dtype);
+    for (int e = 0; e < c_.num_experts; ++e) {
+      const Tensor expert = checkpoint_.load(prefix + ".experts.expert_" + std::to_string(e) + "." + name,
+                                             {rows, columns}, options_.dtype);
+      stacked.narrow(e, 1).reshape({rows, columns}).copy_from(expert);
+    }
+    return stacked.to(options_.device);
+  }
 
   layers::RmsNorm norm(const std::string& prefix) {
     return {load(prefix + ".layer_norm.weight", {c_.d_model}), c_.layer_norm_epsilon};
@@ -148,10 +168,10 @@ class LayerBuilder {
       return ffn;
     }
     layers::MixtureOfExperts moe;
-    moe.router = load(prefix + ".router.classifier.weight", {c_.num_experts, c_.d_model});
-    if (c_.router_bias) moe.router_bias = load(prefix + ".router.classifier.bias", {c_.num_experts});
-    for (int e = 0; e < c_.num_experts; ++e)
-      moe.experts.push_back(dense(prefix + ".experts.expert_" + std::to_string(e)));
+    moe.router = load_f32(prefix + ".router.classifier.weight", {c_.num_experts, c_.d_model});
+    if (c_.router_bias) moe.router_bias = load_f32(prefix + ".router.classifier.bias", {c_.num_experts});
+    moe.wi = load_experts(prefix, "wi.weight", c_.d_ff, c_.d_model);
+    moe.wo = load_experts(prefix, "wo.weight", c_.d_model, c_.d_ff);
     ffn.moe = std::move(moe);
     return ffn;
   }
@@ -159,14 +179,16 @@ class LayerBuilder {
  private:
   const SwitchTransformersConfig& c_;
   Checkpoint& checkpoint_;
+  ModelOptions options_;
 };
 
 }  // namespace
 
-SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig& config, Checkpoint& checkpoint)
-    : config_(config) {
+SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig& config, Checkpoint& checkpoint,
+                                                 const ModelOptions& options)
+    : config_(config), options_(options) {
   const SwitchTransformersConfig& c = config_;
-  LayerBuilder builder(c, checkpoint);
+  LayerBuilder builder(c, checkpoint, options);
   const Shape embedding_shape{c.vocab_size, c.d_model};
   const Tensor shared = builder.load("shared.weight", embedding_shape);
   // Tied, transformers ties encoder/decoder.embed_tokens and lm_head to shared.weight (copies in the file are
@@ -185,8 +207,8 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
     lm_head_ = builder.load("lm_head.weight", embedding_shape);
   }
 
-  encoder_relative_bias_ = builder.load("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                                        {c.relative_attention_num_buckets, c.num_heads});
+  encoder_relative_bias_ = checkpoint.load("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                                           {c.relative_attention_num_buckets, c.num_heads});
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string block = "encoder.block." + std::to_string(i);
     EncoderLayer layer;
@@ -198,8 +220,8 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
   }
   encoder_final_norm_ = {builder.load("encoder.final_layer_norm.weight", {c.d_model}), c.layer_norm_epsilon};
 
-  decoder_relative_bias_ = builder.load("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                                        {c.relative_attention_num_buckets, c.num_heads});
+  decoder_relative_bias_ = checkpoint.load("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                                           {c.relative_attention_num_buckets, c.num_heads});
   for (int i = 0; i < c.num_decoder_layers; ++i) {
     const std::string block = "decoder.block." + std::to_string(i);
     DecoderLayer layer;
@@ -229,17 +251,21 @@ EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int3
     out.offsets.push_back(static_cast<int64_t>(tokens.size()));
     longest = std::max<int64_t>(longest, static_cast<int64_t>(source.size()));
   }
-  ops::AttentionLayout layout;
-  layout.query_begin = out.offsets;
+  std::vector<int32_t> query_begin, key_begin, key_length, query_position;
   for (size_t s = 0; s < sources.size(); ++s) {
-    layout.key_begin.push_back(out.offsets[s]);
-    layout.key_length.push_back(out.offsets[s + 1] - out.offsets[s]);
-    layout.query_position.push_back(0);
+    query_begin.push_back(static_cast<int32_t>(out.offsets[s]));
+    key_begin.push_back(static_cast<int32_t>(out.offsets[s]));
+    key_length.push_back(static_cast<int32_t>(out.offsets[s + 1] - out.offsets[s]));
+    query_position.push_back(0);
   }
+  query_begin.push_back(static_cast<int32_t>(out.offsets.back()));
+  const ops::AttentionLayout layout =
+      ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, options_.device);
   const int max_offset = static_cast<int>(std::max<int64_t>(longest - 1, 0));
   const Tensor bias = ops::relative_position_bias(
-      encoder_relative_bias_, max_offset,
-      {true, config_.relative_attention_num_buckets, config_.relative_attention_max_distance});
+                          encoder_relative_bias_, max_offset,
+                          {true, config_.relative_attention_num_buckets, config_.relative_attention_max_distance})
+                          .to(options_.device);
   ops::AttentionArgs args;
   args.num_heads = config_.num_heads;
   args.head_dim = config_.d_kv;
@@ -260,12 +286,12 @@ EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int3
 
 std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const EncoderOutput& encoded, int rows_per_source,
                                                                       int max_steps) {
-  auto state = std::make_unique<DecoderState>(encoded.offsets, rows_per_source, max_steps);
+  auto state = std::make_unique<DecoderState>(encoded.offsets, rows_per_source, max_steps, options_.device);
   const int64_t inner = static_cast<int64_t>(config_.num_heads) * config_.d_kv;
   for (const DecoderLayer& layer : decoder_layers_) {
     DecoderState::Layer cache;
-    cache.self_keys = Tensor::empty({state->rows(), 0, inner});
-    cache.self_values = Tensor::empty({state->rows(), 0, inner});
+    cache.self_keys = Tensor::empty({state->rows(), 0, inner}, options_.dtype, options_.device);
+    cache.self_values = Tensor::empty({state->rows(), 0, inner}, options_.dtype, options_.device);
     // Cross-attention keys and values are computed once per source, shared by its beams.
     cache.cross_keys = ops::linear(encoded.hidden, layer.cross_attention.k);
     cache.cross_values = ops::linear(encoded.hidden, layer.cross_attention.v);
@@ -285,8 +311,9 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
   const ops::AttentionLayout cross_layout = state.cross_attention_layout();
 
   const Tensor bias = ops::relative_position_bias(
-      decoder_relative_bias_, position,
-      {false, config_.relative_attention_num_buckets, config_.relative_attention_max_distance});
+                          decoder_relative_bias_, position,
+                          {false, config_.relative_attention_num_buckets, config_.relative_attention_max_distance})
+                          .to(options_.device);
   ops::AttentionArgs self_args;
   self_args.num_heads = config_.num_heads;
   self_args.head_dim = config_.d_kv;
@@ -312,12 +339,12 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
   Tensor output = decoder_final_norm_(hidden);
   if (config_.tie_word_embeddings) {
     // transformers rescales before the tied projection (Mesh TensorFlow's convention).
-    const float scale = static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5));
-    float* data = output.data<float>();
-    for (int64_t i = 0; i < output.numel(); ++i) data[i] *= scale;
+    ops::scale_in_place(output, static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5)));
   }
   state.advance();
-  return ops::linear(output, lm_head_);
+  Tensor logits = Tensor::empty({rows, config_.vocab_size}, DType::F32, options_.device);
+  ops::gemm(output, lm_head_, logits);
+  return logits;
 }
 
 }  // namespace elephant

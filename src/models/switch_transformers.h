@@ -47,7 +47,8 @@ struct SwitchTransformersConfig {
 
 class SwitchTransformersModel final : public EncoderDecoderModel {
  public:
-  SwitchTransformersModel(const SwitchTransformersConfig& config, Checkpoint& checkpoint);
+  SwitchTransformersModel(const SwitchTransformersConfig& config, Checkpoint& checkpoint,
+                          const ModelOptions& options = {});
 
   const SpecialTokens& special_tokens() const override { return special_tokens_; }
   const ModelInfo& info() const override { return info_; }
@@ -77,12 +78,13 @@ class SwitchTransformersModel final : public EncoderDecoderModel {
   };
 
   SwitchTransformersConfig config_;
+  ModelOptions options_;
   SpecialTokens special_tokens_;
   ModelInfo info_;
   Tensor encoder_embedding_;  // [vocab, d_model]: shared.weight, unless untied with its own table
   Tensor decoder_embedding_;
   Tensor lm_head_;                // [vocab, d_model]: shared.weight when tied
-  Tensor encoder_relative_bias_;  // [buckets, heads]
+  Tensor encoder_relative_bias_;  // F32 [buckets, heads] on the CPU: the per-call bias tables are built there
   Tensor decoder_relative_bias_;
   std::vector<EncoderLayer> encoder_layers_;
   std::vector<DecoderLayer> decoder_layers_;

@@ -1,7 +1,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "ops/activation.h"
+#include "ops/backends.h"
 
 namespace elephant::ops {
 
@@ -27,6 +27,7 @@ std::string activation_name(Activation activation) {
   return "?";
 }
 
+namespace cpu {
 namespace {
 
 template <typename F>
@@ -59,4 +60,5 @@ void activate(Activation activation, Tensor& x) {
   }
 }
 
+}  // namespace cpu
 }  // namespace elephant::ops

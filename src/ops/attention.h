@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "core/tensor.h"
@@ -9,25 +10,38 @@ namespace elephant::ops {
 // Which queries attend to which keys. Queries and keys are packed token-major, [tokens, heads * head_dim]:
 // sequence i owns the query rows [query_begin[i], query_begin[i + 1]) and the key/value rows
 // [key_begin[i], key_begin[i] + key_length[i]). The j-th query of sequence i is at position
-// query_position[i] + j, and key k at position k.
+// query_position[i] + j, and key k at position k. The arrays are I32 tensors on the device of the
+// queries, so a device can update them between steps without the host.
 struct AttentionLayout {
-  std::vector<int64_t> query_begin;  // size: sequences + 1
-  std::vector<int64_t> key_begin;
-  std::vector<int64_t> key_length;
-  std::vector<int64_t> query_position;
+  Tensor query_begin;     // [sequences + 1]
+  Tensor key_begin;       // [sequences]
+  Tensor key_length;      // [sequences]
+  Tensor query_position;  // [sequences]
+  // Upper bounds, known on the host, that size the launch: the longest query run and key run.
+  int64_t max_queries = 0;
+  int64_t max_keys = 0;
+
+  int64_t sequences() const { return key_begin.defined() ? key_begin.dim(0) : 0; }
+
+  // Builds the arrays on the host and copies them to `device`.
+  static AttentionLayout from_host(const std::vector<int32_t>& query_begin, const std::vector<int32_t>& key_begin,
+                                   const std::vector<int32_t>& key_length, const std::vector<int32_t>& query_position,
+                                   Device device);
 };
 
 struct AttentionArgs {
   int num_heads = 0;
   int head_dim = 0;
   bool causal = false;  // a query sees only keys at positions <= its own
-  // Optional [heads, 2 * bias_max_offset + 1] bias added to the score of (query p, key k) at column
+  // Optional F32 [heads, 2 * bias_max_offset + 1] bias added to the score of (query p, key k) at column
   // k - p + bias_max_offset (see relative_position_bias). Scores are not scaled by 1/sqrt(d): T5 folds it in.
+  // Every distance a layout can produce must have a column: the caller sizes bias_max_offset for it.
   const Tensor* position_bias = nullptr;
   int bias_max_offset = 0;
 };
 
-// out[q] = softmax_k(q·k + bias) · v for every head; out is [query rows, heads * head_dim].
+// out[q] = softmax_k(q·k + bias) · v for every head; out is [query rows, heads * head_dim]. queries, keys,
+// values and out share one dtype; scores, softmax and the weighted sum are float32.
 void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
                const AttentionArgs& args, Tensor& out);
 

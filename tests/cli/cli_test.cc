@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "core/tensor.h"
+#include "elephant/device.h"
 #include "io/safetensors.h"
 #include "test_utils.h"
 
@@ -22,12 +23,13 @@ struct Outcome {
   std::string err;
 };
 
-// Runs the CLI through the shell with `stdin_text` as standard input.
-Outcome run_cli(const std::string& args, const std::string& stdin_text = "") {
+// Runs the CLI through the shell with `stdin_text` as standard input; `environment` prefixes the command
+// (e.g. "CUDA_VISIBLE_DEVICES= ").
+Outcome run_cli(const std::string& args, const std::string& stdin_text = "", const std::string& environment = "") {
   TempDir dir;
   write_text_file(dir.file("stdin"), stdin_text);
-  const std::string command = std::string(ELEPHANT_CLI_PATH) + " " + args + " <" + dir.file("stdin") + " >" +
-                              dir.file("stdout") + " 2>" + dir.file("stderr");
+  const std::string command = environment + std::string(ELEPHANT_CLI_PATH) + " " + args + " <" + dir.file("stdin") +
+                              " >" + dir.file("stdout") + " 2>" + dir.file("stderr");
   const int status = std::system(command.c_str());
   Outcome o;
   o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -103,10 +105,32 @@ TEST(Cli, UnknownTargetLanguageIsAnError) {
   EXPECT_NE(o.err.find("<2xx>"), std::string::npos) << o.err;
 }
 
+// With every GPU hidden (so that this runs the same on the GPU machine and without one).
 TEST(Cli, CudaWithoutAGpuOrBackendIsAUsageError) {
-  const Outcome o = run_cli("translate --model " + golden_model() + " --device cuda", "Save\n");
+  const Outcome o =
+      run_cli("translate --model " + golden_model() + " --device cuda", "Save\n", "CUDA_VISIBLE_DEVICES= ");
   EXPECT_EQ(o.exit_code, 2);
   EXPECT_NE(o.err.find("--device cuda"), std::string::npos) << o.err;
+}
+
+TEST(Cli, CudaTranslatesOnTheGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "GPU test: no CUDA device in this build or machine";
+  for (const char* dtype : {"fp32", "fp16", "bf16"}) {
+    const Outcome o = run_cli("translate --model " + golden_model() + " --device cuda --max-length 8 --dtype " + dtype,
+                              "File not found\nSave\n");
+    ASSERT_EQ(o.exit_code, 0) << dtype << ": " << o.err;
+    EXPECT_EQ(count_lines(o.out), 2) << dtype;
+  }
+}
+
+TEST(Cli, HalfPrecisionOnTheCpuIsAUsageError) {
+  for (const char* dtype : {"fp16", "bf16"}) {
+    const Outcome o = run_cli("translate --model " + golden_model() + " --device cpu --dtype " + dtype, "Save\n");
+    EXPECT_EQ(o.exit_code, 2) << dtype;
+    EXPECT_NE(o.err.find("fp32"), std::string::npos) << o.err;
+  }
+  const Outcome o = run_cli("translate --model " + golden_model() + " --dtype fp8", "Save\n");
+  EXPECT_EQ(o.exit_code, 2);
 }
 
 TEST(Cli, InspectPrintsArchitectureAndBytes) {

@@ -10,6 +10,7 @@
 
 #include "layers/transformer_layers.h"
 #include "ops/attention.h"
+#include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "ops/reference_helpers.h"
 
@@ -99,12 +100,30 @@ struct MoeCase {
   bool router_bias;
 };
 
+// Expert e's weights: views of the stacked [experts, ...] tensors.
+layers::DenseFeedForward expert_of(const layers::MixtureOfExperts& moe, int e) {
+  return {moe.wi.narrow(e, 1).reshape({moe.wi.dim(1), moe.wi.dim(2)}),
+          moe.wo.narrow(e, 1).reshape({moe.wo.dim(1), moe.wo.dim(2)})};
+}
+
 layers::MixtureOfExperts random_moe(const MoeCase& c, std::mt19937& rng) {
   layers::MixtureOfExperts moe;
   moe.router = random_tensor({c.num_experts, c.d_model}, rng);  // logits spread over several units
   if (c.router_bias) moe.router_bias = random_tensor({c.num_experts}, rng, -1.0f, 1.0f);
-  for (int e = 0; e < c.num_experts; ++e) moe.experts.push_back(random_dense(c.d_model, c.d_ff, rng));
+  moe.wi = Tensor::empty({c.num_experts, c.d_ff, c.d_model});
+  moe.wo = Tensor::empty({c.num_experts, c.d_model, c.d_ff});
+  for (int e = 0; e < c.num_experts; ++e) {
+    const layers::DenseFeedForward dense = random_dense(c.d_model, c.d_ff, rng);
+    layers::DenseFeedForward slot = expert_of(moe, e);
+    slot.wi.copy_from(dense.wi);
+    slot.wo.copy_from(dense.wo);
+  }
   return moe;
+}
+
+// Activity flags as the layer takes them: U8 [rows].
+Tensor flags(const std::vector<uint8_t>& active) {
+  return Tensor::from_vector(active, {static_cast<int64_t>(active.size())});
 }
 
 struct NaiveMoe {
@@ -117,7 +136,7 @@ NaiveMoe naive_moe(const layers::MixtureOfExperts& moe, Activation activation, c
                    const std::vector<uint8_t>& active) {
   NaiveMoe out{to_double(hidden), {}};
   const int64_t d_model = x.dim(1);
-  const int num_experts = static_cast<int>(moe.experts.size());
+  const int num_experts = moe.num_experts();
   for (int64_t t = 0; t < x.dim(0); ++t) {
     if (!active.empty() && !active[t]) {
       out.expert_of_token.push_back(-1);
@@ -140,7 +159,7 @@ NaiveMoe naive_moe(const layers::MixtureOfExperts& moe, Activation activation, c
       EXPECT_GT(sorted[0] - sorted[1], 1e-4) << "near tie in the router at token " << t;
     }
     out.expert_of_token.push_back(best);
-    const std::vector<double> y = dense_ffn(moe.experts[best], activation, xt);
+    const std::vector<double> y = dense_ffn(expert_of(moe, best), activation, xt);
     for (int64_t i = 0; i < d_model; ++i) out.hidden[t * d_model + i] += p[best] * y[i];
   }
   return out;
@@ -193,7 +212,8 @@ TEST(FeedForwardTest, MixtureOfExpertsLeavesInactiveRowsUntouched) {
     active[0] = 0;
     active[1] = 1;
     const NaiveMoe ref = naive_moe(*ffn.moe, ffn.activation, x, hidden, active);
-    layers::add_feed_forward(ffn, x, hidden, active);
+    const Tensor active_flags = flags(active);
+    layers::add_feed_forward(ffn, x, hidden, &active_flags);
     EXPECT_TRUE(testref::close_to_reference(hidden, ref.hidden, kRelTolerance));
     for (int64_t t = 0; t < c.tokens; ++t) {
       if (active[t]) continue;
@@ -205,7 +225,8 @@ TEST(FeedForwardTest, MixtureOfExpertsLeavesInactiveRowsUntouched) {
 
     // Every row inactive: nothing changes at all.
     Tensor untouched = Tensor::from_vector(before, {c.tokens, c.d_model});
-    layers::add_feed_forward(ffn, x, untouched, std::vector<uint8_t>(c.tokens, 0));
+    const Tensor none_active = flags(std::vector<uint8_t>(c.tokens, 0));
+    layers::add_feed_forward(ffn, x, untouched, &none_active);
     EXPECT_TRUE(testref::bitwise_equal(untouched, before));
   }
 }
@@ -220,23 +241,100 @@ TEST(FeedForwardTest, IdleExpertsAreNeverRead) {
   ffn.moe = random_moe(c, rng);
   ffn.moe->router_bias = Tensor::from_vector(std::vector<float>{-50.0f, 50.0f, -50.0f}, {3});
   for (int e : {0, 2}) {
-    ffn.moe->experts[e].wi = testref::filled_tensor({c.d_ff, c.d_model}, NAN);
-    ffn.moe->experts[e].wo = testref::filled_tensor({c.d_model, c.d_ff}, NAN);
+    layers::DenseFeedForward slot = expert_of(*ffn.moe, e);
+    slot.wi.copy_from(testref::filled_tensor({c.d_ff, c.d_model}, NAN));
+    slot.wo.copy_from(testref::filled_tensor({c.d_model, c.d_ff}, NAN));
   }
   const Tensor x = random_tensor({c.tokens, c.d_model}, rng);
   Tensor hidden = random_tensor({c.tokens, c.d_model}, rng);
   std::vector<double> ref = to_double(hidden);
   for (int64_t t = 0; t < c.tokens; ++t) {
-    const std::vector<double> y = dense_ffn(ffn.moe->experts[1], ffn.activation, row(x, t));
+    const std::vector<double> y = dense_ffn(expert_of(*ffn.moe, 1), ffn.activation, row(x, t));
     for (int64_t i = 0; i < c.d_model; ++i) ref[t * c.d_model + i] += y[i];  // p = 1 - ~e^-100 = 1
   }
   layers::add_feed_forward(ffn, x, hidden);
   EXPECT_TRUE(testref::close_to_reference(hidden, ref, kRelTolerance));
 }
 
+// Batch pruning through the layer: a row whose router would pick an expert holding NaN weights is inactive, so
+// that expert receives no row and must never be read; the active rows match the reference and the inactive
+// rows keep their values bit for bit.
+TEST(FeedForwardTest, InactiveRowsCostNoExpertWork) {
+  std::mt19937 rng(909);
+  for (int num_experts : {3, 5}) {
+    SCOPED_TRACE(::testing::Message() << num_experts << " experts");
+    const MoeCase c{num_experts, 24, 10, 18, false};
+    layers::FeedForward ffn;
+    ffn.activation = Activation::Silu;
+    ffn.moe = random_moe(c, rng);
+    // logit e = 8 x[e]: the expert is the argmax of the first columns of x, so every expert gets rows.
+    ffn.moe->router.copy_from(Tensor::zeros({num_experts, c.d_model}));
+    for (int e = 0; e < num_experts; ++e) ffn.moe->router.data<float>()[e * c.d_model + e] = 8.0f;
+    const Tensor x = random_tensor({c.tokens, c.d_model}, rng);
+    Tensor hidden = random_tensor({c.tokens, c.d_model}, rng);
+    const std::vector<float> before = testref::to_vector(hidden);
+    const int poisoned = num_experts - 1;
+    const NaiveMoe unpruned = naive_moe(*ffn.moe, ffn.activation, x, hidden, {});
+    std::vector<uint8_t> active(c.tokens);
+    for (int64_t t = 0; t < c.tokens; ++t) active[t] = unpruned.expert_of_token[t] == poisoned ? 0 : 1;
+    ASSERT_GT(std::count(active.begin(), active.end(), 0), 0) << "test data: no row routed to the poisoned expert";
+    ASSERT_GT(std::count(active.begin(), active.end(), 1), 0);
+    layers::DenseFeedForward slot = expert_of(*ffn.moe, poisoned);
+    slot.wi.copy_from(testref::filled_tensor({c.d_ff, c.d_model}, NAN));
+    slot.wo.copy_from(testref::filled_tensor({c.d_model, c.d_ff}, NAN));
+
+    const NaiveMoe ref = naive_moe(*ffn.moe, ffn.activation, x, hidden, active);
+    const Tensor active_flags = flags(active);
+    layers::add_feed_forward(ffn, x, hidden, &active_flags);
+    EXPECT_TRUE(testref::close_to_reference(hidden, ref.hidden, kRelTolerance));
+    for (int64_t t = 0; t < c.tokens; ++t) {
+      if (active[t]) continue;
+      for (int64_t i = 0; i < c.d_model; ++i)
+        ASSERT_EQ(hidden.data<float>()[t * c.d_model + i], before[t * c.d_model + i]) << "inactive row " << t;
+    }
+  }
+}
+
+TEST(FeedForwardTest, ActiveFlagsMustBeU8PerRow) {
+  std::mt19937 rng(910);
+  const MoeCase c{3, 6, 8, 12, true};
+  layers::FeedForward ffn;
+  ffn.activation = Activation::ReLU;
+  ffn.moe = random_moe(c, rng);
+  const Tensor x = random_tensor({c.tokens, c.d_model}, rng);
+  Tensor hidden = random_tensor({c.tokens, c.d_model}, rng);
+  const std::vector<float> before = testref::to_vector(hidden);
+  const Tensor too_few = flags(std::vector<uint8_t>(c.tokens - 1, 1));
+  EXPECT_THROW(layers::add_feed_forward(ffn, x, hidden, &too_few), std::invalid_argument);
+  const Tensor too_many = flags(std::vector<uint8_t>(c.tokens + 1, 1));
+  EXPECT_THROW(layers::add_feed_forward(ffn, x, hidden, &too_many), std::invalid_argument);
+  const Tensor wrong_dtype = Tensor::from_vector(std::vector<int32_t>(c.tokens, 1), {c.tokens});
+  EXPECT_THROW(layers::add_feed_forward(ffn, x, hidden, &wrong_dtype), std::invalid_argument);
+  EXPECT_TRUE(testref::bitwise_equal(hidden, before)) << "a rejected call changed hidden";
+  // All flags set is the same as no flags.
+  const Tensor all = flags(std::vector<uint8_t>(c.tokens, 1));
+  Tensor with_flags = Tensor::from_vector(before, {c.tokens, c.d_model});
+  layers::add_feed_forward(ffn, x, with_flags, &all);
+  layers::add_feed_forward(ffn, x, hidden);
+  EXPECT_TRUE(testref::bitwise_equal(with_flags, testref::to_vector(hidden)));
+  // No rows at all, with (empty) flags.
+  Tensor no_rows = Tensor::empty({0, c.d_model});
+  const Tensor no_flags = flags({});
+  EXPECT_NO_THROW(layers::add_feed_forward(ffn, Tensor::empty({0, c.d_model}), no_rows, &no_flags));
+}
+
+// A layout as host vectors, for the reference; build() makes the op's I32 tensors.
+struct HostLayout {
+  std::vector<int32_t> query_begin, key_begin, key_length, query_position;
+
+  ops::AttentionLayout build() const {
+    return ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, Device::CPU);
+  }
+};
+
 // Naive multi-head attention through the layer: hidden += o · softmax(q x · K^T + bias) V per sequence and head.
 std::vector<double> naive_attention_layer(const layers::MultiHeadAttention& attn, const Tensor& x, const Tensor& keys,
-                                          const Tensor& values, const ops::AttentionLayout& layout,
+                                          const Tensor& values, const HostLayout& layout,
                                           const ops::AttentionArgs& args, const Tensor& hidden) {
   const int64_t heads = attn.num_heads, head_dim = attn.head_dim, inner = heads * head_dim;
   const int64_t d_model = x.dim(1);
@@ -290,7 +388,7 @@ TEST(FeedForwardTest, AddAttentionMatchesNaive) {
       attn.v = random_tensor({inner, d_model}, rng, -2 * scale_in, 2 * scale_in);
       attn.o = random_tensor({d_model, inner}, rng, -2 * scale_out, 2 * scale_out);
       // Three packed sequences, self-attention with a position bias.
-      ops::AttentionLayout layout;
+      HostLayout layout;
       layout.query_begin = {0, 5, 6, 15};
       layout.key_begin = {0, 5, 6};
       layout.key_length = {5, 1, 9};
@@ -307,7 +405,7 @@ TEST(FeedForwardTest, AddAttentionMatchesNaive) {
       args.bias_max_offset = 8;
       Tensor hidden = random_tensor({15, d_model}, rng);
       const std::vector<double> ref = naive_attention_layer(attn, x, keys, values, layout, args, hidden);
-      layers::add_attention(attn, x, keys, values, layout, args, hidden);
+      layers::add_attention(attn, x, keys, values, layout.build(), args, hidden);
       EXPECT_TRUE(testref::close_to_reference(hidden, ref, kRelTolerance));
     }
   }
@@ -327,7 +425,7 @@ TEST(FeedForwardTest, AddAttentionCrossAttentionToOtherMemory) {
   const Tensor memory = random_tensor({11, d_model}, rng);
   const Tensor keys = ops::linear(memory, attn.k);
   const Tensor values = ops::linear(memory, attn.v);
-  ops::AttentionLayout layout;  // rows 0, 1 -> source 1 (tokens 4..10); row 2 -> source 0 (tokens 0..3)
+  HostLayout layout;  // rows 0, 1 -> source 1 (tokens 4..10); row 2 -> source 0 (tokens 0..3)
   layout.query_begin = {0, 1, 2, 3};
   layout.key_begin = {4, 4, 0};
   layout.key_length = {7, 7, 4};
@@ -338,7 +436,7 @@ TEST(FeedForwardTest, AddAttentionCrossAttentionToOtherMemory) {
   const Tensor x = random_tensor({3, d_model}, rng);
   Tensor hidden = random_tensor({3, d_model}, rng);
   const std::vector<double> ref = naive_attention_layer(attn, x, keys, values, layout, args, hidden);
-  layers::add_attention(attn, x, keys, values, layout, args, hidden);
+  layers::add_attention(attn, x, keys, values, layout.build(), args, hidden);
   EXPECT_TRUE(testref::close_to_reference(hidden, ref, kRelTolerance));
 }
 
@@ -348,10 +446,10 @@ TEST(FeedForwardTest, AddInPlaceAddsAndChecksShapes) {
   const Tensor y = random_tensor({4, 9}, rng);
   std::vector<float> expected = testref::to_vector(hidden);
   for (size_t i = 0; i < expected.size(); ++i) expected[i] += y.data<float>()[i];
-  layers::add_in_place(hidden, y);
+  ops::add_in_place(hidden, y);
   EXPECT_TRUE(testref::bitwise_equal(hidden, expected));
-  EXPECT_THROW(layers::add_in_place(hidden, random_tensor({4, 8}, rng)), std::invalid_argument);
-  EXPECT_THROW(layers::add_in_place(hidden, random_tensor({36}, rng)), std::invalid_argument);
+  EXPECT_THROW(ops::add_in_place(hidden, random_tensor({4, 8}, rng)), std::invalid_argument);
+  EXPECT_THROW(ops::add_in_place(hidden, random_tensor({36}, rng)), std::invalid_argument);
 }
 
 TEST(FeedForwardTest, EmbedLooksUpRows) {

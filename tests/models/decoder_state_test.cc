@@ -325,6 +325,14 @@ TEST(DecoderStateTest, OutOfRangeRowThrowsAndLeavesTheStateAlone) {
   EXPECT_TRUE(testref::bitwise_equal(state.layers()[1].self_values, before.layers[1].self_values));
 }
 
+void expect_layout_arrays_on(const ops::AttentionLayout& layout, Device device) {
+  for (const Tensor* array : {&layout.query_begin, &layout.key_begin, &layout.key_length, &layout.query_position}) {
+    ASSERT_TRUE(array->defined());
+    EXPECT_EQ(array->dtype(), DType::I32);
+    EXPECT_EQ(array->device(), device);
+  }
+}
+
 // store_step writes each row's step into slot steps_done; the layouts point every row at its own slots and at
 // its source's encoder states.
 TEST(DecoderStateTest, StoreStepAndLayoutsFollowRowsAndSources) {
@@ -342,14 +350,21 @@ TEST(DecoderStateTest, StoreStepAndLayoutsFollowRowsAndSources) {
   EXPECT_THROW(state.store_step(layer, random_tensor({2, kWidth}, rng), values), std::invalid_argument);
 
   const ops::AttentionLayout self = state.self_attention_layout();
-  EXPECT_EQ(self.query_begin, (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6}));
-  EXPECT_EQ(self.key_begin, (std::vector<int64_t>{0, 4, 8, 12, 16, 20}));
-  EXPECT_EQ(self.key_length, (std::vector<int64_t>(6, 2)));
-  EXPECT_EQ(self.query_position, (std::vector<int64_t>(6, 1)));
+  expect_layout_arrays_on(self, Device::CPU);
+  EXPECT_EQ(self.query_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(self.key_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 4, 8, 12, 16, 20}));
+  EXPECT_EQ(self.key_length.to_vector<int32_t>(), (std::vector<int32_t>(6, 2)));
+  EXPECT_EQ(self.query_position.to_vector<int32_t>(), (std::vector<int32_t>(6, 1)));
+  EXPECT_EQ(self.max_queries, 1);
+  EXPECT_EQ(self.max_keys, 2);
   const ops::AttentionLayout cross = state.cross_attention_layout();
-  EXPECT_EQ(cross.key_begin, (std::vector<int64_t>{0, 0, 3, 3, 8, 8}));
-  EXPECT_EQ(cross.key_length, (std::vector<int64_t>{3, 3, 5, 5, 2, 2}));
-  EXPECT_EQ(cross.query_position, (std::vector<int64_t>(6, 0)));
+  expect_layout_arrays_on(cross, Device::CPU);
+  EXPECT_EQ(cross.query_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(cross.key_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 0, 3, 3, 8, 8}));
+  EXPECT_EQ(cross.key_length.to_vector<int32_t>(), (std::vector<int32_t>{3, 3, 5, 5, 2, 2}));
+  EXPECT_EQ(cross.query_position.to_vector<int32_t>(), (std::vector<int32_t>(6, 0)));
+  EXPECT_EQ(cross.max_queries, 1);
+  EXPECT_EQ(cross.max_keys, 5);
 }
 
 }  // namespace

@@ -4,76 +4,17 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "decoding/search.h"
 #include "elephant/error.h"
 #include "elephant/translator.h"
-#include "io/safetensors.h"
 #include "models/encoder_decoder.h"
+#include "models/golden_data.h"
 #include "test_utils.h"
 
 namespace elephant {
 namespace {
-
-std::vector<std::string> golden_names() {
-  std::vector<std::string> names;
-  if (!std::filesystem::is_directory(goldens_dir())) return names;
-  for (const auto& entry : std::filesystem::directory_iterator(goldens_dir()))
-    if (std::filesystem::exists(entry.path() / "golden.json")) names.push_back(entry.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-struct Golden {
-  std::string model_dir;
-  std::vector<std::vector<int32_t>> sources;  // unpadded, EOS included
-  Tensor encoder_output;                      // [batch, padded length, d_model]
-  Tensor first_step_logits;                   // [batch, vocab]
-  nlohmann::json json;
-  int max_new_tokens = 0;
-
-  std::vector<std::vector<int32_t>> expected(const std::string& key) const {
-    return json.at(key).get<std::vector<std::vector<int32_t>>>();
-  }
-};
-
-Golden load_golden(const std::string& name) {
-  Golden g;
-  const std::string dir = goldens_dir() + "/" + name;
-  g.model_dir = dir + "/model";
-  const SafetensorsFile data = SafetensorsFile::open(dir + "/golden.safetensors");
-  const Tensor ids = data.tensor("input_ids");
-  const Tensor mask = data.tensor("attention_mask");
-  const int64_t batch = ids.dim(0);
-  const int64_t length = ids.dim(1);
-  for (int64_t b = 0; b < batch; ++b) {
-    std::vector<int32_t> source;
-    for (int64_t t = 0; t < length; ++t)
-      if (mask.data<int64_t>()[b * length + t])
-        source.push_back(static_cast<int32_t>(ids.data<int64_t>()[b * length + t]));
-    g.sources.push_back(source);
-  }
-  g.encoder_output = data.tensor("encoder_output").clone();
-  g.first_step_logits = data.tensor("first_step_logits").clone();
-  std::ifstream in(dir + "/golden.json");
-  g.json = nlohmann::json::parse(in);
-  g.max_new_tokens = g.json.at("max_new_tokens").get<int>();
-  return g;
-}
-
-// max |actual - expected| relative to the largest expected magnitude: the 1e-4 budget of fp32 inference.
-double relative_error(const float* actual, const float* expected, int64_t n) {
-  double diff = 0.0, scale = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(actual[i]) - expected[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(expected[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -83,18 +24,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   }
 
   std::vector<std::vector<int32_t>> run(int beam_size, bool prune, size_t batch_size = 0) {
-    SearchOptions options;
-    options.beam_size = beam_size;
-    options.max_length = golden_.max_new_tokens;
-    options.prune_finished = prune;
-    if (batch_size == 0) batch_size = golden_.sources.size();
-    std::vector<std::vector<int32_t>> all;
-    for (size_t begin = 0; begin < golden_.sources.size(); begin += batch_size) {
-      const auto end = golden_.sources.begin() + std::min(golden_.sources.size(), begin + batch_size);
-      const std::vector<std::vector<int32_t>> batch(golden_.sources.begin() + begin, end);
-      for (auto& result : generate(*model_, model_->encode(batch), options)) all.push_back(std::move(result));
-    }
-    return all;
+    return generate_all(*model_, golden_, beam_size, prune, batch_size);
   }
 
   Golden golden_;
@@ -142,9 +72,22 @@ TEST_P(GoldenTest, TokensDoNotDependOnBatchComposition) {
   EXPECT_EQ(run(4, true, 2), golden_.expected("beam4"));
 }
 
+// transformers' min_new_tokens: EOS gets -inf until then; with min = max every output has max tokens, no EOS.
+TEST_P(GoldenTest, MinLengthForbidsEosUntilReached) {
+  for (const int beam_size : {1, 4}) {
+    SearchOptions options;
+    options.beam_size = beam_size;
+    options.max_length = options.min_length = 9;
+    for (const auto& ids : generate(*model_, model_->encode(golden_.sources), options)) {
+      EXPECT_EQ(ids.size(), 9u) << "beam " << beam_size;
+      EXPECT_EQ(std::count(ids.begin(), ids.end(), model_->special_tokens().eos), 0) << "beam " << beam_size;
+    }
+  }
+}
+
 TEST_P(GoldenTest, TextTranslationMatchesTransformers) {
   const auto sources = golden_.json.at("sources").get<std::vector<std::string>>();
-  Translator translator(golden_.model_dir);
+  Translator translator(golden_.model_dir, {DeviceRequest::CPU});
   TranslationOptions options;
   options.max_length = golden_.max_new_tokens;
   options.max_batch_size = 3;  // several batches, sorted by length, results back in input order
@@ -161,12 +104,22 @@ INSTANTIATE_TEST_SUITE_P(Goldens, GoldenTest, ::testing::ValuesIn(golden_names()
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
 TEST(Goldens, TranslateIdsRejectsBadOptions) {
-  Translator translator(goldens_dir() + "/tiny_e4/model");
+  Translator translator(goldens_dir() + "/tiny_e4/model", {DeviceRequest::CPU});
   TranslationOptions options;
   options.beam_size = 0;
   EXPECT_THROW(translator.translate_ids({{5, 1}}, options), UsageError);
   options.beam_size = 1;
   EXPECT_EQ(translator.translate_ids({{5, 1}, {}}, options).size(), 2u);
+}
+
+TEST(Goldens, TokenIdsNeedNoTokenizer) {
+  TempDir dir;
+  for (const auto& entry : std::filesystem::directory_iterator(goldens_dir() + "/tiny_e4/model"))
+    if (entry.path().filename() != "spiece.model")
+      std::filesystem::copy(entry.path(), dir.file(entry.path().filename()));
+  Translator translator(dir.path(), {DeviceRequest::CPU});
+  EXPECT_EQ(translator.translate_ids({{5, 1}}).size(), 1u);
+  EXPECT_CONTAINS(model_error_of([&] { translator.translate({"Save"}); }), "spiece.model");
 }
 
 TEST(Goldens, AtLeastFourCheckpointsArePresent) { EXPECT_GE(golden_names().size(), 4u) << goldens_dir(); }

@@ -17,10 +17,23 @@ namespace {
 using testref::random_tensor;
 using testref::to_double;
 
+// A layout as host vectors: what the reference reads, and what ops::AttentionLayout::from_host builds the op's
+// I32 tensors from.
+struct HostLayout {
+  std::vector<int32_t> query_begin;  // size: sequences + 1
+  std::vector<int32_t> key_begin;
+  std::vector<int32_t> key_length;
+  std::vector<int32_t> query_position;
+
+  ops::AttentionLayout build() const {
+    return ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, Device::CPU);
+  }
+};
+
 // Naive attention, one sequence and one head at a time: softmax(q·K^T + bias) V in double, reading the keys
 // of sequence s at rows key_begin[s] + j.
 std::vector<double> reference_attention(const Tensor& queries, const Tensor& keys, const Tensor& values,
-                                        const ops::AttentionLayout& layout, const ops::AttentionArgs& args) {
+                                        const HostLayout& layout, const ops::AttentionArgs& args) {
   const int64_t heads = args.num_heads, head_dim = args.head_dim, inner = heads * head_dim;
   const std::vector<double> q = to_double(queries), k = to_double(keys), v = to_double(values);
   const std::vector<double> bias = args.position_bias ? to_double(*args.position_bias) : std::vector<double>{};
@@ -67,9 +80,9 @@ std::vector<double> reference_attention(const Tensor& queries, const Tensor& key
 }
 
 ::testing::AssertionResult matches_reference(const Tensor& q, const Tensor& k, const Tensor& v,
-                                             const ops::AttentionLayout& layout, const ops::AttentionArgs& args) {
+                                             const HostLayout& layout, const ops::AttentionArgs& args) {
   Tensor out = Tensor::empty(q.shape());
-  ops::attention(q, k, v, layout, args, out);
+  ops::attention(q, k, v, layout.build(), args, out);
   return check(out, reference_attention(q, k, v, layout, args));
 }
 
@@ -79,10 +92,10 @@ struct Heads {
 const std::vector<Heads> kHeads = {{1, 1}, {3, 8}, {4, 7}, {2, 64}};
 
 // Encoder-style self-attention over several packed sequences of different lengths, all at position 0.
-ops::AttentionLayout packed_layout(const std::vector<int64_t>& lengths) {
-  ops::AttentionLayout layout;
+HostLayout packed_layout(const std::vector<int32_t>& lengths) {
+  HostLayout layout;
   layout.query_begin.push_back(0);
-  for (int64_t length : lengths) {
+  for (int32_t length : lengths) {
     layout.key_begin.push_back(layout.query_begin.back());
     layout.key_length.push_back(length);
     layout.query_position.push_back(0);
@@ -93,8 +106,8 @@ ops::AttentionLayout packed_layout(const std::vector<int64_t>& lengths) {
 
 TEST(AttentionTest, PackedSequencesWithoutBias) {
   std::mt19937 rng(500);
-  const std::vector<int64_t> lengths = {1, 5, 13, 7};
-  const ops::AttentionLayout layout = packed_layout(lengths);
+  const std::vector<int32_t> lengths = {1, 5, 13, 7};
+  const HostLayout layout = packed_layout(lengths);
   const int64_t tokens = layout.query_begin.back();
   for (const Heads& h : kHeads) {
     SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
@@ -110,8 +123,8 @@ TEST(AttentionTest, PackedSequencesWithoutBias) {
 
 TEST(AttentionTest, PackedSequencesWithBidirectionalPositionBias) {
   std::mt19937 rng(501);
-  const std::vector<int64_t> lengths = {6, 1, 11, 3};
-  const ops::AttentionLayout layout = packed_layout(lengths);
+  const std::vector<int32_t> lengths = {6, 1, 11, 3};
+  const HostLayout layout = packed_layout(lengths);
   const int64_t tokens = layout.query_begin.back();
   for (const Heads& h : kHeads) {
     SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
@@ -132,7 +145,7 @@ TEST(AttentionTest, PackedSequencesWithBidirectionalPositionBias) {
 
 TEST(AttentionTest, CausalMaskingWithAndWithoutBias) {
   std::mt19937 rng(502);
-  const ops::AttentionLayout layout = packed_layout({4, 9, 1, 16});
+  const HostLayout layout = packed_layout({4, 9, 1, 16});
   const int64_t tokens = layout.query_begin.back();
   for (const Heads& h : kHeads) {
     SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
@@ -150,7 +163,7 @@ TEST(AttentionTest, CausalMaskingWithAndWithoutBias) {
         args.bias_max_offset = 15;
       }
       Tensor out = Tensor::empty({tokens, inner});
-      ops::attention(q, k, v, layout, args, out);
+      ops::attention(q, k, v, layout.build(), args, out);
       const std::vector<double> ref = reference_attention(q, k, v, layout, args);
       EXPECT_TRUE(check(out, ref)) << "bias " << with_bias;
       // The mask matters: the unmasked result differs.
@@ -180,14 +193,14 @@ TEST(AttentionTest, DecoderStepAgainstStridedCache) {
             value_cache.data<float>()[(r * capacity + slot) * inner + i] = std::numeric_limits<float>::quiet_NaN();
           }
       const Tensor q = random_tensor({rows, inner}, rng);
-      ops::AttentionLayout layout;
+      HostLayout layout;
       for (int64_t r = 0; r < rows; ++r) {
-        layout.query_begin.push_back(r);
-        layout.key_begin.push_back(r * capacity);
-        layout.key_length.push_back(steps[r] + 1);
-        layout.query_position.push_back(steps[r]);
+        layout.query_begin.push_back(static_cast<int32_t>(r));
+        layout.key_begin.push_back(static_cast<int32_t>(r * capacity));
+        layout.key_length.push_back(static_cast<int32_t>(steps[r] + 1));
+        layout.query_position.push_back(static_cast<int32_t>(steps[r]));
       }
-      layout.query_begin.push_back(rows);
+      layout.query_begin.push_back(static_cast<int32_t>(rows));
       const int max_offset = 7;  // the largest position, as the decoder builds it
       const Tensor bias = random_tensor({h.num_heads, 2 * max_offset + 1}, rng, -3.0f, 3.0f);
       ops::AttentionArgs args;
@@ -199,7 +212,7 @@ TEST(AttentionTest, DecoderStepAgainstStridedCache) {
       const Tensor keys = key_cache.reshape({-1, inner});
       const Tensor values = value_cache.reshape({-1, inner});
       Tensor out = Tensor::empty({rows, inner});
-      ops::attention(q, keys, values, layout, args, out);
+      ops::attention(q, keys, values, layout.build(), args, out);
       EXPECT_TRUE(check(out, reference_attention(q, keys, values, layout, args)));
     }
   }
@@ -213,7 +226,7 @@ TEST(AttentionTest, QueriesAtAnOffsetPositionWithCausalMask) {
   const int64_t inner = 15;
   // Sequence 0: 4 queries at positions 3..6 over 7 keys; sequence 1: 2 queries at 9..10 over 11 keys stored
   // after a gap; sequence 2: 1 query at position 0 over 1 key.
-  ops::AttentionLayout layout;
+  HostLayout layout;
   layout.query_begin = {0, 4, 6, 7};
   layout.key_begin = {0, 12, 30};
   layout.key_length = {7, 11, 1};
@@ -236,20 +249,20 @@ TEST(AttentionTest, QueriesAtAnOffsetPositionWithCausalMask) {
 // (beams) share a source, sources are visited out of order, and there are more keys than queries.
 TEST(AttentionTest, CrossAttentionWithSharedAndReorderedKeys) {
   std::mt19937 rng(505);
-  const std::vector<int64_t> source_offsets = {0, 5, 6, 19};
+  const std::vector<int32_t> source_offsets = {0, 5, 6, 19};
   const std::vector<int32_t> row_source = {2, 2, 0, 1, 0};
   for (const Heads& h : kHeads) {
     SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim);
     const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
     const int64_t rows = static_cast<int64_t>(row_source.size());
-    ops::AttentionLayout layout;
+    HostLayout layout;
     for (int64_t r = 0; r < rows; ++r) {
-      layout.query_begin.push_back(r);
+      layout.query_begin.push_back(static_cast<int32_t>(r));
       layout.key_begin.push_back(source_offsets[row_source[r]]);
       layout.key_length.push_back(source_offsets[row_source[r] + 1] - source_offsets[row_source[r]]);
       layout.query_position.push_back(0);
     }
-    layout.query_begin.push_back(rows);
+    layout.query_begin.push_back(static_cast<int32_t>(rows));
     const Tensor q = random_tensor({rows, inner}, rng), k = random_tensor({19, inner}, rng),
                  v = random_tensor({19, inner}, rng);
     ops::AttentionArgs args;
@@ -262,7 +275,7 @@ TEST(AttentionTest, CrossAttentionWithSharedAndReorderedKeys) {
 // Large scores (|q·k| up to ~500): the softmax must subtract the maximum.
 TEST(AttentionTest, LargeScoresStayFinite) {
   std::mt19937 rng(506);
-  const ops::AttentionLayout layout = packed_layout({3, 8});
+  const HostLayout layout = packed_layout({3, 8});
   const Heads h{2, 16};
   const Tensor q = random_tensor({11, 32}, rng, -6.0f, 6.0f), k = random_tensor({11, 32}, rng, -6.0f, 6.0f),
                v = random_tensor({11, 32}, rng);
@@ -270,7 +283,7 @@ TEST(AttentionTest, LargeScoresStayFinite) {
   args.num_heads = h.num_heads;
   args.head_dim = h.head_dim;
   Tensor out = Tensor::empty({11, 32});
-  ops::attention(q, k, v, layout, args, out);
+  ops::attention(q, k, v, layout.build(), args, out);
   // Scores up to ~|q||k| ~ 300 carry float errors of ~1e-4, which move near-tied probabilities by as much.
   EXPECT_TRUE(testref::close_to_reference(out, reference_attention(q, k, v, layout, args), 1e-3));
 }
@@ -280,13 +293,13 @@ TEST(AttentionTest, NoSequencesOrEmptyQueryRanges) {
   ops::AttentionArgs args;
   args.num_heads = 2;
   args.head_dim = 4;
-  ops::AttentionLayout none;
+  HostLayout none;
   none.query_begin = {0};
   Tensor empty_out = Tensor::empty({0, 8});
-  EXPECT_NO_THROW(
-      ops::attention(Tensor::empty({0, 8}), Tensor::empty({0, 8}), Tensor::empty({0, 8}), none, args, empty_out));
+  EXPECT_NO_THROW(ops::attention(Tensor::empty({0, 8}), Tensor::empty({0, 8}), Tensor::empty({0, 8}), none.build(),
+                                 args, empty_out));
   // A sequence without queries next to one with queries.
-  ops::AttentionLayout layout;
+  HostLayout layout;
   layout.query_begin = {0, 0, 3};
   layout.key_begin = {0, 2};
   layout.key_length = {2, 4};
@@ -302,36 +315,102 @@ TEST(AttentionTest, InvalidLayoutsThrow) {
   args.head_dim = 4;
   const Tensor q = random_tensor({3, 8}, rng), k = random_tensor({5, 8}, rng), v = random_tensor({5, 8}, rng);
   Tensor out = Tensor::empty({3, 8});
-  ops::AttentionLayout good;
+  HostLayout good;
   good.query_begin = {0, 3};
   good.key_begin = {0};
   good.key_length = {5};
   good.query_position = {0};
-  EXPECT_NO_THROW(ops::attention(q, k, v, good, args, out));
+  EXPECT_NO_THROW(ops::attention(q, k, v, good.build(), args, out));
 
-  ops::AttentionLayout keys_past_end = good;
+  HostLayout keys_past_end = good;
   keys_past_end.key_begin = {1};
-  EXPECT_THROW(ops::attention(q, k, v, keys_past_end, args, out), std::invalid_argument);
-  ops::AttentionLayout negative_begin = good;
+  EXPECT_THROW(ops::attention(q, k, v, keys_past_end.build(), args, out), std::invalid_argument);
+  HostLayout negative_begin = good;
   negative_begin.key_begin = {-1};
   negative_begin.key_length = {2};
-  EXPECT_THROW(ops::attention(q, k, v, negative_begin, args, out), std::invalid_argument);
-  ops::AttentionLayout queries_past_end = good;
+  EXPECT_THROW(ops::attention(q, k, v, negative_begin.build(), args, out), std::invalid_argument);
+  HostLayout queries_past_end = good;
   queries_past_end.query_begin = {0, 4};
-  EXPECT_THROW(ops::attention(q, k, v, queries_past_end, args, out), std::invalid_argument);
-  ops::AttentionLayout missing_entries = good;
+  EXPECT_THROW(ops::attention(q, k, v, queries_past_end.build(), args, out), std::invalid_argument);
+  // Arrays of inconsistent lengths: from_host refuses to build them, and attention refuses such tensors.
+  HostLayout missing_entries = good;
   missing_entries.query_position = {};
-  EXPECT_THROW(ops::attention(q, k, v, missing_entries, args, out), std::invalid_argument);
-  ops::AttentionLayout short_query_begin = good;
+  EXPECT_THROW(ops::attention(q, k, v, missing_entries.build(), args, out), std::invalid_argument);
+  ops::AttentionLayout missing_tensor = good.build();
+  missing_tensor.query_position = Tensor::from_vector(std::vector<int32_t>{}, {0});
+  EXPECT_THROW(ops::attention(q, k, v, missing_tensor, args, out), std::invalid_argument);
+  HostLayout short_query_begin = good;
   short_query_begin.query_begin = {3};
-  EXPECT_THROW(ops::attention(q, k, v, short_query_begin, args, out), std::invalid_argument);
+  EXPECT_THROW(ops::attention(q, k, v, short_query_begin.build(), args, out), std::invalid_argument);
+  ops::AttentionLayout short_tensor = good.build();
+  short_tensor.query_begin = Tensor::from_vector(std::vector<int32_t>{3}, {1});
+  EXPECT_THROW(ops::attention(q, k, v, short_tensor, args, out), std::invalid_argument);
 
   ops::AttentionArgs wrong_heads = args;
   wrong_heads.head_dim = 3;
-  EXPECT_THROW(ops::attention(q, k, v, good, wrong_heads, out), std::invalid_argument);
+  EXPECT_THROW(ops::attention(q, k, v, good.build(), wrong_heads, out), std::invalid_argument);
   Tensor wrong_out = Tensor::empty({2, 8});
-  EXPECT_THROW(ops::attention(q, k, v, good, args, wrong_out), std::invalid_argument);
-  EXPECT_THROW(ops::attention(q, k, random_tensor({4, 8}, rng), good, args, out), std::invalid_argument);
+  EXPECT_THROW(ops::attention(q, k, v, good.build(), args, wrong_out), std::invalid_argument);
+  EXPECT_THROW(ops::attention(q, k, random_tensor({4, 8}, rng), good.build(), args, out), std::invalid_argument);
+}
+
+TEST(AttentionTest, LayoutFromHostBuildsI32ArraysAndBounds) {
+  const ops::AttentionLayout layout =
+      ops::AttentionLayout::from_host({0, 4, 4, 6}, {0, 12, 30}, {7, 11, 1}, {3, 0, 9}, Device::CPU);
+  EXPECT_EQ(layout.sequences(), 3);
+  for (const Tensor* array : {&layout.query_begin, &layout.key_begin, &layout.key_length, &layout.query_position}) {
+    EXPECT_EQ(array->dtype(), DType::I32);
+    EXPECT_EQ(array->device(), Device::CPU);
+  }
+  EXPECT_EQ(layout.query_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 4, 4, 6}));
+  EXPECT_EQ(layout.key_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 12, 30}));
+  EXPECT_EQ(layout.key_length.to_vector<int32_t>(), (std::vector<int32_t>{7, 11, 1}));
+  EXPECT_EQ(layout.query_position.to_vector<int32_t>(), (std::vector<int32_t>{3, 0, 9}));
+  EXPECT_EQ(layout.max_queries, 4);  // the longest query run, an empty one in the middle
+  EXPECT_EQ(layout.max_keys, 11);
+
+  const ops::AttentionLayout none = ops::AttentionLayout::from_host({0}, {}, {}, {}, Device::CPU);
+  EXPECT_EQ(none.sequences(), 0);
+  EXPECT_EQ(none.max_queries, 0);
+  EXPECT_EQ(none.max_keys, 0);
+  EXPECT_EQ(ops::AttentionLayout().sequences(), 0);
+
+  EXPECT_THROW(ops::AttentionLayout::from_host({0, 1}, {0, 0}, {1, 1}, {0, 0}, Device::CPU), std::invalid_argument);
+  EXPECT_THROW(ops::AttentionLayout::from_host({0, 1, 2}, {0, 0}, {1}, {0, 0}, Device::CPU), std::invalid_argument);
+  EXPECT_THROW(ops::AttentionLayout::from_host({0, 1, 2}, {0, 0}, {1, 1}, {0}, Device::CPU), std::invalid_argument);
+}
+
+// The host bounds size the work: a layout whose runs exceed them, or whose arrays are not I32, is rejected.
+TEST(AttentionTest, LayoutBoundsAndArrayTypesAreChecked) {
+  std::mt19937 rng(509);
+  ops::AttentionArgs args;
+  args.num_heads = 2;
+  args.head_dim = 4;
+  const Tensor q = random_tensor({3, 8}, rng), k = random_tensor({5, 8}, rng), v = random_tensor({5, 8}, rng);
+  Tensor out = Tensor::empty({3, 8});
+  HostLayout good;
+  good.query_begin = {0, 1, 3};
+  good.key_begin = {0, 2};
+  good.key_length = {2, 3};
+  good.query_position = {0, 0};
+  EXPECT_TRUE(matches_reference(q, k, v, good, args));
+
+  ops::AttentionLayout few_keys = good.build();
+  few_keys.max_keys = 2;
+  EXPECT_THROW(ops::attention(q, k, v, few_keys, args, out), std::invalid_argument);
+  ops::AttentionLayout few_queries = good.build();
+  few_queries.max_queries = 1;
+  EXPECT_THROW(ops::attention(q, k, v, few_queries, args, out), std::invalid_argument);
+  ops::AttentionLayout wide = good.build();
+  wide.key_length = Tensor::from_vector(std::vector<int64_t>{2, 3}, {2});
+  EXPECT_THROW(ops::attention(q, k, v, wide, args, out), std::invalid_argument);
+  ops::AttentionLayout undefined = good.build();
+  undefined.query_position = Tensor();
+  EXPECT_THROW(ops::attention(q, k, v, undefined, args, out), std::invalid_argument);
+  // A query run that goes backwards.
+  HostLayout backwards = good;
+  backwards.query_begin = {0, 2, 1};
+  EXPECT_THROW(ops::attention(q, k, v, backwards.build(), args, out), std::invalid_argument);
 }
 
 }  // namespace

@@ -1,0 +1,103 @@
+// The paper's Table 3 for the engine: input tokens/s of whole translations (encode + decode) of random sources,
+// with the output length forced (min length = max length), for each batch size and beam size. The transformers
+// baseline is tools/bench/hf_generate_bench.py on the same model, shapes and lengths; scripts/device-check.sh runs
+// both in one call. Also reports the engine's peak GPU memory per configuration (the stream-ordered pool's
+// high-water mark: weights, activations, caches).
+//
+//   build/bin/bench_translate MODEL_DIR [--device cuda] [--dtype fp16] [--batch-sizes 1,8,32,96] [--beams 1,2]
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "core/device_memory.h"
+#include "elephant/error.h"
+#include "elephant/translator.h"
+
+namespace {
+
+std::vector<int> parse_list(const std::string& text) {
+  std::vector<int> values;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) values.push_back(std::stoi(item));
+  return values;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"elephant: Table 3 throughput (input tokens/s) with forced output length"};
+  std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path;
+  int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
+  app.add_option("model_dir", model_dir)->required();
+  app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+  app.add_option("--batch-sizes", batch_sizes);
+  app.add_option("--beams", beams);
+  app.add_option("--input-length", input_length, "source tokens, EOS included")->check(CLI::Range(2, 4096));
+  app.add_option("--new-tokens", new_tokens, "generated tokens, forced")->check(CLI::Range(1, 4096));
+  app.add_option("--batches", batches, "timed batches per configuration (median)")->check(CLI::Range(1, 1000));
+  app.add_option("--warmup", warmup)->check(CLI::Range(0, 100));
+  app.add_option("--seed", seed);
+  app.add_option("--json", json_path);
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    using namespace elephant;
+    Translator translator(model_dir, {parse_device_request(device), parse_compute_type(dtype)});
+    const int vocab = static_cast<int>(translator.info().vocab_size);
+    std::mt19937 rng(static_cast<unsigned>(seed));
+    std::uniform_int_distribution<int> token(3, vocab - 1);  // no pad (0), eos (1) or unk (2) inside a source
+    nlohmann::json rows = nlohmann::json::array();
+    std::printf("| batch | beam | input tok/s | median batch ms | peak GPU memory GiB |\n|---|---|---|---|---|\n");
+    for (const int beam : parse_list(beams)) {
+      for (const int batch : parse_list(batch_sizes)) {
+        TranslationOptions options;
+        options.beam_size = beam;
+        options.max_batch_size = batch;
+        options.max_length = options.min_length = new_tokens;
+        options.max_input_length = input_length;
+        std::vector<double> seconds;
+        reset_cuda_peak_memory();
+        for (int i = 0; i < warmup + batches; ++i) {
+          std::vector<std::vector<int>> sources(static_cast<size_t>(batch));
+          for (auto& source : sources) {
+            for (int t = 0; t + 1 < input_length; ++t) source.push_back(token(rng));
+            source.push_back(1);
+          }
+          const auto start = std::chrono::steady_clock::now();
+          const auto results = translator.translate_ids(sources, options);  // returns on the host: synchronized
+          const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          for (const auto& r : results)
+            if (static_cast<int>(r.size()) != new_tokens)
+              throw elephant::Error("an output does not have the forced length");
+          if (i >= warmup) seconds.push_back(elapsed);
+        }
+        std::sort(seconds.begin(), seconds.end());
+        const double median = seconds[seconds.size() / 2];
+        const double tokens_per_second = static_cast<double>(batch) * input_length / median;
+        const double peak_gib = static_cast<double>(cuda_memory_usage().peak_bytes) / (1u << 30);
+        std::printf("| %d | %d | %.0f | %.1f | %.2f |\n", batch, beam, tokens_per_second, median * 1e3, peak_gib);
+        std::fflush(stdout);
+        rows.push_back({{"batch", batch},
+                        {"beam", beam},
+                        {"input_tokens_per_s", tokens_per_second},
+                        {"median_batch_s", median},
+                        {"peak_gpu_bytes", cuda_memory_usage().peak_bytes}});
+      }
+    }
+    if (!json_path.empty())
+      std::ofstream(json_path) << nlohmann::json{{"model", model_dir},       {"device", device},
+                                                 {"dtype", dtype},           {"input_length", input_length},
+                                                 {"new_tokens", new_tokens}, {"rows", rows}}
+                                      .dump(1);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_translate: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,138 @@
+#include <cstdint>
+#include <string>
+
+#include "core/cuda/runtime.cuh"
+#include "core/device_memory.h"
+
+namespace elephant::cuda {
+
+void throw_cuda_error(cudaError_t error, const char* expression, const char* file, int line) {
+  throw Error(std::string("CUDA error ") + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ") in " +
+              expression + " at " + file + ":" + std::to_string(line));
+}
+
+void throw_cublas_error(cublasStatus_t status, const char* expression, const char* file, int line) {
+  throw Error(std::string("cuBLAS error ") + cublasGetStatusName(status) + " in " + expression + " at " + file + ":" +
+              std::to_string(line));
+}
+
+namespace {
+
+struct ThreadContext {
+  static constexpr size_t kCublasWorkspaceBytes = 32u << 20;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  void* cublas_workspace = nullptr;
+
+  ThreadContext() {
+    // The pool keeps freed memory for reuse instead of returning it to the driver, so steady-state
+    // allocations (every step of a decode) never call cudaMalloc.
+    static const bool pool_configured = [] {
+      int device = 0;
+      ELEPHANT_CUDA_CHECK(cudaGetDevice(&device));
+      cudaMemPool_t pool;
+      ELEPHANT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+      uint64_t keep_everything = UINT64_MAX;
+      ELEPHANT_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything));
+      return true;
+    }();
+    (void)pool_configured;
+    ELEPHANT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    ELEPHANT_CUBLAS_CHECK(cublasCreate(&cublas));
+    ELEPHANT_CUBLAS_CHECK(cublasSetStream(cublas, stream));
+    // A workspace of our own, so that cuBLAS allocates nothing while a decode step is captured in a graph.
+    ELEPHANT_CUDA_CHECK(cudaMalloc(&cublas_workspace, kCublasWorkspaceBytes));
+    ELEPHANT_CUBLAS_CHECK(cublasSetWorkspace(cublas, cublas_workspace, kCublasWorkspaceBytes));
+  }
+  ~ThreadContext() {
+    if (cublas) cublasDestroy(cublas);
+    if (cublas_workspace) cudaFree(cublas_workspace);
+    if (stream) cudaStreamDestroy(stream);
+  }
+  ThreadContext(const ThreadContext&) = delete;
+  ThreadContext& operator=(const ThreadContext&) = delete;
+};
+
+// Set when the thread's context is gone (thread exit): tensors freed after that (statics) are freed synchronously.
+thread_local bool context_destroyed = false;
+
+struct ContextHolder {
+  ThreadContext context;
+  ~ContextHolder() { context_destroyed = true; }
+};
+
+ThreadContext& context() {
+  thread_local ContextHolder holder;
+  return holder.context;
+}
+
+}  // namespace
+
+cudaStream_t stream() { return context().stream; }
+cublasHandle_t cublas() { return context().cublas; }
+
+const cudaDeviceProp& device_properties() {
+  static const cudaDeviceProp properties = [] {
+    int device = 0;
+    ELEPHANT_CUDA_CHECK(cudaGetDevice(&device));
+    cudaDeviceProp p;
+    ELEPHANT_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+    return p;
+  }();
+  return properties;
+}
+
+void* allocate(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* pointer = nullptr;
+  ELEPHANT_CUDA_CHECK(cudaMallocAsync(&pointer, bytes, stream()));
+  return pointer;
+}
+
+void free(void* pointer) {
+  // Called from destructors: a failure here cannot be thrown, and the next checked call reports it.
+  if (!pointer) return;
+  if (context_destroyed) {
+    cudaFree(pointer);
+    return;
+  }
+  cudaFreeAsync(pointer, stream());
+}
+
+void copy(void* destination, bool destination_on_device, const void* source, bool source_on_device, size_t bytes) {
+  const cudaMemcpyKind kind = destination_on_device
+                                  ? (source_on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                                  : cudaMemcpyDeviceToHost;
+  ELEPHANT_CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, kind, stream()));
+  if (!destination_on_device) ELEPHANT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+void fill_zero(void* destination, size_t bytes) {
+  ELEPHANT_CUDA_CHECK(cudaMemsetAsync(destination, 0, bytes, stream()));
+}
+
+void synchronize() { ELEPHANT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+namespace {
+cudaMemPool_t default_pool() {
+  int device = 0;
+  ELEPHANT_CUDA_CHECK(cudaGetDevice(&device));
+  cudaMemPool_t pool;
+  ELEPHANT_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  return pool;
+}
+}  // namespace
+
+DeviceMemoryUsage memory_usage() {
+  uint64_t current = 0, peak = 0;
+  ELEPHANT_CUDA_CHECK(cudaMemPoolGetAttribute(default_pool(), cudaMemPoolAttrUsedMemCurrent, &current));
+  ELEPHANT_CUDA_CHECK(cudaMemPoolGetAttribute(default_pool(), cudaMemPoolAttrUsedMemHigh, &peak));
+  return {static_cast<size_t>(current), static_cast<size_t>(peak)};
+}
+
+void reset_peak_memory() {
+  uint64_t zero = 0;  // the only value the attribute accepts: restart the high-water mark from the current use
+  ELEPHANT_CUDA_CHECK(cudaMemPoolSetAttribute(default_pool(), cudaMemPoolAttrUsedMemHigh, &zero));
+}
+
+}  // namespace elephant::cuda

@@ -1,0 +1,119 @@
+#pragma once
+
+// What CUDA sources share: error checks that throw elephant::Error, the calling thread's stream and cuBLAS
+// handle, dtype tags for the half types, and float conversions usable in kernels. Included by .cu files only.
+// Op backends live in elephant::ops::cuda, where `cuda::` names that namespace: they alias this one as
+// `namespace rt = ::elephant::cuda;`.
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "core/dtype.h"
+#include "elephant/error.h"
+
+namespace elephant {
+
+template <>
+constexpr DType dtype_of<__half>() {
+  return DType::F16;
+}
+template <>
+constexpr DType dtype_of<__nv_bfloat16>() {
+  return DType::BF16;
+}
+
+namespace cuda {
+
+[[noreturn]] void throw_cuda_error(cudaError_t error, const char* expression, const char* file, int line);
+[[noreturn]] void throw_cublas_error(cublasStatus_t status, const char* expression, const char* file, int line);
+
+#define ELEPHANT_CUDA_CHECK(expression)                                                     \
+  do {                                                                                      \
+    const cudaError_t elephant_error_ = (expression);                                       \
+    if (elephant_error_ != cudaSuccess)                                                     \
+      ::elephant::cuda::throw_cuda_error(elephant_error_, #expression, __FILE__, __LINE__); \
+  } while (0)
+
+#define ELEPHANT_CUBLAS_CHECK(expression)                                                      \
+  do {                                                                                         \
+    const cublasStatus_t elephant_status_ = (expression);                                      \
+    if (elephant_status_ != CUBLAS_STATUS_SUCCESS)                                             \
+      ::elephant::cuda::throw_cublas_error(elephant_status_, #expression, __FILE__, __LINE__); \
+  } while (0)
+
+// After every launch: a bad launch configuration shows here; faults inside the kernel show at the next
+// synchronizing call (and under compute-sanitizer at the faulting access).
+#define ELEPHANT_CHECK_LAUNCH() ELEPHANT_CUDA_CHECK(cudaGetLastError())
+
+cudaStream_t stream();                      // the calling thread's stream (non-blocking, created on first use)
+cublasHandle_t cublas();                    // the calling thread's cuBLAS handle, bound to stream()
+const cudaDeviceProp& device_properties();  // of the current device
+
+// N elements of T loaded or stored as one access (16 bytes for the vectorized paths).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+inline bool is_aligned(const void* pointer, size_t bytes = 16) {
+  return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
+}
+
+inline unsigned blocks_for(int64_t work, int per_block) {
+  return static_cast<unsigned>((work + per_block - 1) / per_block);
+}
+
+// Blocks for a grid-stride loop over `work` items: enough to fill every multiprocessor, no more.
+inline unsigned grid_stride_blocks(int64_t work, int threads) {
+  const int64_t cap = static_cast<int64_t>(device_properties().multiProcessorCount) * 2048 / threads;
+  const int64_t wanted = (work + threads - 1) / threads;
+  return static_cast<unsigned>(wanted < 1 ? 1 : wanted < cap ? wanted : cap);
+}
+
+// Calls f with a value of the element type that `dtype` names: float, __half or __nv_bfloat16.
+template <typename F>
+void dispatch_floating(DType dtype, const char* op, F&& f) {
+  switch (dtype) {
+    case DType::F32:
+      f(float{});
+      return;
+    case DType::F16:
+      f(__half{});
+      return;
+    case DType::BF16:
+      f(__nv_bfloat16{});
+      return;
+    default:
+      throw Error(std::string(op) + ": unsupported dtype " + dtype_name(dtype) + " on CUDA (F32, F16 or BF16)");
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T value) {
+  if constexpr (std::is_same_v<T, float>) {
+    return value;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(value);
+  } else {
+    return __bfloat162float(value);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float value) {
+  if constexpr (std::is_same_v<T, float>) {
+    return value;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(value);
+  } else {
+    return __float2bfloat16_rn(value);
+  }
+}
+
+}  // namespace cuda
+}  // namespace elephant

@@ -1,0 +1,237 @@
+// Attention over packed variable-length sequences. Grid (sequence, head, query chunk); each warp of a block
+// owns one query, and the block streams the sequence's keys and values through shared memory in tiles of 32
+// keys (in the tensors' dtype) that all its warps share. Per tile a lane scores one key (a float32 dot with
+// the query, held in shared memory as float), the warp updates an online softmax (running max, per-lane
+// partial sums), then each lane accumulates its ceil(head_dim / 32) output dimensions. The layout is read on
+// the device: blocks past a sequence's real query count exit, and rows outside every sequence are never
+// written. A query that sees no key gets zeros, as on the CPU.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "core/cuda/runtime.cuh"
+#include "ops/backends.h"
+
+namespace elephant::ops::cuda {
+namespace {
+
+namespace rt = ::elephant::cuda;
+using rt::from_float;
+using rt::to_float;
+
+constexpr int kTileKeys = 32;  // one key per lane in the score step
+constexpr int kMaxWarps = 8;
+constexpr int kMaxHeadDim = 128;
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+struct Params {
+  const int32_t* query_begin;
+  const int32_t* key_begin;
+  const int32_t* key_length;
+  const int32_t* query_position;
+  const float* bias;  // [heads, bias_width] or null
+  int bias_width;
+  int bias_max_offset;
+  int head_dim;
+  int64_t inner;  // heads * head_dim: the row stride of queries, keys, values and out
+  bool causal;
+  bool vector_loads;  // key/value rows are whole 16-byte packs
+  int padded_dim;     // head_dim rounded up to a pack: the score loop's length (the padding is zero)
+  int key_stride;     // elements per shared key row: padded_dim, plus a pack when that keeps 16-byte reads apart
+  int query_stride;   // floats per warp's query: head_dim rounded up to 8
+};
+
+// C = ceil(head_dim / 32): the output dimensions lane * C .. lane * C + C - 1 are the lane's.
+template <typename T, int C>
+__global__ void attention_kernel(const T* __restrict__ queries, const T* __restrict__ keys,
+                                 const T* __restrict__ values, T* __restrict__ out, Params p) {
+  constexpr int N = 16 / sizeof(T);
+  using P = Pack<T, N>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* q_s = reinterpret_cast<float*>(smem) + warp * p.query_stride;                     // this warp's query
+  T* k_s = reinterpret_cast<T*>(reinterpret_cast<float*>(smem) + warps * p.query_stride);  // [32][key_stride]
+  T* v_s = k_s + kTileKeys * p.key_stride;                                                 // [32][32 * C]
+  constexpr int v_stride = 32 * C;
+
+  const int s = blockIdx.x, h = blockIdx.y;
+  const int first_row = p.query_begin[s];
+  const int queries_here = p.query_begin[s + 1] - first_row;
+  const int block_first = blockIdx.z * warps;
+  if (block_first >= queries_here) return;  // the whole block: before any barrier
+  const int qi = block_first + warp;
+  const bool active = qi < queries_here;
+  const int key_length = p.key_length[s];
+  const int first_position = p.query_position[s];
+  const int position = first_position + qi;
+  // Causal: the block needs the keys its last query sees; each warp stops at its own.
+  const int block_last_position = first_position + min(queries_here, block_first + warps) - 1;
+  const int block_keys = p.causal ? min(key_length, block_last_position + 1) : key_length;
+  const int visible = !active ? 0 : p.causal ? min(key_length, position + 1) : key_length;
+  const int hd = p.head_dim;
+  const int64_t head_offset = static_cast<int64_t>(h) * hd;
+
+  const T* q = queries + static_cast<int64_t>(first_row + qi) * p.inner + head_offset;
+  for (int d = lane; d < p.query_stride; d += 32) q_s[d] = active && d < hd ? to_float(q[d]) : 0.0f;
+  // The key padding columns are never loaded: zero them once so the score loop may read whole packs.
+  const int pad = p.padded_dim - hd;
+  for (int i = threadIdx.x; i < kTileKeys * pad; i += blockDim.x)
+    k_s[(i / pad) * p.key_stride + hd + i % pad] = from_float<T>(0.0f);
+
+  const int64_t key_row0 = p.key_begin[s];
+  const T* k_base = keys + key_row0 * p.inner + head_offset;
+  const T* v_base = values + key_row0 * p.inner + head_offset;
+  const float* bias = p.bias ? p.bias + static_cast<int64_t>(h) * p.bias_width + p.bias_max_offset - position
+                             : nullptr;  // bias[j] is key j's column
+
+  float running_max = -INFINITY, partial_sum = 0.0f, acc[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+
+  for (int tile = 0; tile < block_keys; tile += kTileKeys) {
+    const int rows = min(kTileKeys, block_keys - tile);
+    __syncthreads();  // the previous tile is consumed (and, the first time, q_s and the padding are written)
+    if (p.vector_loads) {
+      const int units = hd / N;
+      for (int i = threadIdx.x; i < rows * units; i += blockDim.x) {
+        const int r = i / units, u = i - r * units;
+        const int64_t g = static_cast<int64_t>(tile + r) * p.inner + u * N;
+        *reinterpret_cast<P*>(k_s + r * p.key_stride + u * N) = *reinterpret_cast<const P*>(k_base + g);
+        *reinterpret_cast<P*>(v_s + r * v_stride + u * N) = *reinterpret_cast<const P*>(v_base + g);
+      }
+    } else {
+      for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+        const int r = i / hd, d = i - r * hd;
+        const int64_t g = static_cast<int64_t>(tile + r) * p.inner + d;
+        k_s[r * p.key_stride + d] = k_base[g];
+        v_s[r * v_stride + d] = v_base[g];
+      }
+    }
+    __syncthreads();
+    if (tile >= visible) continue;  // warp-uniform; the warp still meets the next barrier
+
+    const int j = tile + lane;
+    float score = -INFINITY;
+    if (j < visible) {
+      const T* k_row = k_s + lane * p.key_stride;
+      float dot = 0.0f;
+      for (int u = 0; u < p.padded_dim; u += N) {
+        const P k = *reinterpret_cast<const P*>(k_row + u);
+#pragma unroll
+        for (int e = 0; e < N; e += 4) {
+          const float4 qv = *reinterpret_cast<const float4*>(q_s + u + e);
+          dot = fmaf(qv.x, to_float(k.v[e]), dot);
+          dot = fmaf(qv.y, to_float(k.v[e + 1]), dot);
+          dot = fmaf(qv.z, to_float(k.v[e + 2]), dot);
+          dot = fmaf(qv.w, to_float(k.v[e + 3]), dot);
+        }
+      }
+      score = bias ? dot + bias[j] : dot;
+    }
+    float tile_max = score;
+    for (int offset = 16; offset > 0; offset /= 2)
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, offset));
+    const float new_max = fmaxf(running_max, tile_max);
+    // All scores so far -inf (a -inf bias): keep everything at zero instead of exp(-inf - -inf) = NaN.
+    const float reference = new_max == -INFINITY ? 0.0f : new_max;
+    const float correction = expf(running_max - reference);
+    const float prob = expf(score - reference);
+    running_max = new_max;
+    partial_sum = partial_sum * correction + prob;
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[c] *= correction;
+
+    const int keys_here = min(kTileKeys, visible - tile);
+    const T* v_lane = v_s + lane * C;
+    for (int jj = 0; jj < keys_here; ++jj) {
+      const float pj = __shfl_sync(0xffffffffu, prob, jj);
+      const T* v = v_lane + jj * v_stride;
+      if constexpr (C == 2 || C == 4) {
+        const Pack<T, C> vv = *reinterpret_cast<const Pack<T, C>*>(v);
+#pragma unroll
+        for (int c = 0; c < C; ++c) acc[c] = fmaf(pj, to_float(vv.v[c]), acc[c]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < C; ++c) acc[c] = fmaf(pj, to_float(v[c]), acc[c]);
+      }
+    }
+  }
+
+  if (!active) return;
+  float sum = partial_sum;
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  T* o = out + static_cast<int64_t>(first_row + qi) * p.inner + head_offset;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int d = lane * C + c;
+    if (d < hd) o[d] = from_float<T>(acc[c] * inv);
+  }
+}
+
+template <typename T, int C>
+void launch(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
+            const AttentionArgs& args, Tensor& out) {
+  constexpr int N = 16 / sizeof(T);
+  const int hd = args.head_dim;
+  Params p;
+  p.query_begin = layout.query_begin.data<int32_t>();
+  p.key_begin = layout.key_begin.data<int32_t>();
+  p.key_length = layout.key_length.data<int32_t>();
+  p.query_position = layout.query_position.data<int32_t>();
+  p.bias = args.position_bias ? args.position_bias->data<float>() : nullptr;
+  p.bias_width = 2 * args.bias_max_offset + 1;
+  p.bias_max_offset = args.bias_max_offset;
+  p.head_dim = hd;
+  p.inner = static_cast<int64_t>(args.num_heads) * hd;
+  p.causal = args.causal;
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  p.vector_loads = hd % N == 0 && p.inner % N == 0 && aligned(keys.raw()) && aligned(values.raw());
+  p.padded_dim = (hd + N - 1) / N * N;
+  // Lanes read 16-byte packs of rows key_stride apart: an odd number of packs keeps 8 lanes on 8 bank groups.
+  p.key_stride = p.padded_dim + ((p.padded_dim / N) % 2 == 0 ? N : 0);
+  p.query_stride = (hd + 7) / 8 * 8;
+
+  const int warps = static_cast<int>(std::min<int64_t>(kMaxWarps, layout.max_queries));
+  const int64_t chunks = (layout.max_queries + warps - 1) / warps;
+  if (layout.sequences() > 0x7fffffff || args.num_heads > 65535 || chunks > 65535)
+    throw Error("attention: " + std::to_string(layout.sequences()) + " sequences, " + std::to_string(args.num_heads) +
+                " heads and up to " + std::to_string(layout.max_queries) + " queries per sequence exceed one launch");
+  const size_t smem = static_cast<size_t>(warps) * p.query_stride * sizeof(float) +
+                      static_cast<size_t>(kTileKeys) * (p.key_stride + 32 * C) * sizeof(T);
+  const dim3 grid(static_cast<unsigned>(layout.sequences()), static_cast<unsigned>(args.num_heads),
+                  static_cast<unsigned>(chunks));
+  attention_kernel<T, C>
+      <<<grid, warps * 32, smem, rt::stream()>>>(queries.data<T>(), keys.data<T>(), values.data<T>(), out.data<T>(), p);
+  ELEPHANT_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
+               const AttentionArgs& args, Tensor& out) {
+  if (args.head_dim > kMaxHeadDim)
+    throw Error("attention: head_dim " + std::to_string(args.head_dim) + " is larger than the CUDA kernel's " +
+                std::to_string(kMaxHeadDim));
+  if (layout.max_queries <= 0) return;  // no sequence has a query
+  rt::dispatch_floating(queries.dtype(), "attention", [&](auto tag) {
+    using T = decltype(tag);
+    switch ((args.head_dim + 31) / 32) {
+      case 1:
+        return launch<T, 1>(queries, keys, values, layout, args, out);
+      case 2:
+        return launch<T, 2>(queries, keys, values, layout, args, out);
+      case 3:
+        return launch<T, 3>(queries, keys, values, layout, args, out);
+      default:
+        return launch<T, 4>(queries, keys, values, layout, args, out);
+    }
+  });
+}
+
+}  // namespace elephant::ops::cuda

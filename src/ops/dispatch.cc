@@ -1,0 +1,366 @@
+// The public ops: argument checks shared by every backend, then the backend of the tensors' device.
+
+#include <stdexcept>
+#include <string>
+
+#include "elephant/error.h"
+#include "ops/backends.h"
+#include "ops/elementwise.h"
+#include "ops/gather.h"
+#include "ops/rms_norm.h"
+#include "ops/softmax.h"
+
+namespace elephant::ops {
+namespace {
+
+std::string describe(const Tensor& t) {
+  return dtype_name(t.dtype()) + shape_string(t.shape()) + "@" + to_string(t.device());
+}
+
+[[noreturn]] void fail(const std::string& op, const std::string& what) {
+  throw std::invalid_argument(op + ": " + what);
+}
+
+void same_device(const std::string& op, const Tensor& a, const Tensor& b) {
+  if (a.device() != b.device()) fail(op, "tensors on different devices: " + describe(a) + " and " + describe(b));
+}
+
+// Floating tensors on the CPU are float32: the CPU backend computes in float32 only.
+void check_floating(const std::string& op, const Tensor& t) {
+  if (!is_floating(t.dtype())) fail(op, "expected a floating tensor, got " + describe(t));
+  if (t.device() == Device::CPU && t.dtype() != DType::F32)
+    fail(op, "the CPU backend computes in F32, got " + describe(t));
+}
+
+void check_dtype(const std::string& op, const Tensor& t, DType dtype, const char* name) {
+  if (t.dtype() != dtype) fail(op, std::string(name) + " must be " + dtype_name(dtype) + ", got " + describe(t));
+}
+
+#ifdef ELEPHANT_WITH_CUDA
+#define ELEPHANT_DISPATCH(device, call) return (device) == Device::CUDA ? cuda::call : cpu::call
+#else
+#define ELEPHANT_DISPATCH(device, call)                                                         \
+  if ((device) == Device::CUDA) throw UsageError("this build of elephant has no CUDA backend"); \
+  return cpu::call
+#endif
+
+}  // namespace
+
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
+  if (a.rank() != 2 || b.rank() != 2 || c.rank() != 2)
+    fail("gemm", "expected 2-D tensors, got a " + describe(a) + ", b " + describe(b) + ", c " + describe(c));
+  same_device("gemm", a, b);
+  same_device("gemm", a, c);
+  check_floating("gemm", a);
+  if (b.dtype() != a.dtype() || (c.dtype() != a.dtype() && c.dtype() != DType::F32))
+    fail("gemm", "dtypes do not match: a " + describe(a) + ", b " + describe(b) + ", c " + describe(c));
+  const int64_t n = args.transpose_b ? b.dim(0) : b.dim(1);
+  const int64_t k = args.transpose_b ? b.dim(1) : b.dim(0);
+  if (k != a.dim(1) || c.dim(0) != a.dim(0) || c.dim(1) != n)
+    fail("gemm", "shapes do not match: a " + describe(a) + ", b " + describe(b) +
+                     (args.transpose_b ? " (transposed)" : "") + ", c " + describe(c));
+  if (c.numel() == 0) return;
+  ELEPHANT_DISPATCH(a.device(), gemm(a, b, c, args));
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight) {
+  if (weight.rank() != 2 || x.rank() < 1 || x.dim(-1) != weight.dim(1))
+    fail("linear", "x " + describe(x) + " does not match the weight " + describe(weight));
+  Shape out_shape = x.shape();
+  out_shape.back() = weight.dim(0);
+  const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+  Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+  Tensor y2 = y.reshape({rows, weight.dim(0)});
+  gemm(x.reshape({rows, x.dim(-1)}), weight, y2);
+  return y;
+}
+
+void add_in_place(Tensor& hidden, const Tensor& y) {
+  same_device("add_in_place", hidden, y);
+  check_floating("add_in_place", hidden);
+  if (hidden.shape() != y.shape() || hidden.dtype() != y.dtype())
+    fail("add_in_place", describe(hidden) + " += " + describe(y));
+  if (hidden.numel() == 0) return;
+  ELEPHANT_DISPATCH(hidden.device(), add_in_place(hidden, y));
+}
+
+void scale_in_place(Tensor& x, float factor) {
+  check_floating("scale_in_place", x);
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), scale_in_place(x, factor));
+}
+
+void convert(const Tensor& x, Tensor& y) {
+  same_device("convert", x, y);
+  if (!is_floating(x.dtype()) || !is_floating(y.dtype()) || x.shape() != y.shape())
+    fail("convert", describe(x) + " to " + describe(y));
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), convert(x, y));
+}
+
+Tensor convert(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor y = Tensor::empty(x.shape(), dtype, x.device());
+  convert(x, y);
+  return y;
+}
+
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
+  same_device("rms_norm", x, weight);
+  same_device("rms_norm", x, y);
+  check_floating("rms_norm", x);
+  if (x.rank() < 1 || weight.rank() != 1 || weight.dim(0) != x.dim(-1) || y.shape() != x.shape() ||
+      weight.dtype() != x.dtype() || y.dtype() != x.dtype())
+    fail("rms_norm", "x " + describe(x) + ", weight " + describe(weight) + ", y " + describe(y));
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), rms_norm(x, weight, eps, y));
+}
+
+void activate(Activation activation, Tensor& x) {
+  check_floating("activate", x);
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), activate(activation, x));
+}
+
+void softmax(Tensor& x) {
+  check_floating("softmax", x);
+  if (x.rank() < 1) fail("softmax", "expected at least one dimension, got " + describe(x));
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), softmax(x));
+}
+
+void log_softmax(const Tensor& x, Tensor& y) {
+  same_device("log_softmax", x, y);
+  check_floating("log_softmax", x);
+  check_dtype("log_softmax", y, DType::F32, "y");
+  if (x.rank() < 1 || y.shape() != x.shape()) fail("log_softmax", "x " + describe(x) + ", y " + describe(y));
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), log_softmax(x, y));
+}
+
+void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
+  same_device("gather_rows", x, rows);
+  same_device("gather_rows", x, out);
+  check_dtype("gather_rows", rows, DType::I32, "rows");
+  if (x.rank() < 1 || out.rank() < 1 || rows.rank() != 1 || rows.dim(0) < out.dim(0) || out.dtype() != x.dtype() ||
+      shape_numel(Shape(out.shape().begin() + 1, out.shape().end())) !=
+          shape_numel(Shape(x.shape().begin() + 1, x.shape().end())))
+    fail("gather_rows", "x " + describe(x) + ", rows " + describe(rows) + ", out " + describe(out));
+  if (out.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), gather_rows(x, rows, out));
+}
+
+void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, Tensor& out) {
+  same_device("gather_cache_rows", cache, rows);
+  same_device("gather_cache_rows", cache, out);
+  check_dtype("gather_cache_rows", rows, DType::I32, "rows");
+  if (cache.rank() != 3 || out.rank() != 3 || rows.rank() != 1 || rows.dim(0) < out.dim(0) || steps < 0 ||
+      steps > cache.dim(1) || steps > out.dim(1) || out.dim(2) != cache.dim(2) || out.dtype() != cache.dtype())
+    fail("gather_cache_rows", "cache " + describe(cache) + ", rows " + describe(rows) + ", " + std::to_string(steps) +
+                                  " steps, out " + describe(out));
+  if (out.dim(0) == 0 || steps == 0 || cache.dim(2) == 0) return;
+  ELEPHANT_DISPATCH(cache.device(), gather_cache_rows(cache, rows, steps, out));
+}
+
+void write_cache_step(const Tensor& values, int64_t step, Tensor& cache) {
+  same_device("write_cache_step", values, cache);
+  if (values.rank() != 2 || cache.rank() != 3 || values.dim(0) > cache.dim(0) || values.dim(1) != cache.dim(2) ||
+      step < 0 || step >= cache.dim(1) || values.dtype() != cache.dtype())
+    fail("write_cache_step",
+         "values " + describe(values) + " into slot " + std::to_string(step) + " of " + describe(cache));
+  if (values.numel() == 0) return;
+  ELEPHANT_DISPATCH(values.device(), write_cache_step(values, step, cache));
+}
+
+AttentionLayout AttentionLayout::from_host(const std::vector<int32_t>& query_begin,
+                                           const std::vector<int32_t>& key_begin,
+                                           const std::vector<int32_t>& key_length,
+                                           const std::vector<int32_t>& query_position, Device device) {
+  const size_t sequences = key_begin.size();
+  if (query_begin.size() != sequences + 1 || key_length.size() != sequences || query_position.size() != sequences)
+    fail("AttentionLayout", "arrays of " + std::to_string(query_begin.size()) + ", " + std::to_string(sequences) +
+                                ", " + std::to_string(key_length.size()) + ", " +
+                                std::to_string(query_position.size()) + " elements for " + std::to_string(sequences) +
+                                " sequences");
+  AttentionLayout layout;
+  const auto s = static_cast<int64_t>(sequences);
+  layout.query_begin = Tensor::from_vector(query_begin, {s + 1}, device);
+  layout.key_begin = Tensor::from_vector(key_begin, {s}, device);
+  layout.key_length = Tensor::from_vector(key_length, {s}, device);
+  layout.query_position = Tensor::from_vector(query_position, {s}, device);
+  for (size_t i = 0; i < sequences; ++i) {
+    layout.max_queries = std::max<int64_t>(layout.max_queries, query_begin[i + 1] - query_begin[i]);
+    layout.max_keys = std::max<int64_t>(layout.max_keys, key_length[i]);
+  }
+  return layout;
+}
+
+void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
+               const AttentionArgs& args, Tensor& out) {
+  const int64_t inner = static_cast<int64_t>(args.num_heads) * args.head_dim;
+  const std::string shapes = "queries " + describe(queries) + ", keys " + describe(keys) + ", values " +
+                             describe(values) + ", out " + describe(out);
+  same_device("attention", queries, keys);
+  same_device("attention", queries, values);
+  same_device("attention", queries, out);
+  check_floating("attention", queries);
+  if (args.num_heads <= 0 || args.head_dim <= 0 || queries.rank() != 2 || keys.rank() != 2 || queries.dim(1) != inner ||
+      keys.dim(1) != inner || values.shape() != keys.shape() || out.shape() != queries.shape() ||
+      keys.dtype() != queries.dtype() || values.dtype() != queries.dtype() || out.dtype() != queries.dtype())
+    fail("attention", shapes + " for " + std::to_string(args.num_heads) + " heads of " + std::to_string(args.head_dim));
+  const int64_t sequences = layout.sequences();
+  for (const Tensor* array : {&layout.query_begin, &layout.key_begin, &layout.key_length, &layout.query_position}) {
+    if (!array->defined() || array->dtype() != DType::I32 || array->device() != queries.device())
+      fail("attention", "layout arrays must be I32 tensors on " + to_string(queries.device()));
+  }
+  if (layout.query_begin.dim(0) != sequences + 1 || layout.key_length.dim(0) != sequences ||
+      layout.query_position.dim(0) != sequences)
+    fail("attention", "layout arrays of different lengths for " + std::to_string(sequences) + " sequences");
+  if (args.position_bias) {
+    const Tensor& bias = *args.position_bias;
+    if (bias.device() != queries.device() || bias.dtype() != DType::F32 ||
+        bias.shape() != Shape{args.num_heads, 2 * static_cast<int64_t>(args.bias_max_offset) + 1})
+      fail("attention", "position bias " + describe(bias) + " for " + std::to_string(args.num_heads) +
+                            " heads and offsets up to " + std::to_string(args.bias_max_offset));
+  }
+  // On the CPU the layout can be checked against the tensors; on a device it is trusted (reading it would
+  // synchronize), and the kernels clamp nothing: the model code builds it.
+  if (queries.device() == Device::CPU) {
+    const int32_t* query_begin = layout.query_begin.data<int32_t>();
+    const int32_t* key_begin = layout.key_begin.data<int32_t>();
+    const int32_t* key_length = layout.key_length.data<int32_t>();
+    const int32_t* query_position = layout.query_position.data<int32_t>();
+    if (query_begin[0] < 0 || query_begin[sequences] > queries.dim(0))
+      fail("attention", shapes + " do not match the layout");
+    for (int64_t s = 0; s < sequences; ++s) {
+      const int64_t queries_here = query_begin[s + 1] - query_begin[s];
+      if (queries_here < 0 || queries_here > layout.max_queries || key_length[s] > layout.max_keys ||
+          key_length[s] < 0 || key_begin[s] < 0 || key_begin[s] + key_length[s] > keys.dim(0))
+        fail("attention", "sequence " + std::to_string(s) + " of the layout is out of range of " + shapes);
+      const int64_t first = query_position[s];
+      const int64_t last = first + queries_here - 1;
+      if (args.position_bias && (last > args.bias_max_offset || key_length[s] - 1 - first > args.bias_max_offset))
+        fail("attention", "position bias covers distances up to " + std::to_string(args.bias_max_offset) +
+                              ", sequence " + std::to_string(s) + " needs more");
+    }
+  }
+  if (queries.numel() == 0 || sequences == 0) return;
+  ELEPHANT_DISPATCH(queries.device(), attention(queries, keys, values, layout, args, out));
+}
+
+void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert,
+                Tensor& probability) {
+  same_device("route_top1", x, weight);
+  same_device("route_top1", x, expert);
+  same_device("route_top1", x, probability);
+  check_floating("route_top1", x);
+  check_dtype("route_top1", weight, DType::F32, "the router weight");
+  check_dtype("route_top1", expert, DType::I32, "expert");
+  check_dtype("route_top1", probability, DType::F32, "probability");
+  const int64_t tokens = x.rank() == 2 ? x.dim(0) : -1;
+  if (tokens < 0 || weight.rank() != 2 || weight.dim(1) != x.dim(1) || expert.shape() != Shape{tokens} ||
+      probability.shape() != Shape{tokens})
+    fail("route_top1", "x " + describe(x) + ", weight " + describe(weight) + ", expert " + describe(expert) +
+                           ", probability " + describe(probability));
+  if (bias && (bias->device() != x.device() || bias->dtype() != DType::F32 || bias->shape() != Shape{weight.dim(0)}))
+    fail("route_top1", "bias " + describe(*bias) + " for " + std::to_string(weight.dim(0)) + " experts");
+  if (active && (active->device() != x.device() || active->dtype() != DType::U8 || active->shape() != Shape{tokens}))
+    fail("route_top1", "activity flags " + describe(*active) + " for " + std::to_string(tokens) + " tokens");
+  if (tokens == 0) return;
+  ELEPHANT_DISPATCH(x.device(), route_top1(x, weight, bias, active, expert, probability));
+}
+
+void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets) {
+  same_device("sort_by_expert", expert, sorted_rows);
+  same_device("sort_by_expert", expert, offsets);
+  check_dtype("sort_by_expert", expert, DType::I32, "expert");
+  check_dtype("sort_by_expert", sorted_rows, DType::I32, "sorted_rows");
+  check_dtype("sort_by_expert", offsets, DType::I32, "offsets");
+  if (num_experts <= 0 || expert.rank() != 1 || sorted_rows.shape() != expert.shape() ||
+      offsets.shape() != Shape{num_experts + 1})
+    fail("sort_by_expert", "expert " + describe(expert) + ", sorted_rows " + describe(sorted_rows) + ", offsets " +
+                               describe(offsets) + " for " + std::to_string(num_experts) + " experts");
+  ELEPHANT_DISPATCH(expert.device(), sort_by_expert(expert, num_experts, sorted_rows, offsets));
+}
+
+void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
+                  const GroupedGemmArgs& args) {
+  same_device("grouped_gemm", a, weights);
+  same_device("grouped_gemm", a, offsets);
+  same_device("grouped_gemm", a, out);
+  check_floating("grouped_gemm", a);
+  check_dtype("grouped_gemm", offsets, DType::I32, "offsets");
+  const std::string shapes = "a " + describe(a) + ", weights " + describe(weights) + ", offsets " + describe(offsets) +
+                             ", out " + describe(out);
+  if (a.rank() != 2 || weights.rank() != 3 || out.rank() != 2 || weights.dim(2) != a.dim(1) || out.dim(0) != a.dim(0) ||
+      out.dim(1) != weights.dim(1) || offsets.shape() != Shape{weights.dim(0) + 1} || weights.dtype() != a.dtype() ||
+      out.dtype() != a.dtype())
+    fail("grouped_gemm", shapes);
+  if (args.bias && (args.bias->device() != a.device() || args.bias->dtype() != a.dtype() ||
+                    args.bias->shape() != Shape{weights.dim(0), weights.dim(1)}))
+    fail("grouped_gemm", "bias " + describe(*args.bias) + " for " + shapes);
+  if (a.dim(0) == 0) return;
+  ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
+}
+
+void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability, const Tensor& offsets,
+                        Tensor& hidden) {
+  for (const Tensor* t : {&sorted_rows, &probability, &offsets, static_cast<const Tensor*>(&hidden)})
+    same_device("scatter_scaled_add", y, *t);
+  check_floating("scatter_scaled_add", y);
+  check_dtype("scatter_scaled_add", sorted_rows, DType::I32, "sorted_rows");
+  check_dtype("scatter_scaled_add", probability, DType::F32, "probability");
+  check_dtype("scatter_scaled_add", offsets, DType::I32, "offsets");
+  if (y.rank() != 2 || hidden.rank() != 2 || y.shape() != hidden.shape() || y.dtype() != hidden.dtype() ||
+      sorted_rows.shape() != Shape{y.dim(0)} || probability.shape() != Shape{y.dim(0)} || offsets.rank() != 1 ||
+      offsets.dim(0) < 1)
+    fail("scatter_scaled_add", "y " + describe(y) + ", sorted_rows " + describe(sorted_rows) + ", probability " +
+                                   describe(probability) + ", offsets " + describe(offsets) + ", hidden " +
+                                   describe(hidden));
+  if (y.dim(0) == 0) return;
+  if (y.device() == Device::CPU) {  // on a device the indices are trusted: reading them would synchronize
+    const int64_t count = offsets.data<int32_t>()[offsets.dim(0) - 1];
+    if (count < 0 || count > y.dim(0))
+      fail("scatter_scaled_add",
+           "offsets end at " + std::to_string(count) + " of " + std::to_string(y.dim(0)) + " rows");
+    for (int64_t i = 0; i < count; ++i)
+      if (sorted_rows.data<int32_t>()[i] < 0 || sorted_rows.data<int32_t>()[i] >= y.dim(0))
+        fail("scatter_scaled_add",
+             "row " + std::to_string(sorted_rows.data<int32_t>()[i]) + " out of range of " + describe(hidden));
+  }
+  ELEPHANT_DISPATCH(y.device(), scatter_scaled_add(y, sorted_rows, probability, offsets, hidden));
+}
+
+void topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
+  same_device("topk", x, values);
+  same_device("topk", x, indices);
+  check_dtype("topk", x, DType::F32, "x");
+  check_dtype("topk", values, DType::F32, "values");
+  check_dtype("topk", indices, DType::I32, "indices");
+  if (x.rank() != 2 || k < 1 || k > kMaxTopK || k > x.dim(1) || values.shape() != Shape{x.dim(0), k} ||
+      indices.shape() != Shape{x.dim(0), k})
+    fail("topk", "k " + std::to_string(k) + " of x " + describe(x) + " into values " + describe(values) + ", indices " +
+                     describe(indices));
+  if (x.dim(0) == 0) return;
+  ELEPHANT_DISPATCH(x.device(), topk(x, k, values, indices));
+}
+
+void add_row_values(Tensor& x, const Tensor& row_values) {
+  same_device("add_row_values", x, row_values);
+  check_dtype("add_row_values", x, DType::F32, "x");
+  check_dtype("add_row_values", row_values, DType::F32, "row_values");
+  if (x.rank() != 2 || row_values.shape() != Shape{x.dim(0)})
+    fail("add_row_values", "x " + describe(x) + ", row_values " + describe(row_values));
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), add_row_values(x, row_values));
+}
+
+void fill_column(Tensor& x, int64_t column, float value) {
+  check_dtype("fill_column", x, DType::F32, "x");
+  if (x.rank() != 2 || column < 0 || column >= x.dim(1))
+    fail("fill_column", "column " + std::to_string(column) + " of " + describe(x));
+  if (x.dim(0) == 0) return;
+  ELEPHANT_DISPATCH(x.device(), fill_column(x, column, value));
+}
+
+}  // namespace elephant::ops

@@ -1,0 +1,23 @@
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "ops/backends.h"
+
+namespace elephant::ops::cpu {
+
+void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
+  const int64_t count = out.dim(0);
+  const size_t row_bytes = out.nbytes() / static_cast<size_t>(count);
+  const int32_t* index = rows.data<int32_t>();
+  const auto* in = static_cast<const char*>(x.raw());
+  auto* o = static_cast<char*>(out.raw());
+  for (int64_t i = 0; i < count; ++i) {
+    if (index[i] < 0 || index[i] >= x.dim(0))
+      throw std::out_of_range("gather_rows: row " + std::to_string(index[i]) + " outside [0, " +
+                              std::to_string(x.dim(0)) + ")");
+    std::memcpy(o + i * row_bytes, in + static_cast<size_t>(index[i]) * row_bytes, row_bytes);
+  }
+}
+
+}  // namespace elephant::ops::cpu

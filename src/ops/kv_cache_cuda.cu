@@ -1,0 +1,63 @@
+#include "core/cuda/runtime.cuh"
+#include "ops/backends.h"
+
+namespace elephant::ops::cuda {
+namespace {
+
+namespace rt = ::elephant::cuda;
+
+// Both ops move whole slots of `width` elements; slots are copied as 4-byte words when the width allows it
+// (every head dimension in practice), else byte by byte.
+template <typename Word>
+__global__ void gather_cache_rows_kernel(const Word* __restrict__ cache, const int32_t* __restrict__ rows,
+                                         int64_t in_slots, int64_t out_slots, int64_t steps, int64_t slot_words,
+                                         Word* __restrict__ out) {
+  const int64_t i = blockIdx.y;
+  const int64_t words = steps * slot_words;
+  const Word* from = cache + rows[i] * in_slots * slot_words;
+  Word* to = out + i * out_slots * slot_words;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < words; w += int64_t(gridDim.x) * blockDim.x)
+    to[w] = from[w];
+}
+
+template <typename Word>
+__global__ void write_cache_step_kernel(const Word* __restrict__ values, int64_t slots, int64_t step,
+                                        int64_t slot_words, Word* __restrict__ cache) {
+  const int64_t r = blockIdx.y;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < slot_words; w += int64_t(gridDim.x) * blockDim.x)
+    cache[(r * slots + step) * slot_words + w] = values[r * slot_words + w];
+}
+
+}  // namespace
+
+void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, Tensor& out) {
+  const int64_t slot_bytes = cache.dim(2) * static_cast<int64_t>(dtype_size(cache.dtype()));
+  const dim3 grid(std::min<unsigned>(rt::blocks_for(steps * slot_bytes / 4 + 1, 256), 64),
+                  static_cast<unsigned>(out.dim(0)));
+  if (slot_bytes % 4 == 0) {
+    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint32_t*>(cache.raw()),
+                                                             rows.data<int32_t>(), cache.dim(1), out.dim(1), steps,
+                                                             slot_bytes / 4, static_cast<uint32_t*>(out.raw()));
+  } else {
+    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint8_t*>(cache.raw()),
+                                                             rows.data<int32_t>(), cache.dim(1), out.dim(1), steps,
+                                                             slot_bytes, static_cast<uint8_t*>(out.raw()));
+  }
+  ELEPHANT_CHECK_LAUNCH();
+}
+
+void write_cache_step(const Tensor& values, int64_t step, Tensor& cache) {
+  const int64_t slot_bytes = cache.dim(2) * static_cast<int64_t>(dtype_size(cache.dtype()));
+  const dim3 grid(std::min<unsigned>(rt::blocks_for(slot_bytes / 4 + 1, 256), 16),
+                  static_cast<unsigned>(values.dim(0)));
+  if (slot_bytes % 4 == 0) {
+    write_cache_step_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint32_t*>(values.raw()), cache.dim(1),
+                                                            step, slot_bytes / 4, static_cast<uint32_t*>(cache.raw()));
+  } else {
+    write_cache_step_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint8_t*>(values.raw()), cache.dim(1),
+                                                            step, slot_bytes, static_cast<uint8_t*>(cache.raw()));
+  }
+  ELEPHANT_CHECK_LAUNCH();
+}
+
+}  // namespace elephant::ops::cuda

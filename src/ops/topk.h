@@ -1,0 +1,19 @@
+#pragma once
+
+#include "core/tensor.h"
+
+namespace elephant::ops {
+
+// The k largest values of every row of x (F32 [rows, n]) and their column indices, best first; equal values are
+// ordered by index (the smaller first), NaN never beats a number. values: F32 [rows, k], indices: I32 [rows, k],
+// 1 <= k <= min(n, kMaxTopK). Decoding runs it on the device, so only k candidates per row reach the host.
+constexpr int kMaxTopK = 64;
+void topk(const Tensor& x, int k, Tensor& values, Tensor& indices);
+
+// x[r, :] += row_values[r] (x F32 [rows, n], row_values F32 [rows]): running beam scores added to log-probs.
+void add_row_values(Tensor& x, const Tensor& row_values);
+
+// x[:, column] = value (x F32 [rows, n]): EOS made impossible before the minimum length.
+void fill_column(Tensor& x, int64_t column, float value);
+
+}  // namespace elephant::ops

@@ -1,0 +1,497 @@
+// The CUDA dense ops against the CPU backend: every dtype, odd sizes, unaligned views, poisoned outputs.
+// The CPU reference runs on float32 copies of the values the device really sees (rounded to its dtype).
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "elephant/error.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/device_helpers.h"
+#include "ops/elementwise.h"
+#include "ops/gather.h"
+#include "ops/gemm.h"
+#include "ops/rms_norm.h"
+#include "ops/softmax.h"
+
+namespace elephant {
+namespace {
+
+using testdev::poisoned;
+using testdev::random_cpu;
+using testdev::relative_l2_within;
+using testdev::rounded_to;
+using testdev::to_cpu_float;
+using testdev::to_cuda;
+using testdev::tolerance_for;
+
+// The values of a CUDA tensor, widened to a CPU F32 tensor.
+Tensor host(const Tensor& t) { return to_cpu_float(t); }
+
+std::string name(DType dtype) { return dtype_name(dtype); }
+
+TEST(CudaDenseOps, GemmMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  struct Case {
+    int64_t m, n, k;
+    bool transpose_b;
+    float alpha, beta;
+  };
+  const std::vector<Case> cases = {{1, 5, 3, true, 1.0f, 0.0f},       {7, 13, 33, true, 1.0f, 0.0f},
+                                   {7, 13, 33, false, 0.5f, 0.0f},    {64, 48, 100, true, 1.0f, 0.75f},
+                                   {64, 48, 100, false, -1.5f, 2.0f}, {3, 1, 257, false, 1.0f, 1.0f}};
+  std::mt19937 rng(11);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    // c in the inputs' dtype, and F32 c for half inputs.
+    std::vector<DType> c_dtypes{dtype};
+    if (dtype != DType::F32) c_dtypes.push_back(DType::F32);
+    for (DType c_dtype : c_dtypes) {
+      for (const Case& tc : cases) {
+        SCOPED_TRACE(name(dtype) + " -> " + name(c_dtype) + " m=" + std::to_string(tc.m) +
+                     " n=" + std::to_string(tc.n) + " k=" + std::to_string(tc.k) + (tc.transpose_b ? " b^T" : "") +
+                     " beta=" + std::to_string(tc.beta));
+        const Tensor a = rounded_to(random_cpu({tc.m, tc.k}, rng), dtype);
+        const Tensor b = rounded_to(random_cpu(tc.transpose_b ? Shape{tc.n, tc.k} : Shape{tc.k, tc.n}, rng), dtype);
+        const Tensor c0 = rounded_to(random_cpu({tc.m, tc.n}, rng), c_dtype);
+        const ops::GemmArgs args{tc.transpose_b, tc.alpha, tc.beta};
+        Tensor expected = c0.clone();
+        ops::gemm(a, b, expected, args);
+        // With beta == 0 the prior c must not be read: start from NaN.
+        Tensor c = tc.beta == 0.0f ? poisoned({tc.m, tc.n}, c_dtype, Device::CUDA) : to_cuda(c0, c_dtype);
+        ops::gemm(to_cuda(a, dtype), to_cuda(b, dtype), c, args);
+        EXPECT_EQ(c.dtype(), c_dtype);
+        EXPECT_TRUE(relative_l2_within(c, expected, tolerance_for(c_dtype)));
+      }
+    }
+  }
+}
+
+TEST(CudaDenseOps, GemmWithEmptyInnerDimensionScalesC) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(12);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    SCOPED_TRACE(name(dtype));
+    const Tensor c0 = rounded_to(random_cpu({4, 5}, rng), dtype);
+    Tensor c = to_cuda(c0, dtype);
+    ops::gemm(Tensor::empty({4, 0}, dtype, Device::CUDA), Tensor::empty({5, 0}, dtype, Device::CUDA), c,
+              ops::GemmArgs{true, 1.0f, 0.5f});
+    Tensor expected = c0.clone();
+    for (int64_t i = 0; i < expected.numel(); ++i) expected.data<float>()[i] *= 0.5f;
+    EXPECT_TRUE(relative_l2_within(c, expected, tolerance_for(dtype)));
+    Tensor zeroed = poisoned({4, 5}, dtype, Device::CUDA);
+    ops::gemm(Tensor::empty({4, 0}, dtype, Device::CUDA), Tensor::empty({5, 0}, dtype, Device::CUDA), zeroed,
+              ops::GemmArgs{true, 1.0f, 0.0f});
+    for (float v : host(zeroed).to_vector<float>()) EXPECT_EQ(v, 0.0f);
+  }
+}
+
+// Shapes for the elementwise ops: one element, widths that are not multiples of a 16-byte pack, a long one.
+const std::vector<Shape> kElementwiseShapes = {{1}, {1, 1}, {3, 5}, {7, 1000}, {257, 33}, {1, 4099}};
+
+// A view that starts one element into its storage, so that no 16-byte vector path applies.
+Tensor unaligned_view(const Tensor& cuda_full) { return cuda_full.narrow(1, cuda_full.dim(0) - 1); }
+
+// A [rows, width] view one element into a flat buffer: rows whose width is a whole number of 16-byte packs but
+// whose start is not 16-byte aligned.
+Tensor unaligned_rows(const Tensor& flat, int64_t rows, int64_t width) {
+  return flat.narrow(1, rows * width).reshape({rows, width});
+}
+
+TEST(CudaDenseOps, AddInPlaceMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(21);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    for (const Shape& shape : kElementwiseShapes) {
+      SCOPED_TRACE(name(dtype) + shape_string(shape));
+      const Tensor x = rounded_to(random_cpu(shape, rng), dtype);
+      const Tensor y = rounded_to(random_cpu(shape, rng), dtype);
+      Tensor expected = x.clone();
+      ops::add_in_place(expected, y);
+      Tensor hidden = to_cuda(x, dtype);
+      ops::add_in_place(hidden, to_cuda(y, dtype));
+      // One float32 addition rounded once to the dtype: the same on both sides.
+      EXPECT_TRUE(relative_l2_within(hidden, rounded_to(expected, dtype), 0.0));
+    }
+    SCOPED_TRACE(name(dtype) + " unaligned");
+    const Tensor x = rounded_to(random_cpu({1001}, rng), dtype);
+    const Tensor y = rounded_to(random_cpu({1001}, rng), dtype);
+    Tensor hidden_full = to_cuda(x, dtype);
+    Tensor hidden = unaligned_view(hidden_full);
+    ops::add_in_place(hidden, unaligned_view(to_cuda(y, dtype)));
+    Tensor expected = x.narrow(1, 1000).clone();
+    ops::add_in_place(expected, y.narrow(1, 1000).clone());
+    EXPECT_TRUE(relative_l2_within(hidden, rounded_to(expected, dtype), 0.0));
+    EXPECT_EQ(host(hidden_full).data<float>()[0], x.data<float>()[0]) << "wrote before the view";
+  }
+}
+
+TEST(CudaDenseOps, ScaleInPlaceMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(22);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    for (const Shape& shape : kElementwiseShapes) {
+      SCOPED_TRACE(name(dtype) + shape_string(shape));
+      const Tensor x = rounded_to(random_cpu(shape, rng), dtype);
+      Tensor expected = x.clone();
+      ops::scale_in_place(expected, -0.37f);
+      Tensor t = to_cuda(x, dtype);
+      ops::scale_in_place(t, -0.37f);
+      EXPECT_TRUE(relative_l2_within(t, rounded_to(expected, dtype), 0.0));
+    }
+    SCOPED_TRACE(name(dtype) + " unaligned");
+    const Tensor x = rounded_to(random_cpu({35}, rng), dtype);
+    Tensor full = to_cuda(x, dtype);
+    Tensor view = unaligned_view(full);
+    ops::scale_in_place(view, 3.0f);
+    Tensor expected = x.narrow(1, 34).clone();
+    ops::scale_in_place(expected, 3.0f);
+    EXPECT_TRUE(relative_l2_within(view, rounded_to(expected, dtype), 0.0));
+  }
+}
+
+TEST(CudaDenseOps, ConvertIsExactRoundToNearestEven) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  // Magnitudes from 1e-6 (half subnormals) to 1e4, both signs.
+  const auto values = [&rng](const Shape& shape) {
+    Tensor t = random_cpu(shape, rng);
+    std::uniform_real_distribution<float> exponent(-6.0f, 4.0f);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] *= std::pow(10.0f, exponent(rng));
+    return t;
+  };
+  for (DType from : testdev::cuda_dtypes()) {
+    for (DType to : testdev::cuda_dtypes()) {
+      for (const Shape& shape : std::vector<Shape>{{1}, {3, 7}, {5, 1000}}) {
+        SCOPED_TRACE(name(from) + " -> " + name(to) + shape_string(shape));
+        const Tensor x = rounded_to(values(shape), from);
+        Tensor y = poisoned(shape, to, Device::CUDA);
+        ops::convert(to_cuda(x, from), y);
+        EXPECT_EQ(y.dtype(), to);
+        EXPECT_TRUE(relative_l2_within(y, rounded_to(x, to), 0.0));
+      }
+      SCOPED_TRACE(name(from) + " -> " + name(to) + " unaligned");
+      const Tensor x = rounded_to(values({1001}), from);
+      Tensor y_full = poisoned({1001}, to, Device::CUDA);
+      Tensor y = y_full.narrow(1, 1000);
+      ops::convert(unaligned_view(to_cuda(x, from)), y);
+      EXPECT_TRUE(relative_l2_within(y, rounded_to(x.narrow(1, 1000).clone(), to), 0.0));
+    }
+  }
+}
+
+TEST(CudaDenseOps, RmsNormMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(31);
+  const float eps = 1e-6f;
+  for (DType dtype : testdev::cuda_dtypes()) {
+    for (const Shape& shape : std::vector<Shape>{{1, 3}, {5, 7}, {64, 768}, {3, 1000}, {2, 3, 4096}, {9, 1}}) {
+      SCOPED_TRACE(name(dtype) + shape_string(shape));
+      const Tensor x = rounded_to(random_cpu(shape, rng, -2.0f, 2.0f), dtype);
+      const Tensor w = rounded_to(random_cpu({shape.back()}, rng, 0.5f, 1.5f), dtype);
+      Tensor expected = Tensor::empty(shape);
+      ops::rms_norm(x, w, eps, expected);
+      Tensor y = poisoned(shape, dtype, Device::CUDA);
+      ops::rms_norm(to_cuda(x, dtype), to_cuda(w, dtype), eps, y);
+      EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(dtype)));
+    }
+    SCOPED_TRACE(name(dtype) + " unaligned");
+    const Tensor x = rounded_to(random_cpu({3 * 64 + 1}, rng, -2.0f, 2.0f), dtype);
+    const Tensor w = rounded_to(random_cpu({64}, rng, 0.5f, 1.5f), dtype);
+    Tensor expected = Tensor::empty({3, 64});
+    ops::rms_norm(unaligned_rows(x, 3, 64).clone(), w, eps, expected);
+    Tensor y_flat = poisoned({3 * 64 + 1}, dtype, Device::CUDA);
+    Tensor y = unaligned_rows(y_flat, 3, 64);
+    ops::rms_norm(unaligned_rows(to_cuda(x, dtype), 3, 64), to_cuda(w, dtype), eps, y);
+    EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(dtype)));
+  }
+}
+
+TEST(CudaDenseOps, ActivationsMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(41);
+  for (ops::Activation activation :
+       {ops::Activation::ReLU, ops::Activation::Gelu, ops::Activation::GeluNew, ops::Activation::Silu}) {
+    for (DType dtype : testdev::cuda_dtypes()) {
+      for (const Shape& shape : std::vector<Shape>{{1, 1}, {3, 1000}, {17, 77}}) {
+        SCOPED_TRACE(ops::activation_name(activation) + " " + name(dtype) + shape_string(shape));
+        const Tensor x = rounded_to(random_cpu(shape, rng, -5.0f, 5.0f), dtype);
+        Tensor expected = x.clone();
+        ops::activate(activation, expected);
+        Tensor t = to_cuda(x, dtype);
+        ops::activate(activation, t);
+        EXPECT_TRUE(relative_l2_within(t, expected, tolerance_for(dtype)));
+      }
+      SCOPED_TRACE(ops::activation_name(activation) + " " + name(dtype) + " unaligned");
+      const Tensor x = rounded_to(random_cpu({201}, rng, -5.0f, 5.0f), dtype);
+      Tensor full = to_cuda(x, dtype);
+      Tensor view = unaligned_view(full);
+      ops::activate(activation, view);
+      Tensor expected = x.narrow(1, 200).clone();
+      ops::activate(activation, expected);
+      EXPECT_TRUE(relative_l2_within(view, expected, tolerance_for(dtype)));
+    }
+  }
+}
+
+const std::vector<Shape> kSoftmaxShapes = {{1, 3}, {4, 3}, {5, 1000}, {3, 7}, {2, 2, 129}, {2, 50000}, {1, 1}};
+
+TEST(CudaDenseOps, SoftmaxMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(51);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    for (const Shape& shape : kSoftmaxShapes) {
+      SCOPED_TRACE(name(dtype) + shape_string(shape));
+      const Tensor x = rounded_to(random_cpu(shape, rng, -8.0f, 8.0f), dtype);
+      Tensor expected = x.clone();
+      ops::softmax(expected);
+      Tensor t = to_cuda(x, dtype);
+      ops::softmax(t);
+      // The CPU reference sums a row serially in float32: over 50,000 columns its own rounding (~sqrt(n) ulp)
+      // passes the float32 bound, so long rows get 1e-4.
+      const double bound = dtype == DType::F32 && shape.back() > 4096 ? 1e-4 : tolerance_for(dtype);
+      EXPECT_TRUE(relative_l2_within(t, expected, bound));
+    }
+    SCOPED_TRACE(name(dtype) + " unaligned");
+    const Tensor x = rounded_to(random_cpu({4 * 24 + 1}, rng, -8.0f, 8.0f), dtype);
+    Tensor expected = unaligned_rows(x, 4, 24).clone();
+    ops::softmax(expected);
+    Tensor t = unaligned_rows(to_cuda(x, dtype), 4, 24);
+    ops::softmax(t);
+    EXPECT_TRUE(relative_l2_within(t, expected, tolerance_for(dtype)));
+  }
+}
+
+TEST(CudaDenseOps, SoftmaxHandlesMinusInfinity) {
+  ELEPHANT_REQUIRE_CUDA();
+  // Masked logits: -inf first in the row and elsewhere must give exactly 0, not NaN.
+  std::vector<float> values(2 * 40);
+  std::mt19937 rng(52);
+  std::uniform_real_distribution<float> dist(-3.0f, 3.0f);
+  for (float& v : values) v = dist(rng);
+  for (int i : {0, 1, 17, 40, 79}) values[i] = -INFINITY;
+  const Tensor x = Tensor::from_vector(values, {2, 40});
+  Tensor expected = x.clone();
+  ops::softmax(expected);
+  Tensor t = to_cuda(x);
+  ops::softmax(t);
+  EXPECT_TRUE(relative_l2_within(t, expected, tolerance_for(DType::F32)));
+  Tensor log_expected = Tensor::empty({2, 40});
+  ops::log_softmax(x, log_expected);
+  Tensor y = poisoned({2, 40}, DType::F32, Device::CUDA);
+  ops::log_softmax(to_cuda(x), y);
+  const std::vector<float> got = y.to_vector<float>();
+  for (int i : {0, 1, 17, 40, 79}) EXPECT_EQ(got[i], -INFINITY) << i;
+}
+
+TEST(CudaDenseOps, LogSoftmaxMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(53);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    for (const Shape& shape : kSoftmaxShapes) {
+      SCOPED_TRACE(name(dtype) + shape_string(shape));
+      const Tensor x = rounded_to(random_cpu(shape, rng, -8.0f, 8.0f), dtype);
+      Tensor expected = Tensor::empty(shape);
+      ops::log_softmax(x, expected);
+      Tensor y = poisoned(shape, DType::F32, Device::CUDA);
+      ops::log_softmax(to_cuda(x, dtype), y);
+      // The output is float32 from the same values: only the summation order differs.
+      EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(DType::F32)));
+    }
+    SCOPED_TRACE(name(dtype) + " unaligned");
+    const Tensor x = rounded_to(random_cpu({5 * 8 + 1}, rng, -8.0f, 8.0f), dtype);
+    Tensor y_flat = poisoned({5 * 8 + 1}, DType::F32, Device::CUDA);
+    Tensor y = unaligned_rows(y_flat, 5, 8);
+    ops::log_softmax(unaligned_rows(to_cuda(x, dtype), 5, 8), y);
+    Tensor expected = Tensor::empty({5, 8});
+    ops::log_softmax(unaligned_rows(x, 5, 8).clone(), expected);
+    EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(DType::F32)));
+  }
+}
+
+TEST(CudaDenseOps, GatherRowsIsExactForFloatingDtypes) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(61);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    for (int64_t width : {1, 3, 8, 1000, 1003}) {
+      SCOPED_TRACE(name(dtype) + " width " + std::to_string(width));
+      const Tensor x = rounded_to(random_cpu({10, width}, rng), dtype);
+      std::uniform_int_distribution<int32_t> pick(0, 9);
+      std::vector<int32_t> indices(7);
+      for (int32_t& r : indices) r = pick(rng);
+      indices[0] = 9;
+      // rows has more entries than out has rows: only the first out.dim(0) are used.
+      Tensor expected = Tensor::empty({5, width});
+      ops::gather_rows(x, Tensor::from_vector(indices, {7}), expected);
+      Tensor out = poisoned({5, width}, dtype, Device::CUDA);
+      ops::gather_rows(to_cuda(x, dtype), Tensor::from_vector(indices, {7}, Device::CUDA), out);
+      EXPECT_TRUE(relative_l2_within(out, expected, 0.0));
+      // Unaligned source and destination rows: the narrowest copies.
+      const Tensor x_cuda = to_cuda(x, dtype);
+      Tensor out_full = poisoned({6, width}, dtype, Device::CUDA);
+      Tensor out_view = out_full.narrow(1, 5);
+      ops::gather_rows(x_cuda.narrow(1, 9), Tensor::from_vector(std::vector<int32_t>{0, 8, 3, 3, 1}, {5}, Device::CUDA),
+                       out_view);
+      Tensor expected_view = Tensor::empty({5, width});
+      ops::gather_rows(x.narrow(1, 9).clone(), Tensor::from_vector(std::vector<int32_t>{0, 8, 3, 3, 1}, {5}),
+                       expected_view);
+      EXPECT_TRUE(relative_l2_within(out_view, expected_view, 0.0));
+    }
+  }
+}
+
+template <typename T>
+void check_integer_gather(DType dtype, int64_t width, std::mt19937& rng) {
+  SCOPED_TRACE(name(dtype) + " width " + std::to_string(width));
+  // width 0 stands for rank-1 rows: one element each.
+  const int64_t rows = 6;
+  const int64_t w = width == 0 ? 1 : width;
+  std::vector<T> values(static_cast<size_t>(rows * w));
+  std::uniform_int_distribution<int> dist(1, 120);
+  for (T& v : values) v = static_cast<T>(dist(rng));
+  const std::vector<int32_t> indices{5, 0, 0, 3, 2};
+  const Shape shape = width == 0 ? Shape{rows} : Shape{rows, width};
+  Tensor out = Tensor::from_vector(std::vector<T>(static_cast<size_t>(5 * w), T{0}),
+                                   width == 0 ? Shape{5} : Shape{5, width}, Device::CUDA);
+  ops::gather_rows(Tensor::from_vector(values, shape, Device::CUDA), Tensor::from_vector(indices, {5}, Device::CUDA),
+                   out);
+  const std::vector<T> got = out.to_vector<T>();
+  for (size_t i = 0; i < indices.size(); ++i)
+    for (int64_t d = 0; d < w; ++d)
+      ASSERT_EQ(got[i * w + d], values[indices[i] * w + d]) << "row " << i << " column " << d;
+}
+
+TEST(CudaDenseOps, GatherRowsCopiesIntegerRows) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(62);
+  for (int64_t width : {0, 1, 3, 4, 37}) check_integer_gather<int32_t>(DType::I32, width, rng);
+  for (int64_t width : {0, 1, 3, 16, 37}) check_integer_gather<uint8_t>(DType::U8, width, rng);
+}
+
+// ---- attention ----
+
+struct AttentionCase {
+  std::string what;
+  std::vector<int32_t> query_begin, key_begin, key_length, query_position;
+  int64_t query_rows, key_rows;  // tensor rows (may exceed what the layout uses)
+  bool causal;
+  int bias_max_offset;                      // < 0: no bias
+  int64_t max_queries = -1, max_keys = -1;  // bounds larger than the real lengths, when >= 0
+};
+
+struct HeadShape {
+  int heads, head_dim;
+};
+// One to four output dimensions per lane, head_dim not a multiple of a 16-byte pack (7, 36), the largest (128).
+const std::vector<HeadShape> kHeadShapes = {{2, 64}, {3, 7}, {1, 128}, {4, 32}, {2, 80}, {1, 96}, {2, 36}};
+
+void check_attention(const AttentionCase& tc, std::mt19937& rng) {
+  for (const HeadShape& hs : kHeadShapes) {
+    const int64_t inner = static_cast<int64_t>(hs.heads) * hs.head_dim;
+    const Tensor q32 = random_cpu({tc.query_rows, inner}, rng);
+    const Tensor k32 = random_cpu({tc.key_rows, inner}, rng);
+    const Tensor v32 = random_cpu({tc.key_rows, inner}, rng);
+    const Tensor bias =
+        tc.bias_max_offset >= 0 ? random_cpu({hs.heads, 2 * tc.bias_max_offset + 1}, rng, -2.0f, 2.0f) : Tensor();
+    const int64_t used_rows = tc.query_begin.back();
+    for (DType dtype : testdev::cuda_dtypes()) {
+      SCOPED_TRACE(tc.what + " " + name(dtype) + " heads " + std::to_string(hs.heads) + " x " +
+                   std::to_string(hs.head_dim));
+      const Tensor q = rounded_to(q32, dtype), k = rounded_to(k32, dtype), v = rounded_to(v32, dtype);
+      ops::AttentionArgs args;
+      args.num_heads = hs.heads;
+      args.head_dim = hs.head_dim;
+      args.causal = tc.causal;
+      args.bias_max_offset = std::max(tc.bias_max_offset, 0);
+      args.position_bias = bias.defined() ? &bias : nullptr;
+      const ops::AttentionLayout cpu_layout =
+          ops::AttentionLayout::from_host(tc.query_begin, tc.key_begin, tc.key_length, tc.query_position, Device::CPU);
+      Tensor expected = Tensor::empty({tc.query_rows, inner});
+      ops::attention(q, k, v, cpu_layout, args, expected);
+
+      ops::AttentionLayout layout =
+          ops::AttentionLayout::from_host(tc.query_begin, tc.key_begin, tc.key_length, tc.query_position, Device::CUDA);
+      if (tc.max_queries >= 0) layout.max_queries = tc.max_queries;
+      if (tc.max_keys >= 0) layout.max_keys = tc.max_keys;
+      const Tensor bias_cuda = bias.defined() ? to_cuda(bias) : Tensor();
+      args.position_bias = bias.defined() ? &bias_cuda : nullptr;
+      Tensor out = poisoned({tc.query_rows, inner}, dtype, Device::CUDA);
+      ops::attention(to_cuda(q, dtype), to_cuda(k, dtype), to_cuda(v, dtype), layout, args, out);
+
+      EXPECT_TRUE(relative_l2_within(out.narrow(0, used_rows), expected.narrow(0, used_rows), tolerance_for(dtype)));
+      // Rows outside every sequence stay untouched.
+      if (tc.query_rows > used_rows) {
+        const Tensor rest = host(out.narrow(used_rows, tc.query_rows - used_rows));
+        for (int64_t i = 0; i < rest.numel(); ++i)
+          ASSERT_TRUE(std::isnan(rest.data<float>()[i])) << "wrote row " << used_rows + i / inner;
+      }
+    }
+  }
+}
+
+TEST(CudaDenseOps, AttentionEncoderWithBias) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(71);
+  // Three sequences of 1, 7 and 40 tokens, each attending to itself.
+  check_attention({"encoder", {0, 1, 8, 48}, {0, 1, 8}, {1, 7, 40}, {0, 0, 0}, 48, 48, false, 39}, rng);
+}
+
+TEST(CudaDenseOps, AttentionCausalWithBias) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(72);
+  check_attention({"causal", {0, 5, 42, 43}, {0, 5, 42}, {5, 37, 1}, {0, 0, 0}, 43, 43, true, 36}, rng);
+}
+
+TEST(CudaDenseOps, AttentionDecoderStepWithBias) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(73);
+  // One query per row at position `step`, attending to its cache of step + 1 keys (a slot of 70 rows each).
+  const std::vector<int32_t> steps{0, 3, 10, 31, 32, 33, 64};
+  AttentionCase tc{"decoder", {0}, {}, {}, {}, 0, 0, false, 64};
+  for (size_t i = 0; i < steps.size(); ++i) {
+    tc.query_begin.push_back(static_cast<int32_t>(i + 1));
+    tc.key_begin.push_back(static_cast<int32_t>(i * 70));
+    tc.key_length.push_back(steps[i] + 1);
+    tc.query_position.push_back(steps[i]);
+  }
+  tc.query_rows = static_cast<int64_t>(steps.size());
+  tc.key_rows = static_cast<int64_t>(steps.size()) * 70;
+  check_attention(tc, rng);
+}
+
+TEST(CudaDenseOps, AttentionCrossWithSharedKeys) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(74);
+  // Six rows (beams), three on each source; no position bias, as T5's cross-attention.
+  check_attention(
+      {"cross", {0, 1, 2, 3, 4, 5, 6}, {0, 0, 0, 9, 9, 9}, {9, 9, 9, 70, 70, 70}, {0, 0, 0, 0, 0, 0}, 6, 79, false, -1},
+      rng);
+}
+
+TEST(CudaDenseOps, AttentionLengthsBelowTheBounds) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(75);
+  // The host bounds (20 queries, 100 keys) exceed the real lengths; 3 trailing query rows belong to no sequence.
+  check_attention({"below bounds", {0, 2, 9}, {0, 2}, {2, 7}, {0, 0}, 12, 9, false, 8, 20, 100}, rng);
+  check_attention({"below bounds causal", {0, 2, 9}, {0, 2}, {2, 7}, {0, 0}, 12, 9, true, 8, 20, 100}, rng);
+  // Decoder-style: one real query per sequence, bounds of a longer batch.
+  check_attention({"below bounds decoder", {0, 1, 2}, {0, 30}, {5, 29}, {4, 28}, 4, 60, false, 40, 9, 100}, rng);
+}
+
+TEST(CudaDenseOps, AttentionRejectsHeadDimAbove128) {
+  ELEPHANT_REQUIRE_CUDA();
+  const ops::AttentionLayout layout = ops::AttentionLayout::from_host({0, 1}, {0}, {1}, {0}, Device::CUDA);
+  ops::AttentionArgs args;
+  args.num_heads = 1;
+  args.head_dim = 136;
+  const Tensor x = to_cuda(Tensor::zeros({1, 136}));
+  Tensor out = Tensor::empty({1, 136}, DType::F32, Device::CUDA);
+  EXPECT_THROW(ops::attention(x, x, x, layout, args, out), Error);
+}
+
+}  // namespace
+}  // namespace elephant

@@ -1,0 +1,317 @@
+// The CUDA MoE ops against the CPU backend: every dtype, decode- and prefill-sized inputs, empty experts, pruned rows,
+// poisoned outputs. The CPU reference runs on float32 copies of the values the device really sees.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ops/activation.h"
+#include "ops/device_helpers.h"
+#include "ops/gather.h"
+#include "ops/moe.h"
+
+namespace elephant {
+namespace {
+
+using testdev::poisoned;
+using testdev::random_cpu;
+using testdev::relative_l2_within;
+using testdev::rounded_to;
+using testdev::to_cpu_float;
+using testdev::to_cuda;
+using testdev::tolerance_for;
+
+std::vector<uint8_t> random_flags(int64_t count, std::mt19937& rng) {
+  std::bernoulli_distribution live(0.7);
+  std::vector<uint8_t> flags(static_cast<size_t>(count));
+  for (auto& f : flags) f = live(rng) ? 1 : 0;
+  return flags;
+}
+
+Tensor int_tensor(const std::vector<int32_t>& values, Device device) {
+  return Tensor::from_vector(values, {static_cast<int64_t>(values.size())}, device);
+}
+
+// offsets (num_experts + 1) for the given rows per expert; rows past the last expert are pruned.
+std::vector<int32_t> offsets_for(const std::vector<int32_t>& counts) {
+  std::vector<int32_t> offsets(counts.size() + 1, 0);
+  std::partial_sum(counts.begin(), counts.end(), offsets.begin() + 1);
+  return offsets;
+}
+
+std::string name(DType dtype) { return dtype_name(dtype); }
+
+TEST(CudaMoe, RouteTop1MatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  struct Case {
+    int64_t tokens, experts, d;
+  };
+  std::vector<Case> cases;
+  for (int64_t tokens : {1, 7, 40, 333, 3840})
+    for (int64_t experts : {1, 5, 32, 128}) cases.push_back({tokens, experts, 96});
+  // Wide rows (fewer tokens per block) and a width without 16-byte weight rows.
+  cases.push_back({40, 32, 1024});
+  cases.push_back({17, 8, 2048});
+  cases.push_back({9, 32, 4096});
+  cases.push_back({50, 6, 30});
+  std::mt19937 rng(21);
+  int variant = 0;
+  for (DType dtype : testdev::cuda_dtypes()) {
+    for (const Case& tc : cases) {
+      const bool with_bias = variant % 2 == 1, with_active = variant / 2 % 2 == 1;
+      ++variant;
+      SCOPED_TRACE(name(dtype) + " tokens=" + std::to_string(tc.tokens) + " experts=" + std::to_string(tc.experts) +
+                   " d=" + std::to_string(tc.d) + (with_bias ? " bias" : "") + (with_active ? " active" : ""));
+      const Tensor x = rounded_to(random_cpu({tc.tokens, tc.d}, rng), dtype);
+      const Tensor w = random_cpu({tc.experts, tc.d}, rng);
+      const Tensor bias = random_cpu({tc.experts}, rng, -0.5f, 0.5f);
+      const Tensor active = Tensor::from_vector(random_flags(tc.tokens, rng), {tc.tokens});
+
+      Tensor expected_expert = Tensor::empty({tc.tokens}, DType::I32);
+      Tensor expected_probability = Tensor::empty({tc.tokens});
+      ops::route_top1(x, w, with_bias ? &bias : nullptr, with_active ? &active : nullptr, expected_expert,
+                      expected_probability);
+
+      const Tensor w_cuda = w.to(Device::CUDA), bias_cuda = bias.to(Device::CUDA);
+      const Tensor active_cuda = active.to(Device::CUDA);
+      Tensor expert = int_tensor(std::vector<int32_t>(tc.tokens, -7), Device::CUDA);
+      Tensor probability = poisoned({tc.tokens}, DType::F32, Device::CUDA);
+      ops::route_top1(to_cuda(x, dtype), w_cuda, with_bias ? &bias_cuda : nullptr, with_active ? &active_cuda : nullptr,
+                      expert, probability);
+
+      // The logits in double give each token's margin between its best two experts: where it is within float32
+      // rounding of the sums, either choice is right.
+      const std::vector<float> xv = x.to_vector<float>(), wv = w.to_vector<float>(), bv = bias.to_vector<float>();
+      const std::vector<int32_t> got = expert.to_vector<int32_t>(), want = expected_expert.to_vector<int32_t>();
+      int compared = 0;
+      for (int64_t t = 0; t < tc.tokens; ++t) {
+        std::vector<double> logits(tc.experts);
+        for (int64_t e = 0; e < tc.experts; ++e) {
+          double sum = with_bias ? bv[e] : 0.0;
+          for (int64_t i = 0; i < tc.d; ++i) sum += double(xv[t * tc.d + i]) * wv[e * tc.d + i];
+          logits[e] = sum;
+        }
+        std::sort(logits.begin(), logits.end(), std::greater<>());
+        const bool near_tie = tc.experts > 1 && logits[0] - logits[1] < 1e-5 * (1.0 + std::sqrt(double(tc.d)));
+        if (near_tie && !(with_active && active.data<uint8_t>()[t] == 0)) continue;
+        ++compared;
+        ASSERT_EQ(got[t], want[t]) << "token " << t;
+      }
+      EXPECT_GT(compared, 0);
+      // Float32 on both sides; the sums differ in order only (wide rows: larger logits, larger rounding).
+      EXPECT_TRUE(relative_l2_within(probability, expected_probability, tc.d > 1024 ? 1e-4 : 1e-5));
+    }
+  }
+}
+
+void expect_sort_matches_cpu(const std::vector<int32_t>& experts_of_rows, int num_experts) {
+  const auto rows = static_cast<int64_t>(experts_of_rows.size());
+  Tensor expected_rows = Tensor::empty({rows}, DType::I32);
+  Tensor expected_offsets = Tensor::empty({num_experts + 1}, DType::I32);
+  ops::sort_by_expert(int_tensor(experts_of_rows, Device::CPU), num_experts, expected_rows, expected_offsets);
+
+  Tensor sorted_rows = int_tensor(std::vector<int32_t>(rows, -7), Device::CUDA);
+  Tensor offsets = int_tensor(std::vector<int32_t>(num_experts + 1, -7), Device::CUDA);
+  ops::sort_by_expert(int_tensor(experts_of_rows, Device::CUDA), num_experts, sorted_rows, offsets);
+  EXPECT_EQ(offsets.to_vector<int32_t>(), expected_offsets.to_vector<int32_t>());
+  EXPECT_EQ(sorted_rows.to_vector<int32_t>(), expected_rows.to_vector<int32_t>());
+}
+
+TEST(CudaMoe, SortByExpertMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(22);
+  // Up to 1024 rows one warp sorts; above, the radix sort.
+  for (int64_t rows : {1, 7, 40, 333, 1024, 1025, 3840, 5000}) {
+    for (int experts : {1, 5, 32, 128}) {
+      SCOPED_TRACE("rows=" + std::to_string(rows) + " experts=" + std::to_string(experts));
+      std::uniform_int_distribution<int32_t> pick(0, experts);  // `experts` itself: a pruned row
+      std::vector<int32_t> ids(rows);
+      for (auto& id : ids) id = pick(rng);
+      expect_sort_matches_cpu(ids, experts);
+      expect_sort_matches_cpu(std::vector<int32_t>(rows, experts), experts);      // every row pruned
+      expect_sort_matches_cpu(std::vector<int32_t>(rows, experts - 1), experts);  // one expert takes all
+      std::vector<int32_t> skewed(rows);
+      for (auto& id : skewed) id = pick(rng) % 2 == 0 ? 0 : pick(rng);
+      expect_sort_matches_cpu(skewed, experts);
+    }
+  }
+}
+
+TEST(CudaMoe, SortByExpertOfNoRows) {
+  ELEPHANT_REQUIRE_CUDA();
+  expect_sort_matches_cpu({}, 4);
+}
+
+struct GemmCase {
+  int64_t k, n;
+  std::vector<int32_t> counts;  // rows per expert
+  int64_t pruned;               // rows past the last expert
+};
+
+void expect_grouped_gemm_matches_cpu(const GemmCase& tc, DType dtype, bool with_bias,
+                                     std::optional<ops::Activation> activation, std::mt19937& rng) {
+  const auto experts = static_cast<int64_t>(tc.counts.size());
+  const std::vector<int32_t> offsets = offsets_for(tc.counts);
+  const int64_t active_rows = offsets.back();
+  const int64_t rows = active_rows + tc.pruned;
+  SCOPED_TRACE(name(dtype) + " k=" + std::to_string(tc.k) + " n=" + std::to_string(tc.n) +
+               " experts=" + std::to_string(experts) + " rows=" + std::to_string(rows) + (with_bias ? " bias" : "") +
+               (activation ? " " + ops::activation_name(*activation) : ""));
+  const Tensor a = rounded_to(random_cpu({rows, tc.k}, rng), dtype);
+  const Tensor w = rounded_to(random_cpu({experts, tc.n, tc.k}, rng, -0.2f, 0.2f), dtype);
+  const Tensor bias = rounded_to(random_cpu({experts, tc.n}, rng), dtype);
+  ops::GroupedGemmArgs cpu_args;
+  cpu_args.bias = with_bias ? &bias : nullptr;
+  cpu_args.activation = activation;
+  Tensor expected = poisoned({rows, tc.n}, DType::F32, Device::CPU);
+  ops::grouped_gemm(a, w, int_tensor(offsets, Device::CPU), expected, cpu_args);
+
+  const Tensor bias_cuda = to_cuda(bias, dtype);
+  ops::GroupedGemmArgs args = cpu_args;
+  args.bias = with_bias ? &bias_cuda : nullptr;
+  Tensor out = poisoned({rows, tc.n}, dtype, Device::CUDA);
+  ops::grouped_gemm(to_cuda(a, dtype), to_cuda(w, dtype), int_tensor(offsets, Device::CUDA), out, args);
+
+  const Tensor got = to_cpu_float(out);
+  if (active_rows > 0) {
+    EXPECT_TRUE(relative_l2_within(got.narrow(0, active_rows), expected.narrow(0, active_rows), tolerance_for(dtype)));
+  }
+  // Rows past offsets[experts] keep their sentinel.
+  const float* tail = got.data<float>() + active_rows * tc.n;
+  for (int64_t i = 0; i < tc.pruned * tc.n; ++i) ASSERT_TRUE(std::isnan(tail[i])) << "pruned element " << i;
+}
+
+TEST(CudaMoe, GroupedGemmSmallShapesMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  // Decode-like (a few rows per expert, empty experts), medium and large row counts, small odd-ish widths; k = 30
+  // has no 16-byte rows, n = 36 no 16-byte output rows.
+  const std::vector<std::vector<int32_t>> routings = {
+      {1, 0, 2, 0, 1, 3}, {50, 0, 130, 20}, {0, 260, 45}, {0, 0, 5}, {17}};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{24, 40}, {72, 40}, {32, 64}, {64, 32}, {30, 36}, {40, 44}};
+  const std::vector<std::optional<ops::Activation>> activations = {
+      std::nullopt, ops::Activation::ReLU, ops::Activation::Gelu, ops::Activation::GeluNew, ops::Activation::Silu};
+  std::mt19937 rng(23);
+  int variant = 0;
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const auto& [k, n] : shapes)
+      for (const auto& counts : routings) {
+        const auto& activation = activations[variant % activations.size()];
+        const bool with_bias = variant % 3 != 0;
+        ++variant;
+        expect_grouped_gemm_matches_cpu({k, n, counts, variant % 2 == 0 ? 0 : 3}, dtype, with_bias, activation, rng);
+      }
+}
+
+TEST(CudaMoe, GroupedGemmEveryActivationMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(24);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (bool with_bias : {false, true})
+      for (auto activation :
+           {ops::Activation::ReLU, ops::Activation::Gelu, ops::Activation::GeluNew, ops::Activation::Silu})
+        expect_grouped_gemm_matches_cpu({72, 40, {3, 0, 9, 1}, 2}, dtype, with_bias, activation, rng);
+}
+
+TEST(CudaMoe, GroupedGemmPaperShapesMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  // Decode (a row or two on a few experts), then medium and large blocks of rows.
+  const std::vector<std::vector<int32_t>> routings = {{1, 0, 0, 2, 0, 0, 1, 0}, {40, 0, 90, 30}, {0, 300, 150}};
+  int variant = 0;
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const auto& [k, n] : std::vector<std::pair<int64_t, int64_t>>{{512, 2048}, {1024, 4096}, {4096, 1024}})
+      for (const auto& counts : routings) {
+        const bool with_bias = variant % 2 == 0;
+        const std::optional<ops::Activation> activation =
+            variant % 3 == 0 ? std::nullopt : std::optional<ops::Activation>(ops::Activation::Gelu);
+        ++variant;
+        expect_grouped_gemm_matches_cpu({k, n, counts, 5}, dtype, with_bias, activation, rng);
+      }
+}
+
+TEST(CudaMoe, ScatterScaledAddMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(26);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (int64_t rows : {1, 7, 40, 333})
+      for (int64_t d : {40, 1024, 30}) {
+        SCOPED_TRACE(name(dtype) + " rows=" + std::to_string(rows) + " d=" + std::to_string(d));
+        const int experts = 5;
+        std::uniform_int_distribution<int32_t> pick(0, experts);
+        std::vector<int32_t> ids(rows);
+        for (auto& id : ids) id = pick(rng);
+        Tensor sorted_rows = Tensor::empty({rows}, DType::I32);
+        Tensor offsets = Tensor::empty({experts + 1}, DType::I32);
+        ops::sort_by_expert(int_tensor(ids, Device::CPU), experts, sorted_rows, offsets);
+        const Tensor y = rounded_to(random_cpu({rows, d}, rng), dtype);
+        const Tensor probability = random_cpu({rows}, rng, 0.05f, 1.0f);
+        const Tensor hidden0 = rounded_to(random_cpu({rows, d}, rng), dtype);
+
+        Tensor expected = hidden0.clone();
+        ops::scatter_scaled_add(y, sorted_rows, probability, offsets, expected);
+        Tensor hidden = to_cuda(hidden0, dtype);
+        ops::scatter_scaled_add(to_cuda(y, dtype), sorted_rows.to(Device::CUDA), probability.to(Device::CUDA),
+                                offsets.to(Device::CUDA), hidden);
+        EXPECT_TRUE(relative_l2_within(hidden, expected, tolerance_for(dtype)));
+      }
+}
+
+// route, sort, gather, expert FFN (wi + activation, wo), scatter: one MoE layer, all on the device.
+Tensor moe_layer(const Tensor& x, const Tensor& router, const Tensor& active, const Tensor& wi, const Tensor& wo,
+                 ops::Activation activation) {
+  const Device device = x.device();
+  const int64_t tokens = x.dim(0), d = x.dim(1), d_ff = wi.dim(1);
+  const int experts = static_cast<int>(router.dim(0));
+  Tensor expert = Tensor::empty({tokens}, DType::I32, device);
+  Tensor probability = Tensor::empty({tokens}, DType::F32, device);
+  ops::route_top1(x, router, nullptr, &active, expert, probability);
+  Tensor sorted_rows = Tensor::empty({tokens}, DType::I32, device);
+  Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
+  ops::sort_by_expert(expert, experts, sorted_rows, offsets);
+  Tensor grouped = Tensor::empty({tokens, d}, x.dtype(), device);
+  ops::gather_rows(x, sorted_rows, grouped);
+  Tensor inner = Tensor::empty({tokens, d_ff}, x.dtype(), device);
+  ops::GroupedGemmArgs args;
+  args.activation = activation;
+  ops::grouped_gemm(grouped, wi, offsets, inner, args);
+  Tensor y = Tensor::empty({tokens, d}, x.dtype(), device);
+  ops::grouped_gemm(inner, wo, offsets, y, {});
+  Tensor hidden = x.clone();
+  ops::scatter_scaled_add(y, sorted_rows, probability, offsets, hidden);
+  return hidden;
+}
+
+TEST(CudaMoe, MoeLayerMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  struct Case {
+    int64_t tokens, d, d_ff, experts;
+  };
+  std::mt19937 rng(27);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const Case& tc : std::vector<Case>{{40, 32, 64, 8}, {7, 40, 56, 4}, {96, 512, 2048, 8}}) {
+      SCOPED_TRACE(name(dtype) + " tokens=" + std::to_string(tc.tokens) + " d=" + std::to_string(tc.d) +
+                   " d_ff=" + std::to_string(tc.d_ff) + " experts=" + std::to_string(tc.experts));
+      const Tensor x = rounded_to(random_cpu({tc.tokens, tc.d}, rng), dtype);
+      const Tensor router = random_cpu({tc.experts, tc.d}, rng);
+      const Tensor active = Tensor::from_vector(random_flags(tc.tokens, rng), {tc.tokens});
+      const float scale_in = 1.0f / std::sqrt(float(tc.d)), scale_out = 1.0f / std::sqrt(float(tc.d_ff));
+      const Tensor wi = rounded_to(random_cpu({tc.experts, tc.d_ff, tc.d}, rng, -scale_in, scale_in), dtype);
+      const Tensor wo = rounded_to(random_cpu({tc.experts, tc.d, tc.d_ff}, rng, -scale_out, scale_out), dtype);
+
+      const Tensor expected = moe_layer(x, router, active, wi, wo, ops::Activation::ReLU);
+      const Tensor got = moe_layer(to_cuda(x, dtype), router.to(Device::CUDA), active.to(Device::CUDA),
+                                   to_cuda(wi, dtype), to_cuda(wo, dtype), ops::Activation::ReLU);
+      EXPECT_TRUE(relative_l2_within(got, expected, tolerance_for(dtype)));
+    }
+}
+
+}  // namespace
+}  // namespace elephant

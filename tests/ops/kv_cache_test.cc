@@ -1,0 +1,122 @@
+#include "ops/kv_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "ops/reference_helpers.h"
+
+namespace elephant {
+namespace {
+
+using testref::random_tensor;
+
+int64_t at(const Tensor& cache, int64_t row, int64_t slot, int64_t j) {
+  return (row * cache.dim(1) + slot) * cache.dim(2) + j;
+}
+
+TEST(KvCacheTest, WriteCacheStepWritesOneSlotPerRow) {
+  std::mt19937 rng(1300);
+  for (int64_t width : {1, 6, 64}) {
+    for (int64_t step : {0, 3, 4}) {
+      for (int64_t written_rows : {5, 3}) {  // all rows, or the first ones only
+        SCOPED_TRACE(::testing::Message() << "width " << width << " step " << step << " rows " << written_rows);
+        Tensor cache = random_tensor({5, 5, width}, rng);
+        const std::vector<float> before = testref::to_vector(cache);
+        const Tensor values = random_tensor({written_rows, width}, rng);
+        ops::write_cache_step(values, step, cache);
+        std::vector<float> expected = before;
+        for (int64_t r = 0; r < written_rows; ++r)
+          for (int64_t j = 0; j < width; ++j) expected[at(cache, r, step, j)] = values.data<float>()[r * width + j];
+        EXPECT_TRUE(testref::bitwise_equal(cache, expected));
+      }
+    }
+  }
+}
+
+TEST(KvCacheTest, WriteCacheStepChecksShapes) {
+  std::mt19937 rng(1301);
+  Tensor cache = random_tensor({4, 3, 6}, rng);
+  const std::vector<float> before = testref::to_vector(cache);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), 3, cache), std::invalid_argument);  // no slot 3
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), -1, cache), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({5, 6}, rng), 0, cache), std::invalid_argument);  // too many rows
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 5}, rng), 0, cache), std::invalid_argument);  // width
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 1, 6}, rng), 0, cache), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(Tensor::zeros({4, 6}, DType::F16), 0, cache), std::invalid_argument);
+  Tensor flat = random_tensor({12, 6}, rng);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), 0, flat), std::invalid_argument);
+  EXPECT_TRUE(testref::bitwise_equal(cache, before)) << "a rejected call wrote into the cache";
+  EXPECT_NO_THROW(ops::write_cache_step(Tensor::empty({0, 6}), 2, cache));
+  EXPECT_TRUE(testref::bitwise_equal(cache, before));
+}
+
+// out[i, 0:steps] = cache[rows[i], 0:steps]; out's other slots keep their values.
+std::vector<float> reference_gather(const Tensor& cache, const std::vector<int32_t>& rows, int64_t steps,
+                                    const Tensor& out_before) {
+  std::vector<float> expected = testref::to_vector(out_before);
+  const int64_t width = cache.dim(2);
+  for (int64_t i = 0; i < out_before.dim(0); ++i)
+    for (int64_t slot = 0; slot < steps; ++slot)
+      for (int64_t j = 0; j < width; ++j)
+        expected[at(out_before, i, slot, j)] = cache.data<float>()[at(cache, rows[i], slot, j)];
+  return expected;
+}
+
+TEST(KvCacheTest, GatherCacheRowsReordersAndResizes) {
+  std::mt19937 rng(1302);
+  const std::vector<int32_t> rows = {3, 0, 0, 2};  // reordered, one repeated, row 1 dropped
+  for (int64_t width : {1, 6, 33}) {
+    for (int64_t out_slots : {4, 6, 11}) {  // fewer, as many and more slots than the cache
+      for (int64_t steps : {0, 1, 4}) {
+        SCOPED_TRACE(::testing::Message() << "width " << width << " out slots " << out_slots << " steps " << steps);
+        const Tensor cache = random_tensor({4, 6, width}, rng);
+        const Tensor out_before = testref::filled_tensor({4, out_slots, width}, -77.0f);
+        Tensor out = out_before.clone();
+        ops::gather_cache_rows(cache, Tensor::from_vector(rows, {4}), steps, out);
+        EXPECT_TRUE(testref::bitwise_equal(out, reference_gather(cache, rows, steps, out_before)));
+      }
+    }
+  }
+  // Fewer output rows than indices: only the first out.dim(0) are used.
+  const Tensor cache = random_tensor({4, 6, 5}, rng);
+  const Tensor out_before = testref::filled_tensor({2, 6, 5}, -77.0f);
+  Tensor out = out_before.clone();
+  ops::gather_cache_rows(cache, Tensor::from_vector(rows, {4}), 6, out);
+  EXPECT_TRUE(testref::bitwise_equal(out, reference_gather(cache, rows, 6, out_before)));
+  // No rows.
+  Tensor none = Tensor::empty({0, 6, 5});
+  EXPECT_NO_THROW(ops::gather_cache_rows(cache, Tensor::from_vector(std::vector<int32_t>{}, {0}), 3, none));
+}
+
+TEST(KvCacheTest, GatherCacheRowsChecksArguments) {
+  std::mt19937 rng(1303);
+  const Tensor cache = random_tensor({4, 6, 5}, rng);
+  const Tensor rows = Tensor::from_vector(std::vector<int32_t>{1, 2, 3}, {3});
+  Tensor out = testref::filled_tensor({3, 6, 5}, -77.0f);
+  EXPECT_THROW(ops::gather_cache_rows(cache, rows, 7, out), std::invalid_argument);  // past the cache's slots
+  EXPECT_THROW(ops::gather_cache_rows(cache, rows, -1, out), std::invalid_argument);
+  Tensor short_out = Tensor::empty({3, 2, 5});
+  EXPECT_THROW(ops::gather_cache_rows(cache, rows, 3, short_out), std::invalid_argument);  // past out's slots
+  Tensor narrow = Tensor::empty({3, 6, 4});
+  EXPECT_THROW(ops::gather_cache_rows(cache, rows, 3, narrow), std::invalid_argument);
+  Tensor many = Tensor::empty({4, 6, 5});
+  EXPECT_THROW(ops::gather_cache_rows(cache, rows, 3, many), std::invalid_argument);  // 3 indices for 4 rows
+  EXPECT_THROW(ops::gather_cache_rows(cache, Tensor::from_vector(std::vector<int64_t>{1, 2, 3}, {3}), 3, out),
+               std::invalid_argument);
+  Tensor half = Tensor::empty({3, 6, 5}, DType::F16);
+  EXPECT_THROW(ops::gather_cache_rows(cache, rows, 3, half), std::invalid_argument);
+  Tensor flat = Tensor::empty({3, 30});
+  EXPECT_THROW(ops::gather_cache_rows(cache, rows, 3, flat), std::invalid_argument);
+  EXPECT_THROW(ops::gather_cache_rows(cache, Tensor::from_vector(std::vector<int32_t>{1, 4, 0}, {3}), 3, out),
+               std::out_of_range);
+  EXPECT_THROW(ops::gather_cache_rows(cache, Tensor::from_vector(std::vector<int32_t>{-1, 0, 0}, {3}), 3, out),
+               std::out_of_range);
+  Tensor fresh = testref::filled_tensor({3, 6, 5}, -77.0f);
+  EXPECT_NO_THROW(ops::gather_cache_rows(cache, rows, 6, fresh));
+}
+
+}  // namespace
+}  // namespace elephant
