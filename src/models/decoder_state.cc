@@ -2,6 +2,7 @@
 #include <stdexcept>
 
 #include "models/encoder_decoder.h"
+#include "ops/elementwise.h"
 #include "ops/gather.h"
 #include "ops/kv_cache.h"
 
@@ -70,6 +71,8 @@ void DecoderState::select_rows(const std::vector<int32_t>& rows) {
   std::vector<int32_t> row_source(rows.size());
   for (size_t i = 0; i < rows.size(); ++i) row_source[i] = new_index[row_source_[rows[i]]];
   row_source_ = std::move(row_source);
+  self_layout_slots_ = -1;
+  cross_layout_built_ = false;
 }
 
 void DecoderState::reserve_next_step() {
@@ -87,18 +90,38 @@ void DecoderState::reserve_next_step() {
   }
 }
 
-void DecoderState::store_step(Layer& layer, const Tensor& keys, const Tensor& values) const {
+void DecoderState::store_step(Layer& layer, const Tensor& keys, const Tensor& values) {
+  const Tensor& slots = self_attention_layout().query_position;
   for (auto [step, cache] :
        {std::pair<const Tensor*, Tensor*>{&keys, &layer.self_keys}, {&values, &layer.self_values}}) {
     if (steps_done_ >= cache->dim(1) || step->shape() != Shape{rows(), cache->dim(2)})
       throw std::invalid_argument("DecoderState::store_step: " + shape_string(step->shape()) + " into slot " +
                                   std::to_string(steps_done_) + " of " + shape_string(cache->shape()));
-    ops::write_cache_step(*step, steps_done_, *cache);
+    ops::write_cache_step(*step, slots, *cache);
   }
 }
 
-ops::AttentionLayout DecoderState::self_attention_layout() const {
+const ops::AttentionLayout& DecoderState::self_attention_layout() {
   const int64_t slots = layers_.empty() ? 0 : layers_.front().self_keys.dim(1);
+  if (slots != self_layout_slots_) build_self_layout(slots);
+  return self_layout_;
+}
+
+const ops::AttentionLayout& DecoderState::cross_attention_layout() {
+  if (!cross_layout_built_) build_cross_layout();
+  return cross_layout_;
+}
+
+void DecoderState::advance() {
+  ++steps_done_;
+  if (self_layout_slots_ >= 0 && rows() > 0) {
+    ops::add_scalar(self_layout_.key_length, 1);
+    ops::add_scalar(self_layout_.query_position, 1);
+  }
+}
+
+// Row r's keys are its own slots [r * slots, r * slots + steps_done]; max_keys bounds every later step too.
+void DecoderState::build_self_layout(int64_t slots) {
   std::vector<int32_t> query_begin, key_begin, key_length, query_position;
   for (int64_t r = 0; r < rows(); ++r) {
     query_begin.push_back(static_cast<int32_t>(r));
@@ -107,10 +130,12 @@ ops::AttentionLayout DecoderState::self_attention_layout() const {
     query_position.push_back(steps_done_);
   }
   query_begin.push_back(static_cast<int32_t>(rows()));
-  return ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
+  self_layout_ = ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
+  self_layout_.max_keys = std::max<int64_t>(self_layout_.max_keys, slots);
+  self_layout_slots_ = slots;
 }
 
-ops::AttentionLayout DecoderState::cross_attention_layout() const {
+void DecoderState::build_cross_layout() {
   std::vector<int32_t> query_begin, key_begin, key_length, query_position;
   for (int64_t r = 0; r < rows(); ++r) {
     const int32_t source = row_source_[r];
@@ -120,7 +145,8 @@ ops::AttentionLayout DecoderState::cross_attention_layout() const {
     query_position.push_back(0);
   }
   query_begin.push_back(static_cast<int32_t>(rows()));
-  return ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
+  cross_layout_ = ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
+  cross_layout_built_ = true;
 }
 
 }  // namespace elephant

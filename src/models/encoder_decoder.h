@@ -54,21 +54,36 @@ class DecoderState {
   // Makes room in the self-attention caches for one more step, growing them geometrically: most
   // sentences stop long before max_steps, so the caches are not sized for it up front.
   void reserve_next_step();
-  // Writes this step's keys and values, [rows, heads * head_dim], into each row's slot of the layer's cache.
-  void store_step(Layer& layer, const Tensor& keys, const Tensor& values) const;
-  // Who attends to what this step: each row's query against its own cached steps (self-attention), or
-  // against its source's encoder states (cross-attention).
-  ops::AttentionLayout self_attention_layout() const;
-  ops::AttentionLayout cross_attention_layout() const;
-  void advance() { ++steps_done_; }
+  // Writes this step's keys and values, [rows, heads * head_dim], into each row's slot of the layer's cache (the
+  // slot comes from the self-attention layout, on the device).
+  void store_step(Layer& layer, const Tensor& keys, const Tensor& values);
+  // Who attends to what this step: each row's query, at position steps_done, against its own cached steps
+  // (self-attention), or against its source's encoder states (cross-attention). Both live on the device and
+  // are rebuilt only when rows are selected or the caches grow; advance() moves the self-attention positions on
+  // the device, so that a step copies nothing from the host.
+  const ops::AttentionLayout& self_attention_layout();
+  const ops::AttentionLayout& cross_attention_layout();
+  // One step done: steps_done + 1, and every row's self-attention position + 1 on the device.
+  void advance();
+
+  // The self-attention's position bias for every distance a step of this decode can meet, set once by the
+  // model (T5's relative attention bias: [heads, 2 * max_offset + 1]); undefined for models without one.
+  Tensor self_attention_bias;
+  int self_attention_bias_max_offset = 0;
 
  private:
   std::vector<int64_t> source_offsets_;
   std::vector<int32_t> row_source_;
   std::vector<Layer> layers_;
+  void build_self_layout(int64_t slots);
+  void build_cross_layout();
+
   int max_steps_;
   Device device_;
   int steps_done_ = 0;
+  ops::AttentionLayout self_layout_, cross_layout_;
+  int64_t self_layout_slots_ = -1;  // the cache slots the self layout was built for; -1: not built
+  bool cross_layout_built_ = false;
 };
 
 // The interface decoding strategies drive; one implementation per architecture under src/models/.

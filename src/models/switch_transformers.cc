@@ -288,15 +288,26 @@ std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const Enco
                                                                       int max_steps) {
   auto state = std::make_unique<DecoderState>(encoded.offsets, rows_per_source, max_steps, options_.device);
   const int64_t inner = static_cast<int64_t>(config_.num_heads) * config_.d_kv;
+  // On a GPU the self-attention caches get every slot up front, so that their addresses never change during a
+  // decode; the CPU grows them as sentences get longer.
+  const int64_t slots = options_.device == Device::CUDA ? max_steps : 0;
   for (const DecoderLayer& layer : decoder_layers_) {
     DecoderState::Layer cache;
-    cache.self_keys = Tensor::empty({state->rows(), 0, inner}, options_.dtype, options_.device);
-    cache.self_values = Tensor::empty({state->rows(), 0, inner}, options_.dtype, options_.device);
+    cache.self_keys = Tensor::empty({state->rows(), slots, inner}, options_.dtype, options_.device);
+    cache.self_values = Tensor::empty({state->rows(), slots, inner}, options_.dtype, options_.device);
     // Cross-attention keys and values are computed once per source, shared by its beams.
     cache.cross_keys = ops::linear(encoded.hidden, layer.cross_attention.k);
     cache.cross_values = ops::linear(encoded.hidden, layer.cross_attention.v);
     state->layers().push_back(std::move(cache));
   }
+  // One bias table for every (query, key) distance of this decode: keys never follow the query, and the
+  // query is at most at position max_steps - 1.
+  state->self_attention_bias_max_offset = std::max(max_steps - 1, 0);
+  state->self_attention_bias =
+      ops::relative_position_bias(
+          decoder_relative_bias_, state->self_attention_bias_max_offset,
+          {false, config_.relative_attention_num_buckets, config_.relative_attention_max_distance})
+          .to(options_.device);
   return state;
 }
 
@@ -305,20 +316,14 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
   if (static_cast<int64_t>(tokens.size()) != rows)
     throw std::invalid_argument("step: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(rows) +
                                 " rows");
-  const int position = state.steps_done();
   state.reserve_next_step();
-  const ops::AttentionLayout self_layout = state.self_attention_layout();
-  const ops::AttentionLayout cross_layout = state.cross_attention_layout();
-
-  const Tensor bias = ops::relative_position_bias(
-                          decoder_relative_bias_, position,
-                          {false, config_.relative_attention_num_buckets, config_.relative_attention_max_distance})
-                          .to(options_.device);
+  const ops::AttentionLayout& self_layout = state.self_attention_layout();
+  const ops::AttentionLayout& cross_layout = state.cross_attention_layout();
   ops::AttentionArgs self_args;
   self_args.num_heads = config_.num_heads;
   self_args.head_dim = config_.d_kv;
-  self_args.position_bias = &bias;
-  self_args.bias_max_offset = position;
+  self_args.position_bias = &state.self_attention_bias;
+  self_args.bias_max_offset = state.self_attention_bias_max_offset;
   ops::AttentionArgs cross_args;
   cross_args.num_heads = config_.num_heads;
   cross_args.head_dim = config_.d_kv;

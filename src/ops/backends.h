@@ -15,6 +15,7 @@
   void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);                                    \
   void add_in_place(Tensor& hidden, const Tensor& y);                                                              \
   void scale_in_place(Tensor& x, float factor);                                                                    \
+  void add_scalar(Tensor& x, int32_t value);                                                                       \
   void convert(const Tensor& x, Tensor& y);                                                                        \
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y);                                      \
   void activate(Activation activation, Tensor& x);                                                                 \
@@ -22,7 +23,7 @@
   void log_softmax(const Tensor& x, Tensor& y);                                                                    \
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out);                                              \
   void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, Tensor& out);                     \
-  void write_cache_step(const Tensor& values, int64_t step, Tensor& cache);                                        \
+  void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache);                                 \
   void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,   \
                  const AttentionArgs& args, Tensor& out);                                                          \
   void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert, \

@@ -90,6 +90,12 @@ void scale_in_place(Tensor& x, float factor) {
   ELEPHANT_DISPATCH(x.device(), scale_in_place(x, factor));
 }
 
+void add_scalar(Tensor& x, int32_t value) {
+  check_dtype("add_scalar", x, DType::I32, "x");
+  if (x.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), add_scalar(x, value));
+}
+
 void convert(const Tensor& x, Tensor& y) {
   same_device("convert", x, y);
   if (!is_floating(x.dtype()) || !is_floating(y.dtype()) || x.shape() != y.shape())
@@ -162,14 +168,21 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
   ELEPHANT_DISPATCH(cache.device(), gather_cache_rows(cache, rows, steps, out));
 }
 
-void write_cache_step(const Tensor& values, int64_t step, Tensor& cache) {
+void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) {
   same_device("write_cache_step", values, cache);
-  if (values.rank() != 2 || cache.rank() != 3 || values.dim(0) > cache.dim(0) || values.dim(1) != cache.dim(2) ||
-      step < 0 || step >= cache.dim(1) || values.dtype() != cache.dtype())
+  same_device("write_cache_step", slots, cache);
+  check_dtype("write_cache_step", slots, DType::I32, "slots");
+  if (values.rank() != 2 || cache.rank() != 3 || slots.rank() != 1 || values.dim(0) > cache.dim(0) ||
+      slots.dim(0) < values.dim(0) || values.dim(1) != cache.dim(2) || values.dtype() != cache.dtype())
     fail("write_cache_step",
-         "values " + describe(values) + " into slot " + std::to_string(step) + " of " + describe(cache));
+         "values " + describe(values) + " at slots " + describe(slots) + " into " + describe(cache));
   if (values.numel() == 0) return;
-  ELEPHANT_DISPATCH(values.device(), write_cache_step(values, step, cache));
+  if (cache.device() == Device::CPU)
+    for (int64_t r = 0; r < values.dim(0); ++r)
+      if (slots.data<int32_t>()[r] < 0 || slots.data<int32_t>()[r] >= cache.dim(1))
+        fail("write_cache_step", "slot " + std::to_string(slots.data<int32_t>()[r]) + " of row " + std::to_string(r) +
+                                     " outside " + describe(cache));
+  ELEPHANT_DISPATCH(values.device(), write_cache_step(values, slots, cache));
 }
 
 AttentionLayout AttentionLayout::from_host(const std::vector<int32_t>& query_begin,

@@ -17,6 +17,11 @@ void scale_in_place(Tensor& x, float factor) {
   for (int64_t i = 0; i < n; ++i) data[i] *= factor;
 }
 
+void add_scalar(Tensor& x, int32_t value) {
+  int32_t* data = x.data<int32_t>();
+  for (int64_t i = 0; i < x.numel(); ++i) data[i] += value;
+}
+
 void convert(const Tensor& x, Tensor& y) { y.copy_from(x.to_dtype(y.dtype())); }
 
 }  // namespace elephant::ops::cpu

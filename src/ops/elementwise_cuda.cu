@@ -63,7 +63,18 @@ __global__ void convert_kernel(const In* __restrict__ x, Out* __restrict__ y, in
   for (int64_t i = packs * N + first; i < n; i += stride) y[i] = from_float<Out>(to_float(x[i]));
 }
 
+__global__ void add_scalar_kernel(int32_t* __restrict__ x, int32_t value, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] += value;
+}
+
 }  // namespace
+
+void add_scalar(Tensor& x, int32_t value) {
+  add_scalar_kernel<<<rt::grid_stride_blocks(x.numel(), kThreads), kThreads, 0, rt::stream()>>>(x.data<int32_t>(),
+                                                                                                value, x.numel());
+  ELEPHANT_CHECK_LAUNCH();
+}
 
 void add_in_place(Tensor& hidden, const Tensor& y) {
   rt::dispatch_floating(hidden.dtype(), "add_in_place", [&](auto tag) {

@@ -21,12 +21,13 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
   }
 }
 
-void write_cache_step(const Tensor& values, int64_t step, Tensor& cache) {
+void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) {
   const size_t slot_bytes = static_cast<size_t>(cache.dim(2)) * dtype_size(cache.dtype());
   const auto* in = static_cast<const char*>(values.raw());
   auto* o = static_cast<char*>(cache.raw());
   for (int64_t r = 0; r < values.dim(0); ++r)
-    std::memcpy(o + static_cast<size_t>(r * cache.dim(1) + step) * slot_bytes, in + r * slot_bytes, slot_bytes);
+    std::memcpy(o + static_cast<size_t>(r * cache.dim(1) + slots.data<int32_t>()[r]) * slot_bytes, in + r * slot_bytes,
+                slot_bytes);
 }
 
 }  // namespace elephant::ops::cpu

@@ -21,9 +21,12 @@ __global__ void gather_cache_rows_kernel(const Word* __restrict__ cache, const i
 }
 
 template <typename Word>
-__global__ void write_cache_step_kernel(const Word* __restrict__ values, int64_t slots, int64_t step,
-                                        int64_t slot_words, Word* __restrict__ cache) {
+__global__ void write_cache_step_kernel(const Word* __restrict__ values, int64_t slots,
+                                        const int32_t* __restrict__ slot_of_row, int64_t slot_words,
+                                        Word* __restrict__ cache) {
   const int64_t r = blockIdx.y;
+  const int64_t step = slot_of_row[r];
+  if (step < 0 || step >= slots) return;
   for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < slot_words; w += int64_t(gridDim.x) * blockDim.x)
     cache[(r * slots + step) * slot_words + w] = values[r * slot_words + w];
 }
@@ -46,16 +49,18 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
   ELEPHANT_CHECK_LAUNCH();
 }
 
-void write_cache_step(const Tensor& values, int64_t step, Tensor& cache) {
+void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) {
   const int64_t slot_bytes = cache.dim(2) * static_cast<int64_t>(dtype_size(cache.dtype()));
   const dim3 grid(std::min<unsigned>(rt::blocks_for(slot_bytes / 4 + 1, 256), 16),
                   static_cast<unsigned>(values.dim(0)));
   if (slot_bytes % 4 == 0) {
     write_cache_step_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint32_t*>(values.raw()), cache.dim(1),
-                                                            step, slot_bytes / 4, static_cast<uint32_t*>(cache.raw()));
+                                                            slots.data<int32_t>(), slot_bytes / 4,
+                                                            static_cast<uint32_t*>(cache.raw()));
   } else {
     write_cache_step_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint8_t*>(values.raw()), cache.dim(1),
-                                                            step, slot_bytes, static_cast<uint8_t*>(cache.raw()));
+                                                            slots.data<int32_t>(), slot_bytes,
+                                                            static_cast<uint8_t*>(cache.raw()));
   }
   ELEPHANT_CHECK_LAUNCH();
 }

@@ -356,7 +356,7 @@ TEST(DecoderStateTest, StoreStepAndLayoutsFollowRowsAndSources) {
   EXPECT_EQ(self.key_length.to_vector<int32_t>(), (std::vector<int32_t>(6, 2)));
   EXPECT_EQ(self.query_position.to_vector<int32_t>(), (std::vector<int32_t>(6, 1)));
   EXPECT_EQ(self.max_queries, 1);
-  EXPECT_EQ(self.max_keys, 2);
+  EXPECT_EQ(self.max_keys, 4);  // the slots: a bound for every later step of this layout too
   const ops::AttentionLayout cross = state.cross_attention_layout();
   expect_layout_arrays_on(cross, Device::CPU);
   EXPECT_EQ(cross.query_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6}));
@@ -365,6 +365,30 @@ TEST(DecoderStateTest, StoreStepAndLayoutsFollowRowsAndSources) {
   EXPECT_EQ(cross.query_position.to_vector<int32_t>(), (std::vector<int32_t>(6, 0)));
   EXPECT_EQ(cross.max_queries, 1);
   EXPECT_EQ(cross.max_keys, 5);
+}
+
+// The self layout is kept and moved forward by advance() (on the layout's device), rebuilt when rows are selected
+// or the caches grow; the next store goes to the next slot.
+TEST(DecoderStateTest, AdvanceMovesTheKeptLayoutAndStoresFollow) {
+  std::mt19937 rng(1108);
+  DecoderState state = make_state(2, 4, 1, 1, rng);  // 6 rows, 4 slots, 1 step done
+  const Tensor before_begin = state.self_attention_layout().key_begin;
+  state.advance();
+  const ops::AttentionLayout& self = state.self_attention_layout();
+  EXPECT_EQ(self.key_begin.raw(), before_begin.raw()) << "advance() must not rebuild the layout";
+  EXPECT_EQ(self.key_length.to_vector<int32_t>(), (std::vector<int32_t>(6, 3)));
+  EXPECT_EQ(self.query_position.to_vector<int32_t>(), (std::vector<int32_t>(6, 2)));
+  const Tensor keys = random_tensor({state.rows(), kWidth}, rng);
+  DecoderState::Layer& layer = state.layers()[0];
+  state.store_step(layer, keys, keys);
+  for (int64_t r = 0; r < state.rows(); ++r)
+    EXPECT_EQ(layer.self_keys.data<float>()[(r * 4 + 2) * kWidth], keys.data<float>()[r * kWidth]) << r;
+
+  state.select_rows({5, 0});
+  const ops::AttentionLayout& after = state.self_attention_layout();
+  EXPECT_EQ(after.key_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 4}));
+  EXPECT_EQ(after.key_length.to_vector<int32_t>(), (std::vector<int32_t>(2, 3)));
+  EXPECT_EQ(state.cross_attention_layout().key_length.to_vector<int32_t>(), (std::vector<int32_t>{2, 3}));
 }
 
 }  // namespace

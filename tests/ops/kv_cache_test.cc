@@ -17,6 +17,10 @@ int64_t at(const Tensor& cache, int64_t row, int64_t slot, int64_t j) {
   return (row * cache.dim(1) + slot) * cache.dim(2) + j;
 }
 
+Tensor same_slot(int64_t rows, int32_t slot) {
+  return Tensor::from_vector(std::vector<int32_t>(static_cast<size_t>(rows), slot), {rows});
+}
+
 TEST(KvCacheTest, WriteCacheStepWritesOneSlotPerRow) {
   std::mt19937 rng(1300);
   for (int64_t width : {1, 6, 64}) {
@@ -26,7 +30,7 @@ TEST(KvCacheTest, WriteCacheStepWritesOneSlotPerRow) {
         Tensor cache = random_tensor({5, 5, width}, rng);
         const std::vector<float> before = testref::to_vector(cache);
         const Tensor values = random_tensor({written_rows, width}, rng);
-        ops::write_cache_step(values, step, cache);
+        ops::write_cache_step(values, same_slot(5, static_cast<int32_t>(step)), cache);
         std::vector<float> expected = before;
         for (int64_t r = 0; r < written_rows; ++r)
           for (int64_t j = 0; j < width; ++j) expected[at(cache, r, step, j)] = values.data<float>()[r * width + j];
@@ -36,20 +40,37 @@ TEST(KvCacheTest, WriteCacheStepWritesOneSlotPerRow) {
   }
 }
 
+TEST(KvCacheTest, WriteCacheStepTakesEachRowsSlot) {
+  std::mt19937 rng(1302);
+  Tensor cache = random_tensor({3, 4, 2}, rng);
+  std::vector<float> expected = testref::to_vector(cache);
+  const Tensor values = random_tensor({3, 2}, rng);
+  const std::vector<int32_t> slots{2, 0, 3};
+  ops::write_cache_step(values, Tensor::from_vector(slots, {3}), cache);
+  for (int64_t r = 0; r < 3; ++r)
+    for (int64_t j = 0; j < 2; ++j) expected[at(cache, r, slots[r], j)] = values.data<float>()[r * 2 + j];
+  EXPECT_TRUE(testref::bitwise_equal(cache, expected));
+}
+
 TEST(KvCacheTest, WriteCacheStepChecksShapes) {
   std::mt19937 rng(1301);
   Tensor cache = random_tensor({4, 3, 6}, rng);
   const std::vector<float> before = testref::to_vector(cache);
-  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), 3, cache), std::invalid_argument);  // no slot 3
-  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), -1, cache), std::invalid_argument);
-  EXPECT_THROW(ops::write_cache_step(random_tensor({5, 6}, rng), 0, cache), std::invalid_argument);  // too many rows
-  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 5}, rng), 0, cache), std::invalid_argument);  // width
-  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 1, 6}, rng), 0, cache), std::invalid_argument);
-  EXPECT_THROW(ops::write_cache_step(Tensor::zeros({4, 6}, DType::F16), 0, cache), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), same_slot(4, 3), cache),
+               std::invalid_argument);  // no slot 3
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), same_slot(4, -1), cache), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({5, 6}, rng), same_slot(5, 0), cache),
+               std::invalid_argument);  // too many rows
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 5}, rng), same_slot(4, 0), cache),
+               std::invalid_argument);  // width
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 1, 6}, rng), same_slot(4, 0), cache), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(Tensor::zeros({4, 6}, DType::F16), same_slot(4, 0), cache), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), same_slot(3, 0), cache), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), Tensor::zeros({4}), cache), std::invalid_argument);
   Tensor flat = random_tensor({12, 6}, rng);
-  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), 0, flat), std::invalid_argument);
+  EXPECT_THROW(ops::write_cache_step(random_tensor({4, 6}, rng), same_slot(4, 0), flat), std::invalid_argument);
   EXPECT_TRUE(testref::bitwise_equal(cache, before)) << "a rejected call wrote into the cache";
-  EXPECT_NO_THROW(ops::write_cache_step(Tensor::empty({0, 6}), 2, cache));
+  EXPECT_NO_THROW(ops::write_cache_step(Tensor::empty({0, 6}), same_slot(4, 2), cache));
   EXPECT_TRUE(testref::bitwise_equal(cache, before));
 }
 

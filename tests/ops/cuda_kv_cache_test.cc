@@ -1,0 +1,52 @@
+// The decode-state ops on CUDA against the CPU: exact copies, in every dtype.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "ops/device_helpers.h"
+#include "ops/elementwise.h"
+#include "ops/kv_cache.h"
+
+namespace elephant {
+namespace {
+
+using testdev::random_cpu;
+
+TEST(CudaKvCache, WriteCacheStepAndGatherCacheRowsMatchTheCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(1400);
+  for (const DType dtype : testdev::cuda_dtypes()) {
+    for (const int64_t width : {1, 3, 64, 1024}) {
+      SCOPED_TRACE(dtype_name(dtype) + " width " + std::to_string(width));
+      const Tensor cache = testdev::rounded_to(random_cpu({5, 7, width}, rng), dtype);
+      const Tensor values = testdev::rounded_to(random_cpu({4, width}, rng), dtype);
+      const Tensor slots = Tensor::from_vector(std::vector<int32_t>{6, 0, 3, 3}, {4});
+      Tensor cpu = cache.clone();
+      ops::write_cache_step(values, slots, cpu);
+      Tensor gpu = testdev::to_cuda(cache, dtype);
+      ops::write_cache_step(testdev::to_cuda(values, dtype), slots.to(Device::CUDA), gpu);
+      EXPECT_TRUE(testdev::relative_l2_within(gpu, cpu, 0.0));
+
+      const Tensor rows = Tensor::from_vector(std::vector<int32_t>{4, 4, 0, 2}, {4});
+      Tensor cpu_out = testdev::rounded_to(random_cpu({4, 9, width}, rng), dtype);
+      Tensor gpu_out = testdev::to_cuda(cpu_out, dtype);
+      ops::gather_cache_rows(cpu, rows, 5, cpu_out);
+      ops::gather_cache_rows(gpu, rows.to(Device::CUDA), 5, gpu_out);
+      EXPECT_TRUE(testdev::relative_l2_within(gpu_out, cpu_out, 0.0));
+    }
+  }
+}
+
+TEST(CudaKvCache, AddScalarMatchesTheCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::vector<int32_t> values(1000);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<int32_t>(i) - 300;
+  Tensor gpu = Tensor::from_vector(values, {1000}, Device::CUDA);
+  ops::add_scalar(gpu, 7);
+  for (int32_t& v : values) v += 7;
+  EXPECT_EQ(gpu.to_vector<int32_t>(), values);
+}
+
+}  // namespace
+}  // namespace elephant
