@@ -60,7 +60,7 @@ class DecoderState {
   // Who attends to what this step: each row's query, at position steps_done, against its own cached steps
   // (self-attention), or against its source's encoder states (cross-attention). Both live on the device and
   // are rebuilt only when rows are selected or the caches grow; advance() moves the self-attention positions on
-  // the device, so that a step copies nothing from the host.
+  // the device, so that a step needs no layout from the host.
   const ops::AttentionLayout& self_attention_layout();
   const ops::AttentionLayout& cross_attention_layout();
   // One step done: steps_done + 1, and every row's self-attention position + 1 on the device.
