@@ -25,16 +25,42 @@ Tensor copy_cache_rows(const Tensor& cache, const std::vector<int32_t>& rows, in
   return out;
 }
 
-// Keeps the packed token ranges of the sources in `kept`.
+// Puts the written slots of the old rows `rows` of `cache` (a view of the first rows of its buffer) into the first
+// rows.size() rows of the same buffer, through a compact copy, and returns the view of those rows: a cache keeps
+// its address for the whole decode, as a CUDA graph replaying the step needs.
+Tensor select_cache_rows(const Tensor& cache, const std::vector<int32_t>& rows, int filled) {
+  const auto count = static_cast<int64_t>(rows.size());
+  Tensor kept = cache.narrow(0, count);
+  if (filled == 0 || count == 0) return kept;
+  const Tensor compact = copy_cache_rows(cache, rows, filled, filled);
+  std::vector<int32_t> in_order(rows.size());
+  for (size_t i = 0; i < in_order.size(); ++i) in_order[i] = static_cast<int32_t>(i);
+  ops::gather_cache_rows(compact, Tensor::from_vector(in_order, {count}, cache.device()), filled, kept);
+  return kept;
+}
+
+// Keeps the packed token ranges of the sources in `kept`, moved to the start of the same buffer.
 Tensor select_source_tokens(const Tensor& memory, const std::vector<int64_t>& offsets,
                             const std::vector<int32_t>& kept) {
   std::vector<int32_t> tokens;
   for (int32_t s : kept)
     for (int64_t t = offsets[s]; t < offsets[s + 1]; ++t) tokens.push_back(static_cast<int32_t>(t));
   const auto count = static_cast<int64_t>(tokens.size());
-  Tensor out = Tensor::empty({count, memory.dim(1)}, memory.dtype(), memory.device());
-  ops::gather_rows(memory, Tensor::from_vector(tokens, {count}, memory.device()), out);
+  Tensor compact = Tensor::empty({count, memory.dim(1)}, memory.dtype(), memory.device());
+  ops::gather_rows(memory, Tensor::from_vector(tokens, {count}, memory.device()), compact);
+  Tensor out = memory.narrow(0, count);
+  out.copy_from(compact);
   return out;
+}
+
+// The first values.size() elements of `storage` (allocated at the first call, large enough for every later one:
+// rows only ever shrink), set from the host. The array keeps its address across rebuilds.
+Tensor fill_from_host(Tensor& storage, const std::vector<int32_t>& values, Device device) {
+  const auto count = static_cast<int64_t>(values.size());
+  if (!storage.defined() || storage.dim(0) < count) storage = Tensor::empty({count}, DType::I32, device);
+  Tensor view = storage.narrow(0, count);
+  view.copy_from(Tensor::from_vector(values, {count}));
+  return view;
 }
 
 }  // namespace
@@ -56,8 +82,8 @@ void DecoderState::select_rows(const std::vector<int32_t>& rows) {
     }
 
   for (Layer& layer : layers_) {
-    layer.self_keys = copy_cache_rows(layer.self_keys, rows, steps_done_, layer.self_keys.dim(1));
-    layer.self_values = copy_cache_rows(layer.self_values, rows, steps_done_, layer.self_values.dim(1));
+    layer.self_keys = select_cache_rows(layer.self_keys, rows, steps_done_);
+    layer.self_values = select_cache_rows(layer.self_values, rows, steps_done_);
     if (kept.size() != old_sources) {
       layer.cross_keys = select_source_tokens(layer.cross_keys, source_offsets_, kept);
       layer.cross_values = select_source_tokens(layer.cross_values, source_offsets_, kept);
@@ -130,8 +156,8 @@ void DecoderState::build_self_layout(int64_t slots) {
     query_position.push_back(steps_done_);
   }
   query_begin.push_back(static_cast<int32_t>(rows()));
-  self_layout_ = ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
-  self_layout_.max_keys = std::max<int64_t>(self_layout_.max_keys, slots);
+  assign_layout(self_layout_, self_storage_, query_begin, key_begin, key_length, query_position);
+  self_layout_.max_keys = std::max<int64_t>(steps_done_ + 1, slots);
   self_layout_slots_ = slots;
 }
 
@@ -145,8 +171,19 @@ void DecoderState::build_cross_layout() {
     query_position.push_back(0);
   }
   query_begin.push_back(static_cast<int32_t>(rows()));
-  cross_layout_ = ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_);
+  assign_layout(cross_layout_, cross_storage_, query_begin, key_begin, key_length, query_position);
   cross_layout_built_ = true;
+}
+
+void DecoderState::assign_layout(ops::AttentionLayout& layout, LayoutStorage& storage,
+                                 const std::vector<int32_t>& query_begin, const std::vector<int32_t>& key_begin,
+                                 const std::vector<int32_t>& key_length, const std::vector<int32_t>& query_position) {
+  layout.query_begin = fill_from_host(storage.query_begin, query_begin, device_);
+  layout.key_begin = fill_from_host(storage.key_begin, key_begin, device_);
+  layout.key_length = fill_from_host(storage.key_length, key_length, device_);
+  layout.query_position = fill_from_host(storage.query_position, query_position, device_);
+  layout.max_queries = key_begin.empty() ? 0 : 1;
+  layout.max_keys = key_length.empty() ? 0 : *std::max_element(key_length.begin(), key_length.end());
 }
 
 }  // namespace elephant

@@ -49,7 +49,8 @@ class DecoderState {
   std::vector<Layer>& layers() { return layers_; }
 
   // Keeps the old rows `rows`, in that order: reorders beams and drops the rows of finished sources.
-  // A source that no kept row refers to is dropped and the cross-attention memory compacted.
+  // A source that no kept row refers to is dropped and the cross-attention memory compacted. Caches, memory and
+  // layouts stay in their buffers (the first rows of them), so their addresses do not change.
   void select_rows(const std::vector<int32_t>& rows);
   // Makes room in the self-attention caches for one more step, growing them geometrically: most
   // sentences stop long before max_steps, so the caches are not sized for it up front.
@@ -75,13 +76,21 @@ class DecoderState {
   std::vector<int64_t> source_offsets_;
   std::vector<int32_t> row_source_;
   std::vector<Layer> layers_;
+  // Device arrays behind a layout, allocated once per decode so that they keep their addresses.
+  struct LayoutStorage {
+    Tensor query_begin, key_begin, key_length, query_position;
+  };
   void build_self_layout(int64_t slots);
   void build_cross_layout();
+  void assign_layout(ops::AttentionLayout& layout, LayoutStorage& storage, const std::vector<int32_t>& query_begin,
+                     const std::vector<int32_t>& key_begin, const std::vector<int32_t>& key_length,
+                     const std::vector<int32_t>& query_position);
 
   int max_steps_;
   Device device_;
   int steps_done_ = 0;
   ops::AttentionLayout self_layout_, cross_layout_;
+  LayoutStorage self_storage_, cross_storage_;
   int64_t self_layout_slots_ = -1;  // the cache slots the self layout was built for; -1: not built
   bool cross_layout_built_ = false;
 };

@@ -391,5 +391,34 @@ TEST(DecoderStateTest, AdvanceMovesTheKeptLayoutAndStoresFollow) {
   EXPECT_EQ(state.cross_attention_layout().key_length.to_vector<int32_t>(), (std::vector<int32_t>{2, 3}));
 }
 
+// A CUDA graph replays a step on fixed addresses: reordering beams and dropping finished sources must move data
+// within the same buffers (while the caches do not grow).
+TEST(DecoderStateTest, SelectRowsKeepsEveryBufferInPlace) {
+  std::mt19937 rng(1109);
+  DecoderState state = make_state(2, 8, 3, 2, rng);  // 6 rows, 8 slots, 3 steps done, 2 layers
+  const auto addresses = [&] {
+    std::vector<const void*> a;
+    for (DecoderState::Layer& layer : state.layers())
+      for (const Tensor* t : {&layer.self_keys, &layer.self_values, &layer.cross_keys, &layer.cross_values})
+        a.push_back(t->raw());
+    for (const ops::AttentionLayout* l : {&state.self_attention_layout(), &state.cross_attention_layout()})
+      for (const Tensor* t : {&l->query_begin, &l->key_begin, &l->key_length, &l->query_position})
+        a.push_back(t->raw());
+    return a;
+  };
+  const std::vector<const void*> before = addresses();
+  const Snapshot old = snapshot(state);
+  state.select_rows({1, 1, 4, 5});  // source 0 reorders its beams, source 1 is dropped, source 2 keeps both
+  EXPECT_EQ(addresses(), before);
+  EXPECT_EQ(state.layers()[0].self_keys.dim(0), 4);
+  EXPECT_EQ(state.layers()[0].cross_keys.dim(0), 5);  // 3 + 2 tokens
+  for (int64_t slot = 0; slot < 3; ++slot)
+    for (int64_t j = 0; j < kWidth; ++j) {
+      // New row 2 is old row 4 (source 2's first beam).
+      EXPECT_EQ(state.layers()[1].self_values.data<float>()[(2 * 8 + slot) * kWidth + j],
+                old.layers[1].self_values[(4 * 8 + slot) * kWidth + j]);
+    }
+}
+
 }  // namespace
 }  // namespace elephant
