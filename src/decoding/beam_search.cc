@@ -150,6 +150,12 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
         std::any_of(beams.begin(), beams.end(), [](const SourceBeams& b) { return b.can_improve; });
     if (!any_can_improve || step + 1 == options.max_length) break;
     state->select_rows(rows);
+    if (!options.prune_finished) {  // sources that are done stay in the batch, their rows idle: no expert work
+      std::vector<uint8_t> active;
+      for (int32_t source : next_live)
+        for (int k = 0; k < beam_size; ++k) active.push_back(beams[source].can_improve ? 1 : 0);
+      state->set_active_rows(active);
+    }
     live = std::move(next_live);
     tokens.clear();
     for (int32_t source : live)

@@ -52,6 +52,11 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
         keep.push_back(static_cast<int32_t>(r));
     }
     if (std::all_of(finished.begin(), finished.end(), [](uint8_t f) { return f; })) break;
+    if (!options.prune_finished && keep.size() < row_to_source.size()) {
+      std::vector<uint8_t> active(row_to_source.size(), 0);
+      for (int32_t r : keep) active[r] = 1;
+      state->set_active_rows(active);  // finished rows idle: no expert work
+    }
     if (options.prune_finished && keep.size() < row_to_source.size()) {
       state->select_rows(keep);
       std::vector<int32_t> live_sources, live_tokens;

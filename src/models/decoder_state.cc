@@ -99,6 +99,18 @@ void DecoderState::select_rows(const std::vector<int32_t>& rows) {
   row_source_ = std::move(row_source);
   self_layout_slots_ = -1;
   cross_layout_built_ = false;
+  active_ = Tensor();
+}
+
+void DecoderState::set_active_rows(const std::vector<uint8_t>& active) {
+  if (static_cast<int64_t>(active.size()) != rows())
+    throw std::invalid_argument("DecoderState::set_active_rows: " + std::to_string(active.size()) + " flags for " +
+                                std::to_string(rows()) + " rows");
+  if (std::all_of(active.begin(), active.end(), [](uint8_t a) { return a != 0; })) {
+    active_ = Tensor();
+    return;
+  }
+  active_ = Tensor::from_vector(active, {rows()}, device_);
 }
 
 void DecoderState::reserve_next_step() {

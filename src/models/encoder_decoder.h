@@ -66,6 +66,11 @@ class DecoderState {
   const ops::AttentionLayout& cross_attention_layout();
   // One step done: steps_done + 1, and every row's self-attention position + 1 on the device.
   void advance();
+  // Rows whose sentence is finished but that stay in the batch (no pruning, or until the next compaction): the
+  // model gives their MoE rows the expert id past the last one, so that no expert GEMM touches them. One flag
+  // per row (0: finished); select_rows() makes every row active again.
+  void set_active_rows(const std::vector<uint8_t>& active);
+  const Tensor* active_rows() const { return active_.defined() ? &active_ : nullptr; }  // U8 [rows], or null
 
   // The self-attention's position bias for every distance a step of this decode can meet, set once by the
   // model (T5's relative attention bias: [heads, 2 * max_offset + 1]); undefined for models without one.
@@ -91,6 +96,7 @@ class DecoderState {
   int steps_done_ = 0;
   ops::AttentionLayout self_layout_, cross_layout_;
   LayoutStorage self_storage_, cross_storage_;
+  Tensor active_;                   // undefined: every row is active
   int64_t self_layout_slots_ = -1;  // the cache slots the self layout was built for; -1: not built
   bool cross_layout_built_ = false;
 };

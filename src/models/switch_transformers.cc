@@ -339,7 +339,7 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
                           cache.self_values.reshape({-1, width}), self_layout, self_args, hidden);
     layers::add_attention(layer.cross_attention, layer.cross_attention_norm(hidden), cache.cross_keys,
                           cache.cross_values, cross_layout, cross_args, hidden);
-    layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden);
+    layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden, state.active_rows());
   }
   Tensor output = decoder_final_norm_(hidden);
   if (config_.tie_word_embeddings) {

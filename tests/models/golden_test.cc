@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <stdexcept>
 
 #include "decoding/search.h"
 #include "elephant/error.h"
@@ -70,6 +71,26 @@ TEST_P(GoldenTest, BatchPruningDoesNotChangeTokens) {
 TEST_P(GoldenTest, TokensDoNotDependOnBatchComposition) {
   EXPECT_EQ(run(1, true, 1), golden_.expected("greedy"));
   EXPECT_EQ(run(4, true, 2), golden_.expected("beam4"));
+}
+
+// A finished row that stays in the batch gets no expert work: its logits change (its MoE layers add nothing),
+// the other rows' do not.
+TEST_P(GoldenTest, InactiveRowsSkipTheirExperts) {
+  if (model_->info().sparse_decoder_layers == 0) GTEST_SKIP() << "no MoE layer in this decoder";
+  const EncoderOutput encoded = model_->encode({golden_.sources.at(0), golden_.sources.at(1)});
+  const std::vector<int32_t> start(2, model_->special_tokens().decoder_start);
+  auto all = model_->start_decoding(encoded, 1, 1);
+  const Tensor expected = model_->step(*all, start);
+  auto some = model_->start_decoding(encoded, 1, 1);
+  some->set_active_rows({1, 0});
+  ASSERT_NE(some->active_rows(), nullptr);
+  const Tensor logits = model_->step(*some, start);
+  const int64_t vocab = logits.dim(1);
+  EXPECT_LE(relative_error(logits.data<float>(), expected.data<float>(), vocab), 1e-5);
+  EXPECT_GT(relative_error(logits.data<float>() + vocab, expected.data<float>() + vocab, vocab), 1e-3);
+  EXPECT_THROW(some->set_active_rows({1}), std::invalid_argument);
+  some->set_active_rows({1, 1});
+  EXPECT_EQ(some->active_rows(), nullptr);
 }
 
 // transformers' min_new_tokens: EOS gets -inf until then; with min = max every output has max tokens, no EOS.
