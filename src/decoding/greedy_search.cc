@@ -4,6 +4,8 @@
 #include <stdexcept>
 
 #include "decoding/search.h"
+#include "ops/gather.h"
+#include "ops/greedy.h"
 #include "ops/topk.h"
 
 namespace elephant {
@@ -15,58 +17,82 @@ std::vector<std::vector<int32_t>> generate(EncoderDecoderModel& model, const Enc
   return options.beam_size == 1 ? greedy_search(model, encoded, options) : beam_search(model, encoded, options);
 }
 
+// Tokens, finished flags and each row's generated ids live on the model's device; per step only the finished flags
+// come back (one byte a row), and a sentence's ids when it is done.
 std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
                                                 const SearchOptions& options) {
   const SpecialTokens& special = model.special_tokens();
-  const size_t sources = encoded.offsets.size() - 1;
-  std::vector<std::vector<int32_t>> results(sources);
-  if (sources == 0) return results;
+  const auto sources = static_cast<int64_t>(encoded.offsets.size()) - 1;
+  std::vector<std::vector<int32_t>> results(static_cast<size_t>(std::max<int64_t>(sources, 0)));
+  if (sources <= 0) return results;
   auto state = model.start_decoding(encoded, 1, options.max_length);
+  const Device device = state->device();
 
-  std::vector<int32_t> row_to_source(sources);  // the source each live row decodes
+  std::vector<int32_t> row_to_source(static_cast<size_t>(sources));  // the source each live row decodes
   std::iota(row_to_source.begin(), row_to_source.end(), 0);
-  std::vector<int32_t> tokens(sources, special.decoder_start);
-  std::vector<uint8_t> finished(sources, 0);
+  Tensor tokens =
+      Tensor::from_vector(std::vector<int32_t>(row_to_source.size(), special.decoder_start), {sources}, device);
+  Tensor finished = Tensor::zeros({sources}, DType::U8, device);
+  Tensor lengths = Tensor::zeros({sources}, DType::I32, device);
+  Tensor history = Tensor::empty({sources, options.max_length}, DType::I32, device);
 
-  for (int step = 0; step < options.max_length && !row_to_source.empty(); ++step) {
-    // The argmax (first maximum) runs on the model's device; only one id per row comes back.
+  // The ids of rows `rows` (host copies of their histories, up to their lengths) into their sources' results.
+  const auto collect = [&](const std::vector<int32_t>& rows) {
+    if (rows.empty()) return;
+    const std::vector<int32_t> all_lengths = lengths.to_vector<int32_t>();
+    const std::vector<int32_t> all_ids = history.to_vector<int32_t>();
+    for (int32_t r : rows) {
+      const int32_t* ids = all_ids.data() + static_cast<int64_t>(r) * options.max_length;
+      results[row_to_source[r]].assign(ids, ids + all_lengths[r]);
+    }
+  };
+
+  uint64_t finished_before = 0;
+  for (int step = 0; step < options.max_length; ++step) {
+    // The argmax (first maximum) and the bookkeeping run on the model's device.
     Tensor logits = model.step(*state, tokens);
     if (step < options.min_length) ops::fill_column(logits, special.eos, -INFINITY);
-    Tensor best_values = Tensor::empty({logits.dim(0), 1}, DType::F32, logits.device());
-    Tensor best_ids = Tensor::empty({logits.dim(0), 1}, DType::I32, logits.device());
-    ops::topk(logits, 1, best_values, best_ids);
-    const std::vector<int32_t> best = best_ids.to_vector<int32_t>();
-    std::vector<int32_t> keep;
-    for (size_t r = 0; r < row_to_source.size(); ++r) {
-      const int32_t source = row_to_source[r];
-      if (finished[source]) {
-        tokens[r] = special.pad;  // only without pruning: the row idles, as in transformers
-        continue;
-      }
-      const int32_t next = best[r];
-      results[source].push_back(next);
-      tokens[r] = next;
-      if (next == special.eos)
-        finished[source] = 1;
-      else
-        keep.push_back(static_cast<int32_t>(r));
+    const int64_t rows = logits.dim(0);
+    Tensor best_values = Tensor::empty({rows, 1}, DType::F32, device);
+    Tensor best = Tensor::empty({rows, 1}, DType::I32, device);
+    ops::topk(logits, 1, best_values, best);
+    ops::greedy_advance(best.reshape({rows}), special.eos, special.pad, tokens, finished, lengths, history);
+
+    const std::vector<uint8_t> done = finished.to_vector<uint8_t>();
+    const auto done_count = static_cast<uint64_t>(std::count(done.begin(), done.end(), uint8_t{1}));
+    if (done_count == done.size() || step + 1 == options.max_length) {
+      std::vector<int32_t> all(done.size());
+      std::iota(all.begin(), all.end(), 0);
+      collect(all);
+      break;
     }
-    if (std::all_of(finished.begin(), finished.end(), [](uint8_t f) { return f; })) break;
-    if (!options.prune_finished && keep.size() < row_to_source.size()) {
-      std::vector<uint8_t> active(row_to_source.size(), 0);
-      for (int32_t r : keep) active[r] = 1;
-      state->set_active_rows(active);  // finished rows idle: no expert work
+    if (done_count == finished_before) continue;
+    finished_before = done_count;
+    if (!options.prune_finished) {  // finished rows idle in the batch: no expert work, pad as input (transformers)
+      std::vector<uint8_t> active(done.size());
+      for (size_t r = 0; r < done.size(); ++r) active[r] = done[r] ? 0 : 1;
+      state->set_active_rows(active);
+      continue;
     }
-    if (options.prune_finished && keep.size() < row_to_source.size()) {
-      state->select_rows(keep);
-      std::vector<int32_t> live_sources, live_tokens;
-      for (int32_t r : keep) {
-        live_sources.push_back(row_to_source[r]);
-        live_tokens.push_back(tokens[r]);
-      }
-      row_to_source = std::move(live_sources);
-      tokens = std::move(live_tokens);
-    }
+    std::vector<int32_t> keep, drop;
+    for (size_t r = 0; r < done.size(); ++r) (done[r] ? drop : keep).push_back(static_cast<int32_t>(r));
+    collect(drop);
+    state->select_rows(keep);
+    const auto live = static_cast<int64_t>(keep.size());
+    const Tensor kept_rows = Tensor::from_vector(keep, {live}, device);
+    const auto compact = [&](Tensor& t, const Shape& shape) {
+      Tensor out = Tensor::empty(shape, t.dtype(), device);
+      ops::gather_rows(t, kept_rows, out);
+      t = out;
+    };
+    compact(tokens, {live});
+    compact(finished, {live});
+    compact(lengths, {live});
+    compact(history, {live, options.max_length});
+    std::vector<int32_t> live_sources;
+    for (int32_t r : keep) live_sources.push_back(row_to_source[r]);
+    row_to_source = std::move(live_sources);
+    finished_before = 0;
   }
   return results;
 }

@@ -198,4 +198,12 @@ void DecoderState::assign_layout(ops::AttentionLayout& layout, LayoutStorage& st
   layout.max_keys = key_length.empty() ? 0 : *std::max_element(key_length.begin(), key_length.end());
 }
 
+Tensor EncoderDecoderModel::step(DecoderState& state, const std::vector<int32_t>& tokens) {
+  const int32_t vocab = special_tokens().vocab_size;
+  for (int32_t id : tokens)
+    if (id < 0 || id >= vocab)
+      throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(vocab));
+  return step(state, Tensor::from_vector(tokens, {static_cast<int64_t>(tokens.size())}, state.device()));
+}
+
 }  // namespace elephant

@@ -42,6 +42,7 @@ class DecoderState {
   DecoderState(std::vector<int64_t> source_offsets, int rows_per_source, int max_steps, Device device = Device::CPU);
 
   int steps_done() const { return steps_done_; }
+  Device device() const { return device_; }
   int max_steps() const { return max_steps_; }
   int64_t rows() const { return static_cast<int64_t>(row_source_.size()); }
   const std::vector<int32_t>& row_source() const { return row_source_; }
@@ -115,7 +116,10 @@ class EncoderDecoderModel {
   virtual std::unique_ptr<DecoderState> start_decoding(const EncoderOutput& encoded, int rows_per_source,
                                                        int max_steps) = 0;
   // Feeds one token per live row and returns next-token logits, F32 [rows, vocab] on the model's device.
-  virtual Tensor step(DecoderState& state, const std::vector<int32_t>& tokens) = 0;
+  // tokens: I32 [rows] on the model's device (ids are not checked there: the search produced them).
+  virtual Tensor step(DecoderState& state, const Tensor& tokens) = 0;
+  // The same from host ids, checked against the vocabulary.
+  Tensor step(DecoderState& state, const std::vector<int32_t>& tokens);
 };
 
 // Reads config.json's model_type and builds the matching architecture from the directory's checkpoint.

@@ -7,6 +7,7 @@
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "ops/elementwise.h"
+#include "ops/gather.h"
 #include "ops/gemm.h"
 #include "ops/relative_position.h"
 
@@ -311,11 +312,12 @@ std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const Enco
   return state;
 }
 
-Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int32_t>& tokens) {
+Tensor SwitchTransformersModel::step(DecoderState& state, const Tensor& tokens) {
   const int64_t rows = state.rows();
-  if (static_cast<int64_t>(tokens.size()) != rows)
-    throw std::invalid_argument("step: " + std::to_string(tokens.size()) + " tokens for " + std::to_string(rows) +
-                                " rows");
+  if (tokens.shape() != Shape{rows} || tokens.dtype() != DType::I32 || tokens.device() != options_.device)
+    throw std::invalid_argument("step: tokens " + dtype_name(tokens.dtype()) + shape_string(tokens.shape()) + "@" +
+                                to_string(tokens.device()) + " for " + std::to_string(rows) + " rows on " +
+                                to_string(options_.device));
   state.reserve_next_step();
   const ops::AttentionLayout& self_layout = state.self_attention_layout();
   const ops::AttentionLayout& cross_layout = state.cross_attention_layout();
@@ -328,7 +330,8 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const std::vector<int3
   cross_args.num_heads = config_.num_heads;
   cross_args.head_dim = config_.d_kv;
 
-  Tensor hidden = layers::embed(decoder_embedding_, tokens);
+  Tensor hidden = Tensor::empty({rows, config_.d_model}, options_.dtype, options_.device);
+  ops::gather_rows(decoder_embedding_, tokens, hidden);
   for (size_t i = 0; i < decoder_layers_.size(); ++i) {
     const DecoderLayer& layer = decoder_layers_[i];
     DecoderState::Layer& cache = state.layers()[i];

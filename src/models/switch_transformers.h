@@ -59,7 +59,8 @@ class SwitchTransformersModel final : public EncoderDecoderModel {
   EncoderOutput encode(const std::vector<std::vector<int32_t>>& sources) override;
   std::unique_ptr<DecoderState> start_decoding(const EncoderOutput& encoded, int rows_per_source,
                                                int max_steps) override;
-  Tensor step(DecoderState& state, const std::vector<int32_t>& tokens) override;
+  using EncoderDecoderModel::step;
+  Tensor step(DecoderState& state, const Tensor& tokens) override;
 
  private:
   struct EncoderLayer {

@@ -7,35 +7,38 @@
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/gemm.h"
+#include "ops/greedy.h"
 #include "ops/kv_cache.h"
 #include "ops/moe.h"
 #include "ops/topk.h"
 
-#define ELEPHANT_BACKEND_OPS                                                                                       \
-  void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);                                    \
-  void add_in_place(Tensor& hidden, const Tensor& y);                                                              \
-  void scale_in_place(Tensor& x, float factor);                                                                    \
-  void add_scalar(Tensor& x, int32_t value);                                                                       \
-  void convert(const Tensor& x, Tensor& y);                                                                        \
-  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y);                                      \
-  void activate(Activation activation, Tensor& x);                                                                 \
-  void softmax(Tensor& x);                                                                                         \
-  void log_softmax(const Tensor& x, Tensor& y);                                                                    \
-  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out);                                              \
-  void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, Tensor& out);                     \
-  void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache);                                 \
-  void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,   \
-                 const AttentionArgs& args, Tensor& out);                                                          \
-  void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert, \
-                  Tensor& probability);                                                                            \
-  void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets);                \
-  void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,                    \
-                    const GroupedGemmArgs& args);                                                                  \
-  void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability,                   \
-                          const Tensor& offsets, Tensor& hidden);                                                  \
-  void topk(const Tensor& x, int k, Tensor& values, Tensor& indices);                                              \
-  void add_row_values(Tensor& x, const Tensor& row_values);                                                        \
-  void fill_column(Tensor& x, int64_t column, float value);
+#define ELEPHANT_BACKEND_OPS                                                                                           \
+  void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);                                        \
+  void add_in_place(Tensor& hidden, const Tensor& y);                                                                  \
+  void scale_in_place(Tensor& x, float factor);                                                                        \
+  void add_scalar(Tensor& x, int32_t value);                                                                           \
+  void convert(const Tensor& x, Tensor& y);                                                                            \
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y);                                          \
+  void activate(Activation activation, Tensor& x);                                                                     \
+  void softmax(Tensor& x);                                                                                             \
+  void log_softmax(const Tensor& x, Tensor& y);                                                                        \
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out);                                                  \
+  void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, Tensor& out);                         \
+  void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache);                                     \
+  void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,       \
+                 const AttentionArgs& args, Tensor& out);                                                              \
+  void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert,     \
+                  Tensor& probability);                                                                                \
+  void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets);                    \
+  void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,                        \
+                    const GroupedGemmArgs& args);                                                                      \
+  void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability,                       \
+                          const Tensor& offsets, Tensor& hidden);                                                      \
+  void topk(const Tensor& x, int k, Tensor& values, Tensor& indices);                                                  \
+  void add_row_values(Tensor& x, const Tensor& row_values);                                                            \
+  void fill_column(Tensor& x, int64_t column, float value);                                                            \
+  void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens, Tensor& finished, Tensor& lengths, \
+                      Tensor& history);
 
 namespace elephant::ops {
 namespace cpu {

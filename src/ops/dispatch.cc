@@ -1,5 +1,6 @@
 // The public ops: argument checks shared by every backend, then the backend of the tensors' device.
 
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -374,6 +375,29 @@ void fill_column(Tensor& x, int64_t column, float value) {
     fail("fill_column", "column " + std::to_string(column) + " of " + describe(x));
   if (x.dim(0) == 0) return;
   ELEPHANT_DISPATCH(x.device(), fill_column(x, column, value));
+}
+
+void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens, Tensor& finished, Tensor& lengths,
+                    Tensor& history) {
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&tokens, &finished, &lengths, &history})
+    same_device("greedy_advance", best, *t);
+  check_dtype("greedy_advance", best, DType::I32, "best");
+  check_dtype("greedy_advance", tokens, DType::I32, "tokens");
+  check_dtype("greedy_advance", finished, DType::U8, "finished");
+  check_dtype("greedy_advance", lengths, DType::I32, "lengths");
+  check_dtype("greedy_advance", history, DType::I32, "history");
+  const int64_t rows = best.rank() == 1 ? best.dim(0) : -1;
+  if (rows < 0 || tokens.shape() != Shape{rows} || finished.shape() != Shape{rows} || lengths.shape() != Shape{rows} ||
+      history.rank() != 2 || history.dim(0) != rows)
+    fail("greedy_advance", "best " + describe(best) + ", tokens " + describe(tokens) + ", finished " +
+                               describe(finished) + ", lengths " + describe(lengths) + ", history " +
+                               describe(history));
+  if (rows == 0) return;
+  if (best.device() == Device::CPU)
+    for (int64_t r = 0; r < rows; ++r)
+      if (!finished.data<uint8_t>()[r] && lengths.data<int32_t>()[r] >= history.dim(1))
+        fail("greedy_advance", "row " + std::to_string(r) + " has no room left in " + describe(history));
+  ELEPHANT_DISPATCH(best.device(), greedy_advance(best, eos, pad, tokens, finished, lengths, history));
 }
 
 }  // namespace elephant::ops
