@@ -345,11 +345,25 @@ def make_checkpoint(ck, out_dir):
     assert gen2["greedy"] == g and gen2["beam4"] == b, "reloaded model generates differently"
     assert torch.allclose(enc, enc2, atol=1e-5) and torch.allclose(logits, logits2, atol=1e-5), "reload differs"
 
+    # transformers' own half-precision greedy outputs (GPU only): the like-for-like reference for the engine's
+    # fp16/bf16 paths, whose roundings can flip the near-ties of these random-weight models.
+    half_greedy = {}
+    if torch.cuda.is_available():
+        ids, mask = batch
+        torch.use_deterministic_algorithms(False)  # cuBLAS refuses deterministic mode without CUBLAS_WORKSPACE_CONFIG
+        for key, dtype in (("greedy_fp16", torch.float16), ("greedy_bf16", torch.bfloat16)):
+            half = copy.deepcopy(model).to("cuda", dtype)
+            with torch.no_grad():
+                out = half.generate(ids.cuda(), attention_mask=mask.cuda(), max_new_tokens=n, num_beams=1,
+                                    do_sample=False)
+            half_greedy[key] = [strip(s.cpu()) for s in out]
+        torch.use_deterministic_algorithms(True)
+
     save_file({"input_ids": batch[0], "attention_mask": batch[1], "encoder_output": enc2.contiguous(),
                "first_step_logits": logits2.contiguous()}, ck_dir / "golden.safetensors")
     decode = lambda seqs: [sp.decode([t for t in s if t not in (PAD, EOS) and t < pieces]) for s in seqs]
     golden = {"sources": ck["sources"], "max_new_tokens": n, "greedy": g, "beam4": b, "num_beams": NUM_BEAMS,
-              "length_penalty": 1.0, "greedy_text": decode(g), "beam4_text": decode(b),
+              "length_penalty": 1.0, "greedy_text": decode(g), "beam4_text": decode(b), **half_greedy,
               "info": {"seed": seed, "eos_scale": eos_scale, "piece_count": pieces, "vocab_size": vocab_size,
                        "weights_dtype": str(ck["dtype"]).removeprefix("torch."),
                        "min_greedy_logit_gap": round(gen["logit_gap"], 6),
