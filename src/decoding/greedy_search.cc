@@ -43,7 +43,7 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
     const std::vector<int32_t> all_ids = history.to_vector<int32_t>();
     for (int32_t r : rows) {
       const int32_t* ids = all_ids.data() + static_cast<int64_t>(r) * options.max_length;
-      results[row_to_source[r]].assign(ids, ids + all_lengths[r]);
+      results[row_to_source[r]].assign(ids, ids + std::clamp(all_lengths[r], 0, options.max_length));
     }
   };
 

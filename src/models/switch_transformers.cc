@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/device_memory.h"
 #include "elephant/error.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
@@ -239,6 +240,8 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
 
   special_tokens_ = {c.decoder_start_token_id, c.eos_token_id, c.pad_token_id, c.vocab_size};
   info_ = describe(c, checkpoint);
+  // Weights went to the device on this thread's stream; a model may then be used from another thread's.
+  device_synchronize(options_.device);
 }
 
 EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int32_t>>& sources) {

@@ -48,7 +48,7 @@ void launch(const Tensor& x, const int32_t* rows, Tensor& out, int64_t row_bytes
 }  // namespace
 
 void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
-  const int64_t row_bytes = static_cast<int64_t>(x.nbytes()) / x.dim(0);
+  const int64_t row_bytes = static_cast<int64_t>(out.nbytes()) / out.dim(0);  // x may have no rows
   if (row_bytes == 0) return;
   const int32_t* r = rows.data<int32_t>();
   const uintptr_t all =

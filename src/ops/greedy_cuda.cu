@@ -18,7 +18,8 @@ __global__ void greedy_advance_kernel(const int32_t* __restrict__ best, int32_t 
   }
   const int32_t id = best[r];
   const int32_t at = lengths[r];
-  if (at < capacity) history[r * capacity + at] = id;
+  if (at < 0 || at >= capacity) return;  // the CPU throws: the search never lets a row run out of room
+  history[r * capacity + at] = id;
   lengths[r] = at + 1;
   tokens[r] = id;
   if (id == eos) finished[r] = 1;

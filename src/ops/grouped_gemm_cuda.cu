@@ -386,7 +386,10 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
       if (k % 8 == 0 && aligned_16(pa) && aligned_16(pw) && experts <= kMaxMmaExperts) {
         const bool vector_store = n % 8 == 0 && aligned_16(po_out);
         const int64_t rows_per_expert = rows / experts;
-        if (rows_per_expert <= 16) {
+        // The larger tiles need ~100 KB of shared memory a block: more than sm_86/sm_89 GPUs give (~99 KB).
+        static const bool large_tiles_fit =
+            rt::device_properties().sharedMemPerBlockOptin >= static_cast<size_t>(MediumTiles::SMEM_BYTES) + 8192;
+        if (rows_per_expert <= 16 || !large_tiles_fit) {
           launch_mma<T, SmallTiles>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);
         } else if (rows_per_expert <= 64) {
           launch_mma<T, MediumTiles>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);

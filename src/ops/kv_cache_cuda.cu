@@ -9,10 +9,11 @@ namespace rt = ::elephant::cuda;
 // Both ops move whole slots of `width` elements; slots are copied as 4-byte words when the width allows it
 // (every head dimension in practice), else byte by byte.
 template <typename Word>
-__global__ void gather_cache_rows_kernel(const Word* __restrict__ cache, const int32_t* __restrict__ rows,
-                                         int64_t in_slots, int64_t out_slots, int64_t steps, int64_t slot_words,
-                                         Word* __restrict__ out) {
+__global__ void gather_cache_rows_kernel(const Word* __restrict__ cache, int64_t cache_rows,
+                                         const int32_t* __restrict__ rows, int64_t in_slots, int64_t out_slots,
+                                         int64_t steps, int64_t slot_words, Word* __restrict__ out) {
   const int64_t i = blockIdx.y;
+  if (rows[i] < 0 || rows[i] >= cache_rows) return;  // the CPU throws; here the row is left as it was
   const int64_t words = steps * slot_words;
   const Word* from = cache + rows[i] * in_slots * slot_words;
   Word* to = out + i * out_slots * slot_words;
@@ -38,11 +39,11 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
   const dim3 grid(std::min<unsigned>(rt::blocks_for(steps * slot_bytes / 4 + 1, 256), 64),
                   static_cast<unsigned>(out.dim(0)));
   if (slot_bytes % 4 == 0) {
-    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint32_t*>(cache.raw()),
+    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint32_t*>(cache.raw()), cache.dim(0),
                                                              rows.data<int32_t>(), cache.dim(1), out.dim(1), steps,
                                                              slot_bytes / 4, static_cast<uint32_t*>(out.raw()));
   } else {
-    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint8_t*>(cache.raw()),
+    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint8_t*>(cache.raw()), cache.dim(0),
                                                              rows.data<int32_t>(), cache.dim(1), out.dim(1), steps,
                                                              slot_bytes, static_cast<uint8_t*>(out.raw()));
   }

@@ -6,6 +6,7 @@
 
 #include "ops/device_helpers.h"
 #include "ops/elementwise.h"
+#include "ops/gather.h"
 #include "ops/kv_cache.h"
 
 namespace elephant {
@@ -36,6 +37,22 @@ TEST(CudaKvCache, WriteCacheStepAndGatherCacheRowsMatchTheCpu) {
       EXPECT_TRUE(testdev::relative_l2_within(gpu_out, cpu_out, 0.0));
     }
   }
+}
+
+// Indices are not read by the host on CUDA: out-of-range ones must neither fault nor read out of bounds.
+TEST(CudaKvCache, OutOfRangeRowsAreSkippedOrZeroed) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(1401);
+  const Tensor none = Tensor::empty({0, 8}, DType::F32, Device::CUDA);
+  Tensor out = testdev::poisoned({2, 8}, DType::F32, Device::CUDA);
+  ops::gather_rows(none, Tensor::from_vector(std::vector<int32_t>{0, 3}, {2}, Device::CUDA), out);
+  EXPECT_EQ(out.to_vector<float>(), std::vector<float>(16, 0.0f));
+
+  const Tensor cache = random_cpu({2, 3, 4}, rng).to(Device::CUDA);
+  const Tensor before = random_cpu({2, 3, 4}, rng);
+  Tensor gathered = before.to(Device::CUDA);
+  ops::gather_cache_rows(cache, Tensor::from_vector(std::vector<int32_t>{-1, 2}, {2}, Device::CUDA), 3, gathered);
+  EXPECT_EQ(gathered.to_vector<float>(), before.to_vector<float>());
 }
 
 TEST(CudaKvCache, AddScalarMatchesTheCpu) {

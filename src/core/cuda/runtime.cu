@@ -55,6 +55,7 @@ struct ThreadContext {
 
 // Set when the thread's context is gone (thread exit): tensors freed after that (statics) are freed synchronously.
 thread_local bool context_destroyed = false;
+thread_local bool context_created = false;
 
 struct ContextHolder {
   ThreadContext context;
@@ -63,6 +64,7 @@ struct ContextHolder {
 
 ThreadContext& context() {
   thread_local ContextHolder holder;
+  context_created = true;
   return holder.context;
 }
 
@@ -92,7 +94,8 @@ void* allocate(size_t bytes) {
 void free(void* pointer) {
   // Called from destructors: a failure here cannot be thrown, and the next checked call reports it.
   if (!pointer) return;
-  if (context_destroyed) {
+  // A thread without a live context (never used CUDA, or exiting) frees synchronously instead of creating one.
+  if (context_destroyed || !context_created) {
     cudaFree(pointer);
     return;
   }
