@@ -8,6 +8,7 @@
 #
 # STAGES picks what runs (default: "tests memcheck bench"):
 #   tests    ctest, every suite (the GPU suites run; nothing may be skipped there)
+#   gpu      only the GPU suites (ctest -R Cuda): the quick check after a CUDA change
 #   memcheck compute-sanitizer memcheck over the GPU suites (elephant_tests --gtest_filter=*Cuda*)
 #   bench    bench_cuda_moe (one MoE layer, fp16/bf16) next to tools/bench/moe_layer_torch.py (torch._grouped_mm)
 #   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine)
@@ -55,6 +56,12 @@ if [[ $stages == *" tests "* ]]; then
     grep -B1 "Skipped" "$logs/ctest.log" | head -10
     status=1
   fi
+fi
+
+if [[ $stages == *" gpu "* ]]; then
+  (cd build-device && ctest -j 8 -R Cuda --output-on-failure >"../$logs/ctest_gpu.log" 2>&1) || status=1
+  echo "== GPU suites"
+  grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Exception|Skipped|Timeout" "$logs/ctest_gpu.log" | head -30
 fi
 
 if [[ $stages == *" memcheck "* ]]; then
