@@ -53,16 +53,6 @@ Tensor select_source_tokens(const Tensor& memory, const std::vector<int64_t>& of
   return out;
 }
 
-// The first values.size() elements of `storage` (allocated at the first call, large enough for every later one:
-// rows only ever shrink), set from the host. The array keeps its address across rebuilds.
-Tensor fill_from_host(Tensor& storage, const std::vector<int32_t>& values, Device device) {
-  const auto count = static_cast<int64_t>(values.size());
-  if (!storage.defined() || storage.dim(0) < count) storage = Tensor::empty({count}, DType::I32, device);
-  Tensor view = storage.narrow(0, count);
-  view.copy_from(Tensor::from_vector(values, {count}));
-  return view;
-}
-
 }  // namespace
 
 void DecoderState::select_rows(const std::vector<int32_t>& rows) {
@@ -168,8 +158,9 @@ void DecoderState::build_self_layout(int64_t slots) {
     query_position.push_back(steps_done_);
   }
   query_begin.push_back(static_cast<int32_t>(rows()));
-  assign_layout(self_layout_, self_storage_, query_begin, key_begin, key_length, query_position);
-  self_layout_.max_keys = std::max<int64_t>(steps_done_ + 1, slots);
+  self_layout_ =
+      ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_, self_storage_);
+  self_layout_.max_keys = std::max<int64_t>(self_layout_.max_keys, slots);
   self_layout_slots_ = slots;
 }
 
@@ -183,19 +174,9 @@ void DecoderState::build_cross_layout() {
     query_position.push_back(0);
   }
   query_begin.push_back(static_cast<int32_t>(rows()));
-  assign_layout(cross_layout_, cross_storage_, query_begin, key_begin, key_length, query_position);
+  cross_layout_ =
+      ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_, cross_storage_);
   cross_layout_built_ = true;
-}
-
-void DecoderState::assign_layout(ops::AttentionLayout& layout, LayoutStorage& storage,
-                                 const std::vector<int32_t>& query_begin, const std::vector<int32_t>& key_begin,
-                                 const std::vector<int32_t>& key_length, const std::vector<int32_t>& query_position) {
-  layout.query_begin = fill_from_host(storage.query_begin, query_begin, device_);
-  layout.key_begin = fill_from_host(storage.key_begin, key_begin, device_);
-  layout.key_length = fill_from_host(storage.key_length, key_length, device_);
-  layout.query_position = fill_from_host(storage.query_position, query_position, device_);
-  layout.max_queries = key_begin.empty() ? 0 : 1;
-  layout.max_keys = key_length.empty() ? 0 : *std::max_element(key_length.begin(), key_length.end());
 }
 
 Tensor EncoderDecoderModel::step(DecoderState& state, const std::vector<int32_t>& tokens) {

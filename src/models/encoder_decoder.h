@@ -82,23 +82,16 @@ class DecoderState {
   std::vector<int64_t> source_offsets_;
   std::vector<int32_t> row_source_;
   std::vector<Layer> layers_;
-  // Device arrays behind a layout, allocated once per decode so that they keep their addresses.
-  struct LayoutStorage {
-    Tensor query_begin, key_begin, key_length, query_position;
-  };
   void build_self_layout(int64_t slots);
   void build_cross_layout();
-  void assign_layout(ops::AttentionLayout& layout, LayoutStorage& storage, const std::vector<int32_t>& query_begin,
-                     const std::vector<int32_t>& key_begin, const std::vector<int32_t>& key_length,
-                     const std::vector<int32_t>& query_position);
 
   int max_steps_;
   Device device_;
   int steps_done_ = 0;
   ops::AttentionLayout self_layout_, cross_layout_;
-  LayoutStorage self_storage_, cross_storage_;
-  Tensor active_;                   // undefined: every row is active
-  int64_t self_layout_slots_ = -1;  // the cache slots the self layout was built for; -1: not built
+  ops::AttentionLayout self_storage_, cross_storage_;  // the arrays behind the layouts, kept for the decode
+  Tensor active_;                                      // undefined: every row is active
+  int64_t self_layout_slots_ = -1;                     // the cache slots the self layout was built for; -1: not built
   bool cross_layout_built_ = false;
 };
 

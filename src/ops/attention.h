@@ -27,6 +27,12 @@ struct AttentionLayout {
   static AttentionLayout from_host(const std::vector<int32_t>& query_begin, const std::vector<int32_t>& key_begin,
                                    const std::vector<int32_t>& key_length, const std::vector<int32_t>& query_position,
                                    Device device);
+  // The same, written into the leading elements of `storage`'s arrays (allocated on first use, reallocated only
+  // when too small), so that a layout rebuilt for as many or fewer sequences keeps its device addresses, as a
+  // replayed CUDA graph needs. The result's arrays are views of storage's.
+  static AttentionLayout from_host(const std::vector<int32_t>& query_begin, const std::vector<int32_t>& key_begin,
+                                   const std::vector<int32_t>& key_length, const std::vector<int32_t>& query_position,
+                                   Device device, AttentionLayout& storage);
 };
 
 struct AttentionArgs {

@@ -186,10 +186,33 @@ void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) 
   ELEPHANT_DISPATCH(values.device(), write_cache_step(values, slots, cache));
 }
 
+namespace {
+
+// The leading values.size() elements of `storage` (reallocated only when too small), set from the host.
+Tensor assign_from_host(Tensor& storage, const std::vector<int32_t>& values, Device device) {
+  const auto count = static_cast<int64_t>(values.size());
+  if (!storage.defined() || storage.device() != device || storage.dim(0) < count)
+    storage = Tensor::empty({count}, DType::I32, device);
+  Tensor view = storage.narrow(0, count);
+  view.copy_from(Tensor::from_vector(values, {count}));
+  return view;
+}
+
+}  // namespace
+
 AttentionLayout AttentionLayout::from_host(const std::vector<int32_t>& query_begin,
                                            const std::vector<int32_t>& key_begin,
                                            const std::vector<int32_t>& key_length,
                                            const std::vector<int32_t>& query_position, Device device) {
+  AttentionLayout storage;
+  return from_host(query_begin, key_begin, key_length, query_position, device, storage);
+}
+
+AttentionLayout AttentionLayout::from_host(const std::vector<int32_t>& query_begin,
+                                           const std::vector<int32_t>& key_begin,
+                                           const std::vector<int32_t>& key_length,
+                                           const std::vector<int32_t>& query_position, Device device,
+                                           AttentionLayout& storage) {
   const size_t sequences = key_begin.size();
   if (query_begin.size() != sequences + 1 || key_length.size() != sequences || query_position.size() != sequences)
     fail("AttentionLayout", "arrays of " + std::to_string(query_begin.size()) + ", " + std::to_string(sequences) +
@@ -197,11 +220,10 @@ AttentionLayout AttentionLayout::from_host(const std::vector<int32_t>& query_beg
                                 std::to_string(query_position.size()) + " elements for " + std::to_string(sequences) +
                                 " sequences");
   AttentionLayout layout;
-  const auto s = static_cast<int64_t>(sequences);
-  layout.query_begin = Tensor::from_vector(query_begin, {s + 1}, device);
-  layout.key_begin = Tensor::from_vector(key_begin, {s}, device);
-  layout.key_length = Tensor::from_vector(key_length, {s}, device);
-  layout.query_position = Tensor::from_vector(query_position, {s}, device);
+  layout.query_begin = assign_from_host(storage.query_begin, query_begin, device);
+  layout.key_begin = assign_from_host(storage.key_begin, key_begin, device);
+  layout.key_length = assign_from_host(storage.key_length, key_length, device);
+  layout.query_position = assign_from_host(storage.query_position, query_position, device);
   for (size_t i = 0; i < sequences; ++i) {
     layout.max_queries = std::max<int64_t>(layout.max_queries, query_begin[i + 1] - query_begin[i]);
     layout.max_keys = std::max<int64_t>(layout.max_keys, key_length[i]);

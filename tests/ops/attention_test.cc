@@ -380,6 +380,23 @@ TEST(AttentionTest, LayoutFromHostBuildsI32ArraysAndBounds) {
   EXPECT_THROW(ops::AttentionLayout::from_host({0, 1, 2}, {0, 0}, {1, 1}, {0}, Device::CPU), std::invalid_argument);
 }
 
+// Rebuilt into the same storage, a layout keeps its arrays' addresses while it does not grow.
+TEST(AttentionTest, LayoutFromHostReusesItsStorage) {
+  ops::AttentionLayout storage;
+  const ops::AttentionLayout first =
+      ops::AttentionLayout::from_host({0, 1, 2, 3}, {0, 5, 9}, {5, 4, 2}, {4, 3, 1}, Device::CPU, storage);
+  const ops::AttentionLayout fewer = ops::AttentionLayout::from_host({0, 1}, {5}, {4}, {3}, Device::CPU, storage);
+  EXPECT_EQ(fewer.query_begin.raw(), first.query_begin.raw());
+  EXPECT_EQ(fewer.key_length.raw(), first.key_length.raw());
+  EXPECT_EQ(fewer.sequences(), 1);
+  EXPECT_EQ(fewer.key_begin.to_vector<int32_t>(), (std::vector<int32_t>{5}));
+  EXPECT_EQ(fewer.max_keys, 4);
+  const ops::AttentionLayout more =
+      ops::AttentionLayout::from_host({0, 1, 2, 3, 4}, {0, 1, 2, 3}, {1, 1, 1, 1}, {0, 0, 0, 0}, Device::CPU, storage);
+  EXPECT_EQ(more.sequences(), 4);
+  EXPECT_EQ(more.query_begin.to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 2, 3, 4}));
+}
+
 // The host bounds size the work: a layout whose runs exceed them, or whose arrays are not I32, is rejected.
 TEST(AttentionTest, LayoutBoundsAndArrayTypesAreChecked) {
   std::mt19937 rng(509);
