@@ -66,14 +66,16 @@ void add_attention(const MultiHeadAttention& attention, const Tensor& x, const T
   ops::add_in_place(hidden, ops::linear(context, attention.o));
 }
 
-Tensor embed(const Tensor& table, const std::vector<int32_t>& ids) {
-  const int64_t vocab = table.dim(0);
+Tensor token_ids(const std::vector<int32_t>& ids, int64_t vocab, Device device) {
   for (int32_t id : ids)
     if (id < 0 || id >= vocab)
       throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(vocab));
-  const auto count = static_cast<int64_t>(ids.size());
-  Tensor out = Tensor::empty({count, table.dim(1)}, table.dtype(), table.device());
-  ops::gather_rows(table, Tensor::from_vector(ids, {count}, table.device()), out);
+  return Tensor::from_vector(ids, {static_cast<int64_t>(ids.size())}, device);
+}
+
+Tensor embed(const Tensor& table, const Tensor& ids) {
+  Tensor out = Tensor::empty({ids.dim(0), table.dim(1)}, table.dtype(), table.device());
+  ops::gather_rows(table, ids, out);
   return out;
 }
 

@@ -56,7 +56,10 @@ void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, c
 void add_attention(const MultiHeadAttention& attention, const Tensor& x, const Tensor& keys, const Tensor& values,
                    const ops::AttentionLayout& layout, const ops::AttentionArgs& args, Tensor& hidden);
 
-// out[i] = table[ids[i]]: token embeddings, on the table's device.
-Tensor embed(const Tensor& table, const std::vector<int32_t>& ids);
+// Host token ids checked against the vocabulary (std::out_of_range naming the id), as an I32 tensor on `device`.
+Tensor token_ids(const std::vector<int32_t>& ids, int64_t vocab, Device device);
+
+// out[i] = table[ids[i]]: token embeddings; ids is I32 on the table's device (from token_ids, or from a search).
+Tensor embed(const Tensor& table, const Tensor& ids);
 
 }  // namespace elephant::layers

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "layers/transformer_layers.h"
 #include "models/encoder_decoder.h"
 #include "ops/elementwise.h"
 #include "ops/gather.h"
@@ -180,11 +181,7 @@ void DecoderState::build_cross_layout() {
 }
 
 Tensor EncoderDecoderModel::step(DecoderState& state, const std::vector<int32_t>& tokens) {
-  const int32_t vocab = special_tokens().vocab_size;
-  for (int32_t id : tokens)
-    if (id < 0 || id >= vocab)
-      throw std::out_of_range("token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(vocab));
-  return step(state, Tensor::from_vector(tokens, {static_cast<int64_t>(tokens.size())}, state.device()));
+  return step(state, layers::token_ids(tokens, special_tokens().vocab_size, state.device()));
 }
 
 }  // namespace elephant

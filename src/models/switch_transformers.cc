@@ -276,7 +276,7 @@ EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int3
   args.position_bias = &bias;
   args.bias_max_offset = max_offset;
 
-  Tensor hidden = layers::embed(encoder_embedding_, tokens);
+  Tensor hidden = layers::embed(encoder_embedding_, layers::token_ids(tokens, config_.vocab_size, options_.device));
   for (const EncoderLayer& layer : encoder_layers_) {
     const Tensor normed = layer.attention_norm(hidden);
     const Tensor keys = ops::linear(normed, layer.attention.k);
@@ -333,8 +333,7 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const Tensor& tokens) 
   cross_args.num_heads = config_.num_heads;
   cross_args.head_dim = config_.d_kv;
 
-  Tensor hidden = Tensor::empty({rows, config_.d_model}, options_.dtype, options_.device);
-  ops::gather_rows(decoder_embedding_, tokens, hidden);
+  Tensor hidden = layers::embed(decoder_embedding_, tokens);
   for (size_t i = 0; i < decoder_layers_.size(); ++i) {
     const DecoderLayer& layer = decoder_layers_[i];
     DecoderState::Layer& cache = state.layers()[i];

@@ -456,20 +456,22 @@ TEST(FeedForwardTest, EmbedLooksUpRows) {
   std::mt19937 rng(907);
   const Tensor table = random_tensor({10, 7}, rng);
   const std::vector<int32_t> ids = {3, 0, 9, 3};
-  const Tensor out = layers::embed(table, ids);
+  const Tensor out = layers::embed(table, layers::token_ids(ids, 10, Device::CPU));
   ASSERT_EQ(out.shape(), (Shape{4, 7}));
   for (size_t i = 0; i < ids.size(); ++i)
     for (int64_t j = 0; j < 7; ++j) EXPECT_EQ(out.data<float>()[i * 7 + j], table.data<float>()[ids[i] * 7 + j]);
-  EXPECT_EQ(layers::embed(table, {}).shape(), (Shape{0, 7}));
+  EXPECT_EQ(layers::embed(table, layers::token_ids({}, 10, Device::CPU)).shape(), (Shape{0, 7}));
 }
 
-TEST(FeedForwardTest, EmbedOutOfRangeIdThrows) {
+TEST(FeedForwardTest, OutOfRangeTokenIdThrows) {
+  EXPECT_THROW(layers::token_ids({1, 10}, 10, Device::CPU), std::out_of_range);
+  EXPECT_THROW(layers::token_ids({-1}, 10, Device::CPU), std::out_of_range);
+  EXPECT_THROW(layers::token_ids({2, 3, 1000000}, 10, Device::CPU), std::out_of_range);
+  EXPECT_NO_THROW(layers::token_ids({0, 9}, 10, Device::CPU));
+  // Ids that did not go through token_ids are still caught by the CPU gather.
   std::mt19937 rng(908);
   const Tensor table = random_tensor({10, 7}, rng);
-  EXPECT_THROW(layers::embed(table, {1, 10}), std::out_of_range);
-  EXPECT_THROW(layers::embed(table, {-1}), std::out_of_range);
-  EXPECT_THROW(layers::embed(table, {2, 3, 1000000}), std::out_of_range);
-  EXPECT_NO_THROW(layers::embed(table, {0, 9}));
+  EXPECT_THROW(layers::embed(table, Tensor::from_vector(std::vector<int32_t>{10}, {1})), std::out_of_range);
 }
 
 }  // namespace
