@@ -36,14 +36,20 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
   Tensor lengths = Tensor::zeros({sources}, DType::I32, device);
   Tensor history = Tensor::empty({sources, options.max_length}, DType::I32, device);
 
-  // The ids of rows `rows` (host copies of their histories, up to their lengths) into their sources' results.
+  // The ids of rows `rows` into their sources' results: only those rows' histories and lengths leave the device.
   const auto collect = [&](const std::vector<int32_t>& rows) {
     if (rows.empty()) return;
-    const std::vector<int32_t> all_lengths = lengths.to_vector<int32_t>();
-    const std::vector<int32_t> all_ids = history.to_vector<int32_t>();
-    for (int32_t r : rows) {
-      const int32_t* ids = all_ids.data() + static_cast<int64_t>(r) * options.max_length;
-      results[row_to_source[r]].assign(ids, ids + std::clamp(all_lengths[r], 0, options.max_length));
+    const auto count = static_cast<int64_t>(rows.size());
+    const Tensor picked = Tensor::from_vector(rows, {count}, device);
+    Tensor done_lengths = Tensor::empty({count}, DType::I32, device);
+    Tensor done_ids = Tensor::empty({count, options.max_length}, DType::I32, device);
+    ops::gather_rows(lengths, picked, done_lengths);
+    ops::gather_rows(history, picked, done_ids);
+    const std::vector<int32_t> length = done_lengths.to_vector<int32_t>();
+    const std::vector<int32_t> ids = done_ids.to_vector<int32_t>();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int32_t* first = ids.data() + static_cast<int64_t>(i) * options.max_length;
+      results[row_to_source[rows[i]]].assign(first, first + std::clamp(length[i], 0, options.max_length));
     }
   };
 
