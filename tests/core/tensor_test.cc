@@ -9,20 +9,13 @@
 #include <stdexcept>
 #include <vector>
 
+#include "ops/reference_helpers.h"
+
 namespace elephant {
 namespace {
 
-std::vector<uint16_t> bits_of(const Tensor& t) {
-  std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
-  if (t.numel()) std::memcpy(bits.data(), t.raw(), t.nbytes());
-  return bits;
-}
-
-Tensor half_tensor(DType dtype, const std::vector<uint16_t>& bits, const Shape& shape) {
-  Tensor t = Tensor::empty(shape, dtype);
-  if (t.numel()) std::memcpy(t.raw(), bits.data(), t.nbytes());
-  return t;
-}
+using testref::bits_of;
+using testref::half_tensor;
 
 TEST(TensorTest, FactoriesMakeCpuTensors) {
   const Tensor e = Tensor::empty({2, 3}, DType::I32, Device::CPU);

@@ -10,16 +10,13 @@
 
 #include "elephant/error.h"
 #include "io/safetensors.h"
+#include "ops/reference_helpers.h"
 #include "test_utils.h"
 
 namespace elephant {
 namespace {
 
-Tensor half_tensor(DType dtype, const std::vector<uint16_t>& bits, const Shape& shape) {
-  Tensor tensor = Tensor::empty(shape, dtype);
-  std::memcpy(tensor.raw(), bits.data(), bits.size() * sizeof(uint16_t));
-  return tensor;
-}
+using testref::half_tensor;
 
 std::vector<float> values_of(const Tensor& tensor) {
   const float* data = tensor.data<float>();

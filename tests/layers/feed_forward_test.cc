@@ -18,22 +18,9 @@ namespace elephant {
 namespace {
 
 using ops::Activation;
+using testref::activate;
 using testref::random_tensor;
 using testref::to_double;
-
-double activate(Activation activation, double x) {
-  switch (activation) {
-    case Activation::ReLU:
-      return x > 0.0 ? x : 0.0;
-    case Activation::Gelu:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case Activation::GeluNew:
-      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    case Activation::Silu:
-      return x / (1.0 + std::exp(-x));
-  }
-  return NAN;
-}
 
 // y[i] = sum_j w[i, j] x[j] for a Linear weight [out, in], in double.
 std::vector<double> matvec(const Tensor& w, const std::vector<double>& x) {

@@ -16,13 +16,6 @@
 namespace elephant {
 namespace {
 
-Tensor first_step_logits(EncoderDecoderModel& model, const Golden& golden) {
-  const EncoderOutput encoded = model.encode(golden.sources);
-  auto state = model.start_decoding(encoded, 1, 1);
-  const std::vector<int32_t> start(golden.sources.size(), model.special_tokens().decoder_start);
-  return model.step(*state, start).to(Device::CPU);
-}
-
 class CudaGoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -40,27 +33,12 @@ TEST_P(CudaGoldenTest, Fp32EncoderOutputMatchesTransformers) {
   auto model = load(DType::F32);
   const EncoderOutput encoded = model->encode(golden_.sources);
   ASSERT_EQ(encoded.hidden.device(), Device::CUDA);
-  const Tensor hidden = encoded.hidden.to(Device::CPU);
-  const int64_t padded = golden_.encoder_output.dim(1);
-  const int64_t d_model = golden_.encoder_output.dim(2);
-  for (size_t b = 0; b < golden_.sources.size(); ++b) {
-    const int64_t length = encoded.offsets[b + 1] - encoded.offsets[b];
-    const float* actual = hidden.data<float>() + encoded.offsets[b] * d_model;
-    const float* expected = golden_.encoder_output.data<float>() + static_cast<int64_t>(b) * padded * d_model;
-    EXPECT_LE(relative_error(actual, expected, length * d_model), 1e-4) << "source " << b;
-  }
+  expect_encoder_output_matches(golden_, encoded);
 }
 
 TEST_P(CudaGoldenTest, Fp32FirstStepLogitsMatchTransformers) {
   auto model = load(DType::F32);
-  const Tensor logits = first_step_logits(*model, golden_);
-  ASSERT_EQ(logits.shape(), golden_.first_step_logits.shape());
-  const int64_t vocab = logits.dim(1);
-  for (int64_t b = 0; b < logits.dim(0); ++b)
-    EXPECT_LE(
-        relative_error(logits.data<float>() + b * vocab, golden_.first_step_logits.data<float>() + b * vocab, vocab),
-        1e-4)
-        << "source " << b;
+  expect_first_step_logits_match(golden_, first_step_logits(*model, golden_));
 }
 
 TEST_P(CudaGoldenTest, Fp32TokensMatchTransformers) {

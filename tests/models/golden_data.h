@@ -3,6 +3,8 @@
 // The golden checkpoints under tests/goldens (tools/goldens/make_goldens.py, transformers on the GPU machine):
 // random-weight models with their inputs, transformers' encoder outputs, first-step logits and generate() outputs.
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -73,6 +75,39 @@ inline double relative_error(const float* actual, const float* expected, int64_t
     scale = std::max(scale, std::abs(static_cast<double>(expected[i])));
   }
   return diff / std::max(scale, 1e-30);
+}
+
+// The model's next-token logits for every source at the first decoder step, as a CPU tensor.
+inline Tensor first_step_logits(EncoderDecoderModel& model, const Golden& golden) {
+  const EncoderOutput encoded = model.encode(golden.sources);
+  auto state = model.start_decoding(encoded, 1, 1);
+  const std::vector<int32_t> start(golden.sources.size(), model.special_tokens().decoder_start);
+  return model.step(*state, start).to(Device::CPU);
+}
+
+// Each source's packed encoder states and first-step logits against transformers' within the fp32 budget (1e-4 of
+// the largest magnitude), on any device.
+inline void expect_encoder_output_matches(const Golden& golden, const EncoderOutput& encoded) {
+  const Tensor hidden = encoded.hidden.to(Device::CPU);
+  const int64_t padded = golden.encoder_output.dim(1);
+  const int64_t d_model = golden.encoder_output.dim(2);
+  ASSERT_EQ(hidden.dim(1), d_model);
+  for (size_t b = 0; b < golden.sources.size(); ++b) {
+    const int64_t length = encoded.offsets[b + 1] - encoded.offsets[b];
+    const float* actual = hidden.data<float>() + encoded.offsets[b] * d_model;
+    const float* expected = golden.encoder_output.data<float>() + static_cast<int64_t>(b) * padded * d_model;
+    EXPECT_LE(relative_error(actual, expected, length * d_model), 1e-4) << "source " << b;
+  }
+}
+
+inline void expect_first_step_logits_match(const Golden& golden, const Tensor& logits) {
+  ASSERT_EQ(logits.shape(), golden.first_step_logits.shape());
+  const int64_t vocab = logits.dim(1);
+  for (int64_t b = 0; b < logits.dim(0); ++b)
+    EXPECT_LE(
+        relative_error(logits.data<float>() + b * vocab, golden.first_step_logits.data<float>() + b * vocab, vocab),
+        1e-4)
+        << "source " << b;
 }
 
 // Greedy (beam_size 1) or beam search over the golden's sources, in batches of batch_size (0: one batch).

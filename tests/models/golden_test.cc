@@ -33,30 +33,11 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(GoldenTest, EncoderOutputMatchesTransformers) {
-  const EncoderOutput encoded = model_->encode(golden_.sources);
-  const int64_t padded = golden_.encoder_output.dim(1);
-  const int64_t d_model = golden_.encoder_output.dim(2);
-  ASSERT_EQ(encoded.hidden.dim(1), d_model);
-  for (size_t b = 0; b < golden_.sources.size(); ++b) {
-    const int64_t length = encoded.offsets[b + 1] - encoded.offsets[b];
-    const float* actual = encoded.hidden.data<float>() + encoded.offsets[b] * d_model;
-    const float* expected = golden_.encoder_output.data<float>() + static_cast<int64_t>(b) * padded * d_model;
-    EXPECT_LE(relative_error(actual, expected, length * d_model), 1e-4) << "source " << b;
-  }
+  expect_encoder_output_matches(golden_, model_->encode(golden_.sources));
 }
 
 TEST_P(GoldenTest, FirstStepLogitsMatchTransformers) {
-  const EncoderOutput encoded = model_->encode(golden_.sources);
-  auto state = model_->start_decoding(encoded, 1, 1);
-  const std::vector<int32_t> start(golden_.sources.size(), model_->special_tokens().decoder_start);
-  const Tensor logits = model_->step(*state, start);
-  ASSERT_EQ(logits.shape(), golden_.first_step_logits.shape());
-  const int64_t vocab = logits.dim(1);
-  for (int64_t b = 0; b < logits.dim(0); ++b)
-    EXPECT_LE(
-        relative_error(logits.data<float>() + b * vocab, golden_.first_step_logits.data<float>() + b * vocab, vocab),
-        1e-4)
-        << "source " << b;
+  expect_first_step_logits_match(golden_, first_step_logits(*model_, golden_));
 }
 
 TEST_P(GoldenTest, GreedyTokensMatchTransformers) { EXPECT_EQ(run(1, true), golden_.expected("greedy")); }

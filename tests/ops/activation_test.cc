@@ -17,20 +17,6 @@ using ops::Activation;
 using testref::close_elementwise;
 using testref::to_double;
 
-double reference(Activation activation, double x) {
-  switch (activation) {
-    case Activation::ReLU:
-      return x > 0.0 ? x : 0.0;
-    case Activation::Gelu:  // exact GELU: x * Phi(x)
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case Activation::GeluNew:  // transformers' NewGELUActivation
-      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    case Activation::Silu:
-      return x / (1.0 + std::exp(-x));
-  }
-  return NAN;
-}
-
 // Inputs: random values over the interesting range, plus fixed points in the tails and around 0.
 Tensor make_inputs(std::mt19937& rng, int64_t random_count) {
   std::vector<float> values = {0.0f, -0.0f, 1.0f,  -1.0f,  0.5f,  -0.5f,  3.0f,   -3.0f,   1e-6f, -1e-6f,
@@ -47,7 +33,7 @@ Tensor make_inputs(std::mt19937& rng, int64_t random_count) {
 ::testing::AssertionResult check(Activation activation, const Tensor& x, const Tensor& y) {
   const std::vector<double> xv = to_double(x);
   std::vector<double> ref(xv.size());
-  for (size_t i = 0; i < xv.size(); ++i) ref[i] = reference(activation, xv[i]);
+  for (size_t i = 0; i < xv.size(); ++i) ref[i] = testref::activate(activation, xv[i]);
   return close_elementwise(
       y, ref, [&](size_t i) { return 8.0 * testref::kFloatEps * (std::abs(ref[i]) + std::abs(xv[i])) + 1e-37; });
 }

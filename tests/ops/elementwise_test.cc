@@ -17,18 +17,8 @@ namespace {
 
 using testref::random_tensor;
 
-// The raw 16-bit patterns of an F16 or BF16 CPU tensor.
-std::vector<uint16_t> bits_of(const Tensor& t) {
-  std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
-  if (t.numel()) std::memcpy(bits.data(), t.raw(), t.nbytes());
-  return bits;
-}
-
-Tensor half_tensor(DType dtype, const std::vector<uint16_t>& bits, const Shape& shape) {
-  Tensor t = Tensor::empty(shape, dtype);
-  if (t.numel()) std::memcpy(t.raw(), bits.data(), t.nbytes());
-  return t;
-}
+using testref::bits_of;
+using testref::half_tensor;
 
 // Sizes on both sides of the parallel threshold (65536 elements).
 const std::vector<Shape> kShapes = {{1}, {4, 9}, {3, 5, 7}, {300, 301}};

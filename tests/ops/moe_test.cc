@@ -18,6 +18,7 @@ namespace elephant {
 namespace {
 
 using ops::Activation;
+using testref::activate;
 using testref::random_tensor;
 using testref::to_double;
 
@@ -391,20 +392,6 @@ TEST(MoeTest, SortByExpertRejectsMismatchedShapes) {
   EXPECT_THROW(ops::sort_by_expert(expert, 3, wide_rows, offsets), std::invalid_argument);
   const Tensor float_expert = Tensor::zeros({4});
   EXPECT_THROW(ops::sort_by_expert(float_expert, 3, rows, offsets), std::invalid_argument);
-}
-
-double activate(Activation activation, double x) {
-  switch (activation) {
-    case Activation::ReLU:
-      return x > 0.0 ? x : 0.0;
-    case Activation::Gelu:
-      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case Activation::GeluNew:
-      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-    case Activation::Silu:
-      return x / (1.0 + std::exp(-x));
-  }
-  return NAN;
 }
 
 // out[i] = act(a[i] · weights[e]^T + bias[e]) for the rows i of expert e; rows from offsets[experts] on are

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/activation.h"
 
 namespace elephant::testref {
 
@@ -28,6 +29,35 @@ inline Tensor random_tensor(const Shape& shape, std::mt19937& rng, float lo = -1
   std::uniform_real_distribution<float> dist(lo, hi);
   float* data = t.numel() ? t.data<float>() : nullptr;
   for (int64_t i = 0; i < t.numel(); ++i) data[i] = dist(rng);
+  return t;
+}
+
+// The activations in double precision: ReLU, exact GELU (x * Phi(x)), transformers' NewGELUActivation (tanh
+// approximation), SiLU.
+inline double activate(ops::Activation activation, double x) {
+  switch (activation) {
+    case ops::Activation::ReLU:
+      return x > 0.0 ? x : 0.0;
+    case ops::Activation::Gelu:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case ops::Activation::GeluNew:
+      return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    case ops::Activation::Silu:
+      return x / (1.0 + std::exp(-x));
+  }
+  return NAN;
+}
+
+// The raw 16-bit patterns of an F16 or BF16 CPU tensor, and a tensor made of such patterns.
+inline std::vector<uint16_t> bits_of(const Tensor& t) {
+  std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
+  if (t.numel()) std::memcpy(bits.data(), t.raw(), t.nbytes());
+  return bits;
+}
+
+inline Tensor half_tensor(DType dtype, const std::vector<uint16_t>& bits, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, dtype);
+  if (t.numel()) std::memcpy(t.raw(), bits.data(), t.nbytes());
   return t;
 }
 

@@ -242,12 +242,12 @@ def fetch(pkgs, debdir):
         with open(p, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest() == sha
 
-    todo = [p for p in pkgs if not ok(want[p][0], want[p][2])]
-    if todo:
-        print(f"downloading {len(todo)} package(s) ...", flush=True)
-        subprocess.run(["apt-get", "download"] + todo, cwd=debdir, check=True,
+    missing = [p for p in pkgs if not ok(want[p][0], want[p][2])]
+    if missing:
+        print(f"downloading {len(missing)} package(s) ...", flush=True)
+        subprocess.run(["apt-get", "download"] + missing, cwd=debdir, check=True,
                        stdout=subprocess.DEVNULL)
-        bad = [p for p in todo if not ok(want[p][0], want[p][2])]
+        bad = [p for p in missing if not ok(want[p][0], want[p][2])]
         if bad:
             sys.exit(f"checksum mismatch after download: {bad}")
     return {p: (os.path.join(debdir, want[p][0]), want[p][1], want[p][2]) for p in pkgs}
