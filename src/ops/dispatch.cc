@@ -37,6 +37,17 @@ void check_dtype(const std::string& op, const Tensor& t, DType dtype, const char
   if (t.dtype() != dtype) fail(op, std::string(name) + " must be " + dtype_name(dtype) + ", got " + describe(t));
 }
 
+// On the CPU the index arrays can be checked before anything is written; on a device they are trusted (reading
+// them would synchronize) and the kernels skip or zero what falls outside. The position of the first index
+// outside [0, limit) among the first `count`, or -1.
+int64_t first_index_outside(const Tensor& indices, int64_t count, int64_t limit) {
+  if (indices.device() != Device::CPU) return -1;
+  const int32_t* index = indices.data<int32_t>();
+  for (int64_t i = 0; i < count; ++i)
+    if (index[i] < 0 || index[i] >= limit) return i;
+  return -1;
+}
+
 #ifdef ELEPHANT_WITH_CUDA
 #define ELEPHANT_DISPATCH(device, call) return (device) == Device::CUDA ? cuda::call : cpu::call
 #else
@@ -154,6 +165,9 @@ void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out) {
           shape_numel(Shape(x.shape().begin() + 1, x.shape().end())))
     fail("gather_rows", "x " + describe(x) + ", rows " + describe(rows) + ", out " + describe(out));
   if (out.numel() == 0) return;
+  if (const int64_t bad = first_index_outside(rows, out.dim(0), x.dim(0)); bad >= 0)
+    throw std::out_of_range("gather_rows: row " + std::to_string(rows.data<int32_t>()[bad]) + " outside [0, " +
+                            std::to_string(x.dim(0)) + ")");
   ELEPHANT_DISPATCH(x.device(), gather_rows(x, rows, out));
 }
 
@@ -166,6 +180,9 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
     fail("gather_cache_rows", "cache " + describe(cache) + ", rows " + describe(rows) + ", " + std::to_string(steps) +
                                   " steps, out " + describe(out));
   if (out.dim(0) == 0 || steps == 0 || cache.dim(2) == 0) return;
+  if (const int64_t bad = first_index_outside(rows, out.dim(0), cache.dim(0)); bad >= 0)
+    throw std::out_of_range("gather_cache_rows: row " + std::to_string(rows.data<int32_t>()[bad]) + " of " +
+                            std::to_string(cache.dim(0)));
   ELEPHANT_DISPATCH(cache.device(), gather_cache_rows(cache, rows, steps, out));
 }
 
@@ -178,11 +195,9 @@ void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) 
     fail("write_cache_step",
          "values " + describe(values) + " at slots " + describe(slots) + " into " + describe(cache));
   if (values.numel() == 0) return;
-  if (cache.device() == Device::CPU)
-    for (int64_t r = 0; r < values.dim(0); ++r)
-      if (slots.data<int32_t>()[r] < 0 || slots.data<int32_t>()[r] >= cache.dim(1))
-        fail("write_cache_step", "slot " + std::to_string(slots.data<int32_t>()[r]) + " of row " + std::to_string(r) +
-                                     " outside " + describe(cache));
+  if (const int64_t bad = first_index_outside(slots, values.dim(0), cache.dim(1)); bad >= 0)
+    fail("write_cache_step", "slot " + std::to_string(slots.data<int32_t>()[bad]) + " of row " + std::to_string(bad) +
+                                 " outside " + describe(cache));
   ELEPHANT_DISPATCH(values.device(), write_cache_step(values, slots, cache));
 }
 
@@ -359,10 +374,9 @@ void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor
     if (count < 0 || count > y.dim(0))
       fail("scatter_scaled_add",
            "offsets end at " + std::to_string(count) + " of " + std::to_string(y.dim(0)) + " rows");
-    for (int64_t i = 0; i < count; ++i)
-      if (sorted_rows.data<int32_t>()[i] < 0 || sorted_rows.data<int32_t>()[i] >= y.dim(0))
-        fail("scatter_scaled_add",
-             "row " + std::to_string(sorted_rows.data<int32_t>()[i]) + " out of range of " + describe(hidden));
+    if (const int64_t bad = first_index_outside(sorted_rows, count, y.dim(0)); bad >= 0)
+      fail("scatter_scaled_add",
+           "row " + std::to_string(sorted_rows.data<int32_t>()[bad]) + " out of range of " + describe(hidden));
   }
   ELEPHANT_DISPATCH(y.device(), scatter_scaled_add(y, sorted_rows, probability, offsets, hidden));
 }
