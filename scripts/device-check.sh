@@ -51,9 +51,10 @@ if [[ $stages == *" tests "* ]]; then
   echo "== tests"
   grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Exception|Not Run|Timeout" "$logs/ctest.log" | head -30
   # On the GPU machine nothing may be skipped: a skipped GPU suite would mean it never ran.
-  if grep -q "Skipped" "$logs/ctest.log"; then
+  # ctest prints a skipped test's status as "***Skipped" (test names may contain the word too).
+  if grep -q '\*\*\*Skipped' "$logs/ctest.log"; then
     echo "!! skipped tests on the GPU machine:"
-    grep -B1 "Skipped" "$logs/ctest.log" | head -10
+    grep '\*\*\*Skipped' "$logs/ctest.log" | head -10
     status=1
   fi
 fi

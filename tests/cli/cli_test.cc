@@ -105,8 +105,9 @@ TEST(Cli, UnknownTargetLanguageIsAnError) {
   EXPECT_NE(o.err.find("<2xx>"), std::string::npos) << o.err;
 }
 
-// With every GPU hidden (so that this runs the same on the GPU machine and without one).
-TEST(Cli, CudaWithoutAGpuOrBackendIsAUsageError) {
+// With every GPU hidden (so that this runs the same on the GPU machine and without one). Not named *Cuda*: it is
+// no GPU test, and compute-sanitizer (which runs the *Cuda* tests) shows its GPUs to child processes anyway.
+TEST(Cli, GpuDeviceWithEveryGpuHiddenIsAUsageError) {
   const Outcome o =
       run_cli("translate --model " + golden_model() + " --device cuda", "Save\n", "CUDA_VISIBLE_DEVICES= ");
   EXPECT_EQ(o.exit_code, 2);
