@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   CLI::App app{"elephant: Table 3 throughput (input tokens/s) with forced output length"};
   std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path;
   int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
+  bool no_cuda_graphs = false;
   app.add_option("model_dir", model_dir)->required();
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
@@ -44,11 +45,16 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup)->check(CLI::Range(0, 100));
   app.add_option("--seed", seed);
   app.add_option("--json", json_path);
+  app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     using namespace elephant;
-    Translator translator(model_dir, {parse_device_request(device), parse_compute_type(dtype)});
+    TranslatorOptions translator_options;
+    translator_options.device = parse_device_request(device);
+    translator_options.compute_type = parse_compute_type(dtype);
+    translator_options.cuda_graphs = !no_cuda_graphs;
+    Translator translator(model_dir, translator_options);
     const int vocab = static_cast<int>(translator.info().vocab_size);
     std::mt19937 rng(static_cast<unsigned>(seed));
     std::uniform_int_distribution<int> token(3, vocab - 1);  // no pad (0), eos (1) or unk (2) inside a source
@@ -91,10 +97,14 @@ int main(int argc, char** argv) {
       }
     }
     if (!json_path.empty())
-      std::ofstream(json_path) << nlohmann::json{{"model", model_dir},       {"device", device},
-                                                 {"dtype", dtype},           {"input_length", input_length},
-                                                 {"new_tokens", new_tokens}, {"rows", rows}}
-                                      .dump(1);
+      std::ofstream(json_path) << nlohmann::json{
+          {"model", model_dir},
+          {"device", device},
+          {"dtype", dtype},
+          {"input_length", input_length},
+          {"new_tokens", new_tokens},
+          {"cuda_graphs", !no_cuda_graphs},
+          {"rows", rows}}.dump(1);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_translate: %s\n", e.what());
     return 1;

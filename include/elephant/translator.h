@@ -13,7 +13,8 @@ namespace elephant {
 struct TranslatorOptions {
   DeviceRequest device = DeviceRequest::Auto;  // Auto: CUDA when a GPU is present, else the CPU
   ComputeType compute_type = ComputeType::Auto;
-  int num_threads = 0;  // CPU threads; 0: all cores
+  int num_threads = 0;      // CPU threads; 0: all cores
+  bool cuda_graphs = true;  // replay decode steps from CUDA graphs (false: launch them kernel by kernel)
 };
 
 struct TranslationOptions {

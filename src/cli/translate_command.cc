@@ -20,6 +20,7 @@ struct TranslateFlags {
   int threads = 0;
   TranslationOptions options;
   bool no_pruning = false;
+  bool no_cuda_graphs = false;
 };
 
 std::vector<std::string> read_lines(std::istream& in) {
@@ -44,6 +45,7 @@ int run_translate(const TranslateFlags& flags) {
   translator_options.device = parse_device_request(flags.device);
   translator_options.compute_type = parse_compute_type(flags.dtype);
   translator_options.num_threads = flags.threads;
+  translator_options.cuda_graphs = !flags.no_cuda_graphs;
   TranslationOptions options = flags.options;
   options.prune_finished = !flags.no_pruning;
 
@@ -109,6 +111,8 @@ Runner add_translate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   cmd->add_flag("--no-pruning", flags->no_pruning, "Keep finished sentences in the batch (for testing)");
+  cmd->add_flag("--no-cuda-graphs", flags->no_cuda_graphs,
+                "Launch each decode step kernel by kernel instead of replaying CUDA graphs (for testing)");
   return [flags] { return run_translate(*flags); };
 }
 

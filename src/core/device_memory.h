@@ -16,8 +16,8 @@ void device_fill_zero(void* destination, Device device, size_t bytes);
 // Waits until the device has finished all work queued by this thread.
 void device_synchronize(Device device);
 
-// Bytes of CUDA memory the engine holds (every tensor comes from one stream-ordered pool) and the most it held
-// since the last reset. Zero without CUDA.
+// Bytes of CUDA memory the engine holds (every tensor comes from one stream-ordered pool; replayed decode steps
+// keep their temporaries in CUDA graph memory) and the most it held since the last reset. Zero without CUDA.
 struct DeviceMemoryUsage {
   size_t current_bytes = 0;
   size_t peak_bytes = 0;

@@ -17,6 +17,13 @@ std::vector<std::vector<int32_t>> generate(EncoderDecoderModel& model, const Enc
   return options.beam_size == 1 ? greedy_search(model, encoded, options) : beam_search(model, encoded, options);
 }
 
+int64_t batch_bucket(int64_t rows) {
+  if (rows <= 2) return std::max<int64_t>(rows, 0);
+  int64_t power = 2;
+  while (power * 2 < rows) power *= 2;  // power < rows <= 2 * power
+  return rows <= power + power / 2 ? power + power / 2 : 2 * power;
+}
+
 // Tokens, finished flags and each row's generated ids live on the model's device; per step only the finished flags
 // come back (one byte a row), and a sentence's ids when it is done.
 std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
@@ -28,7 +35,8 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
   auto state = model.start_decoding(encoded, 1, options.max_length);
   const Device device = state->device();
 
-  std::vector<int32_t> row_to_source(static_cast<size_t>(sources));  // the source each live row decodes
+  // The source each row decodes; -1: a finished row kept in the batch as padding, its result already reported.
+  std::vector<int32_t> row_to_source(static_cast<size_t>(sources));
   std::iota(row_to_source.begin(), row_to_source.end(), 0);
   Tensor tokens =
       Tensor::from_vector(std::vector<int32_t>(row_to_source.size(), special.decoder_start), {sources}, device);
@@ -53,6 +61,9 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
     }
   };
 
+  // With CUDA graphs the batch shrinks in buckets (each new row count costs a capture): finished rows stay in it,
+  // inactive, until the live ones fit a smaller bucket. Without graphs it shrinks as soon as a row finishes.
+  const bool bucketed = device == Device::CUDA;
   uint64_t finished_before = 0;
   for (int step = 0; step < options.max_length; ++step) {
     // The argmax (first maximum) and the bookkeeping run on the model's device.
@@ -66,39 +77,55 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
 
     const std::vector<uint8_t> done = finished.to_vector<uint8_t>();
     const auto done_count = static_cast<uint64_t>(std::count(done.begin(), done.end(), uint8_t{1}));
-    if (done_count == done.size() || step + 1 == options.max_length) {
-      std::vector<int32_t> all(done.size());
-      std::iota(all.begin(), all.end(), 0);
-      collect(all);
-      break;
-    }
-    if (done_count == finished_before) continue;
+    const bool last = done_count == done.size() || step + 1 == options.max_length;
+    if (!last && done_count == finished_before) continue;
     finished_before = done_count;
-    if (!options.prune_finished) {  // finished rows idle in the batch: no expert work, pad as input (transformers)
+    // The rows that finished since the last look (or every row still owing its result, at the end) report now;
+    // a row that stays in the batch afterwards is padding (source -1).
+    std::vector<int32_t> report;
+    for (size_t r = 0; r < done.size(); ++r)
+      if (row_to_source[r] >= 0 && (done[r] || last)) report.push_back(static_cast<int32_t>(r));
+    collect(report);
+    if (last) break;
+    for (int32_t r : report) row_to_source[r] = -1;
+
+    const auto live = static_cast<int64_t>(done.size() - done_count);
+    const int64_t target = options.prune_finished ? (bucketed ? batch_bucket(live) : live) : rows;
+    if (target >= rows) {  // finished rows idle in the batch: no expert work, pad as input (transformers)
       std::vector<uint8_t> active(done.size());
       for (size_t r = 0; r < done.size(); ++r) active[r] = done[r] ? 0 : 1;
       state->set_active_rows(active);
       continue;
     }
-    std::vector<int32_t> keep, drop;
-    for (size_t r = 0; r < done.size(); ++r) (done[r] ? drop : keep).push_back(static_cast<int32_t>(r));
-    collect(drop);
+    // Keep the live rows and, as padding up to the bucket, the first finished ones.
+    std::vector<int32_t> keep;
+    int64_t padding = target - live;
+    for (size_t r = 0; r < done.size(); ++r) {
+      if (done[r] && padding == 0) continue;
+      if (done[r]) --padding;
+      keep.push_back(static_cast<int32_t>(r));
+    }
     state->select_rows(keep);
-    const auto live = static_cast<int64_t>(keep.size());
-    const Tensor kept_rows = Tensor::from_vector(keep, {live}, device);
+    const auto kept = static_cast<int64_t>(keep.size());
+    const Tensor kept_rows = Tensor::from_vector(keep, {kept}, device);
     const auto compact = [&](Tensor& t, const Shape& shape) {
       Tensor out = Tensor::empty(shape, t.dtype(), device);
       ops::gather_rows(t, kept_rows, out);
       t = out;
     };
-    compact(tokens, {live});
-    compact(finished, {live});
-    compact(lengths, {live});
-    compact(history, {live, options.max_length});
-    std::vector<int32_t> live_sources;
-    for (int32_t r : keep) live_sources.push_back(row_to_source[r]);
-    row_to_source = std::move(live_sources);
-    finished_before = 0;
+    compact(tokens, {kept});
+    compact(finished, {kept});
+    compact(lengths, {kept});
+    compact(history, {kept, options.max_length});
+    std::vector<int32_t> kept_sources;
+    std::vector<uint8_t> active;
+    for (int32_t r : keep) {
+      kept_sources.push_back(row_to_source[r]);
+      active.push_back(done[r] ? 0 : 1);
+    }
+    row_to_source = std::move(kept_sources);
+    state->set_active_rows(active);
+    finished_before = static_cast<uint64_t>(kept - live);
   }
   return results;
 }

@@ -21,6 +21,10 @@ struct SearchOptions {
 std::vector<std::vector<int32_t>> generate(EncoderDecoderModel& model, const EncoderOutput& encoded,
                                            const SearchOptions& options);
 
+// The decoder batch sizes a search compacts to when decode steps are replayed from CUDA graphs (one capture per
+// size): 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5 times them), the smallest one >= rows.
+int64_t batch_bucket(int64_t rows);
+
 std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
                                                 const SearchOptions& options);
 std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const EncoderOutput& encoded,

@@ -91,17 +91,24 @@ void DecoderState::select_rows(const std::vector<int32_t>& rows) {
   self_layout_slots_ = -1;
   cross_layout_built_ = false;
   active_ = Tensor();
+  ++version_;
 }
 
 void DecoderState::set_active_rows(const std::vector<uint8_t>& active) {
   if (static_cast<int64_t>(active.size()) != rows())
     throw std::invalid_argument("DecoderState::set_active_rows: " + std::to_string(active.size()) + " flags for " +
                                 std::to_string(rows()) + " rows");
+  const bool was_defined = active_.defined();
   if (std::all_of(active.begin(), active.end(), [](uint8_t a) { return a != 0; })) {
     active_ = Tensor();
-    return;
+  } else {
+    // Written into a buffer kept for the decode: new flags for the same rows leave a recorded step valid.
+    if (!active_storage_.defined() || active_storage_.dim(0) < rows())
+      active_storage_ = Tensor::empty({rows()}, DType::U8, device_);
+    active_ = active_storage_.narrow(0, rows());
+    active_.copy_from(Tensor::from_vector(active, {rows()}));
   }
-  active_ = Tensor::from_vector(active, {rows()}, device_);
+  if (active_.defined() != was_defined) ++version_;
 }
 
 void DecoderState::reserve_next_step() {
@@ -116,7 +123,14 @@ void DecoderState::reserve_next_step() {
     const int64_t grown = std::min<int64_t>(max_steps_, std::max<int64_t>(16, 2 * slots));
     layer.self_keys = copy_cache_rows(layer.self_keys, all_rows, steps_done_, grown);
     layer.self_values = copy_cache_rows(layer.self_values, all_rows, steps_done_, grown);
+    ++version_;
   }
+}
+
+void DecoderState::prepare_step() {
+  reserve_next_step();
+  self_attention_layout();
+  cross_attention_layout();
 }
 
 void DecoderState::store_step(Layer& layer, const Tensor& keys, const Tensor& values) {
@@ -141,8 +155,7 @@ const ops::AttentionLayout& DecoderState::cross_attention_layout() {
   return cross_layout_;
 }
 
-void DecoderState::advance() {
-  ++steps_done_;
+void DecoderState::advance_positions() {
   if (self_layout_slots_ >= 0 && rows() > 0) {
     ops::add_scalar(self_layout_.key_length, 1);
     ops::add_scalar(self_layout_.query_position, 1);
@@ -163,6 +176,7 @@ void DecoderState::build_self_layout(int64_t slots) {
       ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_, self_storage_);
   self_layout_.max_keys = std::max<int64_t>(self_layout_.max_keys, slots);
   self_layout_slots_ = slots;
+  ++version_;
 }
 
 void DecoderState::build_cross_layout() {
@@ -178,10 +192,39 @@ void DecoderState::build_cross_layout() {
   cross_layout_ =
       ops::AttentionLayout::from_host(query_begin, key_begin, key_length, query_position, device_, cross_storage_);
   cross_layout_built_ = true;
+  ++version_;
 }
 
 Tensor EncoderDecoderModel::step(DecoderState& state, const std::vector<int32_t>& tokens) {
   return step(state, layers::token_ids(tokens, special_tokens().vocab_size, state.device()));
+}
+
+void DecoderState::reorder_rows(const Tensor& parents) {
+  if (!parents.defined() || parents.dtype() != DType::I32 || parents.device() != device_ ||
+      parents.shape() != Shape{rows()})
+    throw std::invalid_argument("DecoderState::reorder_rows: parents " +
+                                (parents.defined() ? dtype_name(parents.dtype()) + shape_string(parents.shape()) + "@" +
+                                                         to_string(parents.device())
+                                                   : std::string("undefined")) +
+                                " for " + std::to_string(rows()) + " rows on " + to_string(device_));
+  if (device_ == Device::CPU)
+    for (int64_t r = 0; r < rows(); ++r) {
+      const int32_t parent = parents.data<int32_t>()[r];
+      if (parent < 0 || parent >= rows() || row_source_[parent] != row_source_[r])
+        throw std::out_of_range("DecoderState::reorder_rows: row " + std::to_string(r) + " of source " +
+                                std::to_string(row_source_[r]) + " continues row " + std::to_string(parent) + " of " +
+                                std::to_string(rows()) + ", not a row of that source");
+    }
+  if (steps_done_ == 0 || rows() == 0 || layers_.empty()) return;
+  // The self layout's query_begin is 0..rows (one query per row): the identity that copies the reordered slots
+  // back, already on the device.
+  const Tensor& in_place = self_attention_layout().query_begin;
+  for (Layer& layer : layers_)
+    for (Tensor* cache : {&layer.self_keys, &layer.self_values}) {
+      Tensor reordered = Tensor::empty({rows(), steps_done_, cache->dim(2)}, cache->dtype(), device_);
+      ops::gather_cache_rows(*cache, parents, steps_done_, reordered);
+      ops::gather_cache_rows(reordered, in_place, steps_done_, *cache);
+    }
 }
 
 }  // namespace elephant

@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/cuda_graph.h"
 #include "core/tensor.h"
 #include "elephant/model_info.h"
 #include "ops/attention.h"
@@ -22,6 +23,7 @@ struct SpecialTokens {
 struct ModelOptions {
   Device device = Device::CPU;
   DType dtype = DType::F32;
+  bool cuda_graphs = true;  // on CUDA, decode steps are replayed from CUDA graphs; false: launched kernel by kernel
 };
 
 // Encoder states of a batch of sources, packed token-major without padding: source i owns the rows
@@ -53,9 +55,16 @@ class DecoderState {
   // A source that no kept row refers to is dropped and the cross-attention memory compacted. Caches, memory and
   // layouts stay in their buffers (the first rows of them), so their addresses do not change.
   void select_rows(const std::vector<int32_t>& rows);
+  // Reorders beams within their sources: new row i continues old row parents[i] (parents: I32 [rows()] on the
+  // state's device, with row_source()[parents[i]] == row_source()[i], checked on the CPU only). Only the written
+  // self-attention cache slots move, within their buffers; sources, memory, layouts and activity stay as they are.
+  void reorder_rows(const Tensor& parents);
   // Makes room in the self-attention caches for one more step, growing them geometrically: most
   // sentences stop long before max_steps, so the caches are not sized for it up front.
   void reserve_next_step();
+  // The host's part before a step: room in the caches and the layouts on the device, so that the step itself
+  // only launches work (and can be recorded in a CUDA graph).
+  void prepare_step();
   // Writes this step's keys and values, [rows, heads * head_dim], into each row's slot of the layer's cache (the
   // slot comes from the self-attention layout, on the device).
   void store_step(Layer& layer, const Tensor& keys, const Tensor& values);
@@ -65,8 +74,14 @@ class DecoderState {
   // the device, so that a step needs no layout from the host.
   const ops::AttentionLayout& self_attention_layout();
   const ops::AttentionLayout& cross_attention_layout();
-  // One step done: steps_done + 1, and every row's self-attention position + 1 on the device.
-  void advance();
+  // One step done: every row's self-attention position + 1 on the device (part of the recorded step), and
+  // steps_done + 1 on the host (not part of it). advance() does both.
+  void advance_positions();
+  void finish_step() { ++steps_done_; }
+  void advance() {
+    advance_positions();
+    finish_step();
+  }
   // Rows whose sentence is finished but that stay in the batch (no pruning, or until the next compaction): the
   // model gives their MoE rows the expert id past the last one, so that no expert GEMM touches them. One flag
   // per row (0: finished); select_rows() makes every row active again.
@@ -78,7 +93,23 @@ class DecoderState {
   Tensor self_attention_bias;
   int self_attention_bias_max_offset = 0;
 
+  // Changes whenever something a recorded step reads moves or changes shape (rows selected, caches grown,
+  // layouts rebuilt, the active flags appearing or going): a step graph is valid for one version.
+  uint64_t version() const { return version_; }
+
  private:
+  friend class EncoderDecoderModel;
+  // This decode's recorded step: replayed while the state's version is the one it was captured at, so it is
+  // captured once per batch bucket (the rows change only when the search compacts the batch).
+  struct StepGraph {
+    CudaGraph graph;
+    Tensor tokens;  // I32 [rows]: the step's input, copied in before a replay
+    Tensor logits;  // F32 [rows, vocab]: its output
+    uint64_t version = 0;
+  };
+  StepGraph step_graph_;
+  uint64_t version_ = 1;
+
   std::vector<int64_t> source_offsets_;
   std::vector<int32_t> row_source_;
   std::vector<Layer> layers_;
@@ -91,6 +122,7 @@ class DecoderState {
   ops::AttentionLayout self_layout_, cross_layout_;
   ops::AttentionLayout self_storage_, cross_storage_;  // the arrays behind the layouts, kept for the decode
   Tensor active_;                                      // undefined: every row is active
+  Tensor active_storage_;                              // the buffer behind active_, kept for the decode
   int64_t self_layout_slots_ = -1;                     // the cache slots the self layout was built for; -1: not built
   bool cross_layout_built_ = false;
 };
@@ -102,17 +134,25 @@ class EncoderDecoderModel {
 
   virtual const SpecialTokens& special_tokens() const = 0;
   virtual const ModelInfo& info() const = 0;
+  virtual const ModelOptions& options() const = 0;
 
   // Each source is a list of token ids (ending with EOS).
   virtual EncoderOutput encode(const std::vector<std::vector<int32_t>>& sources) = 0;
   // Prepares `rows_per_source` decoder rows per source (beams) for at most `max_steps` steps.
   virtual std::unique_ptr<DecoderState> start_decoding(const EncoderOutput& encoded, int rows_per_source,
                                                        int max_steps) = 0;
-  // Feeds one token per live row and returns next-token logits, F32 [rows, vocab] on the model's device.
-  // tokens: I32 [rows] on the model's device (ids are not checked there: the search produced them).
-  virtual Tensor step(DecoderState& state, const Tensor& tokens) = 0;
+  // Feeds one token per live row and returns next-token logits, F32 [rows, vocab] on the model's device, valid
+  // until the state's next step (on CUDA they live in the step graph's buffer). tokens: I32 [rows] on the model's
+  // device (ids are not checked there: the search produced them).
+  Tensor step(DecoderState& state, const Tensor& tokens);
   // The same from host ids, checked against the vocabulary.
   Tensor step(DecoderState& state, const std::vector<int32_t>& tokens);
+
+ protected:
+  // The device work of one step after state.prepare_step(): reads tokens, writes logits and the caches, moves the
+  // positions (state.advance_positions()). It must only queue work on the stream (no host copies or
+  // synchronization, no allocation that outlives it) so that it can be recorded once and replayed.
+  virtual void compute_step(DecoderState& state, const Tensor& tokens, Tensor& logits) = 0;
 };
 
 // Reads config.json's model_type and builds the matching architecture from the directory's checkpoint.

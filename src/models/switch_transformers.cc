@@ -315,13 +315,7 @@ std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const Enco
   return state;
 }
 
-Tensor SwitchTransformersModel::step(DecoderState& state, const Tensor& tokens) {
-  const int64_t rows = state.rows();
-  if (tokens.shape() != Shape{rows} || tokens.dtype() != DType::I32 || tokens.device() != options_.device)
-    throw std::invalid_argument("step: tokens " + dtype_name(tokens.dtype()) + shape_string(tokens.shape()) + "@" +
-                                to_string(tokens.device()) + " for " + std::to_string(rows) + " rows on " +
-                                to_string(options_.device));
-  state.reserve_next_step();
+void SwitchTransformersModel::compute_step(DecoderState& state, const Tensor& tokens, Tensor& logits) {
   const ops::AttentionLayout& self_layout = state.self_attention_layout();
   const ops::AttentionLayout& cross_layout = state.cross_attention_layout();
   ops::AttentionArgs self_args;
@@ -351,10 +345,8 @@ Tensor SwitchTransformersModel::step(DecoderState& state, const Tensor& tokens) 
     // transformers rescales before the tied projection (Mesh TensorFlow's convention).
     ops::scale_in_place(output, static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5)));
   }
-  state.advance();
-  Tensor logits = Tensor::empty({rows, config_.vocab_size}, DType::F32, options_.device);
+  state.advance_positions();
   ops::gemm(output, lm_head_, logits);
-  return logits;
 }
 
 }  // namespace elephant

@@ -52,6 +52,7 @@ class SwitchTransformersModel final : public EncoderDecoderModel {
 
   const SpecialTokens& special_tokens() const override { return special_tokens_; }
   const ModelInfo& info() const override { return info_; }
+  const ModelOptions& options() const override { return options_; }
   const SwitchTransformersConfig& config() const { return config_; }
   // Architecture summary from the config and the checkpoint's metadata, without loading weights.
   static ModelInfo describe(const SwitchTransformersConfig& config, const Checkpoint& checkpoint);
@@ -59,8 +60,9 @@ class SwitchTransformersModel final : public EncoderDecoderModel {
   EncoderOutput encode(const std::vector<std::vector<int32_t>>& sources) override;
   std::unique_ptr<DecoderState> start_decoding(const EncoderOutput& encoded, int rows_per_source,
                                                int max_steps) override;
-  using EncoderDecoderModel::step;
-  Tensor step(DecoderState& state, const Tensor& tokens) override;
+
+ protected:
+  void compute_step(DecoderState& state, const Tensor& tokens, Tensor& logits) override;
 
  private:
   struct EncoderLayer {

@@ -1,6 +1,6 @@
 // The CUDA backend on the golden checkpoints: in fp32 against transformers' goldens with the CPU backend's
-// budget (1e-4, identical tokens); in fp16/bf16 against the CPU backend with half-precision tolerances, and fp16
-// greedy tokens equal to transformers' on at least 99% of the sentences (near-ties excepted, see below).
+// budget (1e-4, identical tokens); in fp16/bf16 against the CPU backend with half-precision tolerances, and
+// greedy tokens equal to transformers' fp32 ones at least as often as transformers' own fp16/bf16 (see below).
 // SKIPPED without a GPU.
 #include <gtest/gtest.h>
 
@@ -78,8 +78,57 @@ TEST_P(CudaGoldenTest, HalfPrecisionPruningDoesNotChangeTokens) {
   }
 }
 
+// Steps replayed from CUDA graphs run the same kernels on the same shapes as steps launched one by one: the tokens
+// are identical, with pruning (the batch shrinks through several buckets, each a new capture) and without.
+TEST_P(CudaGoldenTest, CudaGraphsDoNotChangeTokens) {
+  for (const DType dtype : {DType::F32, DType::F16}) {
+    auto replayed = load_model(golden_.model_dir, {Device::CUDA, dtype, true});
+    auto launched = load_model(golden_.model_dir, {Device::CUDA, dtype, false});
+    for (const int beam : {1, 4})
+      for (const bool prune : {true, false})
+        EXPECT_EQ(generate_all(*replayed, golden_, beam, prune), generate_all(*launched, golden_, beam, prune))
+            << dtype_name(dtype) << " beam " << beam << (prune ? " pruned" : " unpruned");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Goldens, CudaGoldenTest, ::testing::ValuesIn(golden_names()),
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
+
+// Step by step, through what invalidates a recorded step: rows selected (a new batch size), rows made inactive
+// (new flags in the same buffer: no new capture) and the first inactive row (the flags appear). Each step's logits
+// from the graph equal those of the same step launched kernel by kernel, bit for bit.
+TEST(CudaGraphSteps, ReplayedStepsEqualLaunchedSteps) {
+  ELEPHANT_REQUIRE_CUDA();
+  const Golden golden = load_golden(golden_names().front());
+  auto replayed = load_model(golden.model_dir, {Device::CUDA, DType::F32, true});
+  auto launched = load_model(golden.model_dir, {Device::CUDA, DType::F32, false});
+  const EncoderOutput encoded_replayed = replayed->encode(golden.sources);
+  const EncoderOutput encoded_launched = launched->encode(golden.sources);
+  const int max_steps = 12;
+  auto state_replayed = replayed->start_decoding(encoded_replayed, 2, max_steps);
+  auto state_launched = launched->start_decoding(encoded_launched, 2, max_steps);
+  const int32_t vocab = replayed->special_tokens().vocab_size;
+  for (int step = 0; step < max_steps; ++step) {
+    const int64_t rows = state_replayed->rows();
+    std::vector<int32_t> tokens(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) tokens[r] = static_cast<int32_t>((7 * step + 13 * r + 3) % vocab);
+    const std::vector<float> a = replayed->step(*state_replayed, tokens).to_vector<float>();
+    const std::vector<float> b = launched->step(*state_launched, tokens).to_vector<float>();
+    ASSERT_EQ(a, b) << "step " << step << ", " << rows << " rows";
+    if (step == 4 || step == 8) {  // drop the first row and the last one, reorder the rest
+      std::vector<int32_t> keep;
+      for (int64_t r = rows - 2; r >= 1; --r) keep.push_back(static_cast<int32_t>(r));
+      state_replayed->select_rows(keep);
+      state_launched->select_rows(keep);
+    }
+    if (step == 5 || step == 6) {
+      std::vector<uint8_t> active(static_cast<size_t>(state_replayed->rows()), 1);
+      active[static_cast<size_t>(step - 5)] = 0;
+      state_replayed->set_active_rows(active);
+      state_launched->set_active_rows(active);
+    }
+  }
+}
 
 // The fp32 logit margin, on the CPU, between the token transformers chose and the one the half-precision run
 // chose, at the first step where they differ (teacher-forced on transformers' prefix), relative to the largest logit
@@ -101,30 +150,29 @@ double divergence_margin(EncoderDecoderModel& cpu, const std::vector<int32_t>& s
 }
 
 // Over all goldens together. Random-weight models have nearly flat next-token distributions, so half-precision
-// rounding flips near-ties: a sentence counts as matching when its tokens are identical, or when it first differs
-// at a step whose fp32 margin between the two tokens is within twice the logit error that
-// HalfPrecisionEncoderAndLogitsStayNearTheCpu accepts (1e-2 of the largest logit), so that the flip is explained
-// by that error. At least 99% must
-// match in fp16 (bf16, with 8 mantissa bits, is reported); the exact-match rates are printed and recorded.
-TEST(CudaGoldens, HalfPrecisionGreedyTokensMatchTransformersExceptAtNearTies) {
+// rounding flips near-ties, in transformers too: its own fp16 greedy (recorded by make_goldens.py on the GPU
+// machine) equals its fp32 greedy on 23 of these 24 sentences, its bf16 on 18. A sentence of the engine counts as
+// matching when its tokens are identical to transformers' fp32 ones, or when it first differs at a step whose fp32
+// margin between the two tokens is within twice the logit error that HalfPrecisionEncoderAndLogitsStayNearTheCpu
+// accepts (1e-2 of the largest logit), so that the flip is explained by that error. The engine must match at least
+// as often as transformers' own half precision is identical to its fp32. (The 99% fp16 criterion on real sentences
+// is DemoModel.CudaFp16GreedyMatchesFp32OnTheTestSet.)
+TEST(CudaGoldens, HalfPrecisionGreedyTokensMatchTransformersAsOftenAsItsOwnHalfPrecision) {
   ELEPHANT_REQUIRE_CUDA();
   for (const DType dtype : {DType::F16, DType::BF16}) {
     size_t identical = 0, near_ties = 0, total = 0;
-    size_t same_as_transformers_half = 0, with_half_reference = 0;  // goldens made with transformers' fp16/bf16
+    size_t reference_identical = 0;  // transformers' own fp16/bf16 greedy against its fp32 greedy
     for (const std::string& name : golden_names()) {
       const Golden golden = load_golden(name);
       auto model = load_model(golden.model_dir, {Device::CUDA, dtype});
       auto cpu = load_model(golden.model_dir);
       const auto greedy = generate_all(*model, golden, 1, true);
       const auto expected = golden.expected("greedy");
-      const std::string half_key = dtype == DType::F16 ? "greedy_fp16" : "greedy_bf16";
-      if (golden.json.contains(half_key)) {
-        const auto half = golden.expected(half_key);
-        for (size_t i = 0; i < half.size(); ++i) same_as_transformers_half += greedy.at(i) == half[i];
-        with_half_reference += half.size();
-      }
+      const auto reference_half = golden.expected(dtype == DType::F16 ? "greedy_fp16" : "greedy_bf16");
+      ASSERT_EQ(reference_half.size(), expected.size()) << name;
       for (size_t i = 0; i < expected.size(); ++i) {
         ++total;
+        reference_identical += reference_half[i] == expected[i];
         if (greedy.at(i) == expected[i]) {
           ++identical;
         } else {
@@ -135,20 +183,13 @@ TEST(CudaGoldens, HalfPrecisionGreedyTokensMatchTransformersExceptAtNearTies) {
         }
       }
     }
-    const double exact = total ? static_cast<double>(identical) / total : 0.0;
-    const double matching = total ? static_cast<double>(identical + near_ties) / total : 0.0;
-    std::printf(
-        "%s greedy: %zu of %zu sentences identical to transformers (%.1f%%), %zu more differ first at a "
-        "near-tie\n",
-        dtype_name(dtype).c_str(), identical, total, 100.0 * exact, near_ties);
-    if (with_half_reference > 0)
-      std::printf("%s greedy: %zu of %zu sentences identical to transformers' own %s greedy\n",
-                  dtype_name(dtype).c_str(), same_as_transformers_half, with_half_reference, dtype_name(dtype).c_str());
-    ::testing::Test::RecordProperty(dtype_name(dtype) + "_greedy_identical", std::to_string(exact));
     ASSERT_GT(total, 0u);
-    if (dtype == DType::F16) {
-      EXPECT_GE(matching, 0.99);
-    }
+    std::printf(
+        "%s greedy: %zu of %zu sentences identical to transformers' fp32 (transformers' own %s: %zu), %zu more "
+        "differ first at a near-tie\n",
+        dtype_name(dtype).c_str(), identical, total, dtype_name(dtype).c_str(), reference_identical, near_ties);
+    ::testing::Test::RecordProperty(dtype_name(dtype) + "_greedy_identical", std::to_string(identical));
+    EXPECT_GE(identical + near_ties, reference_identical) << dtype_name(dtype);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "models/encoder_decoder.h"
+#include "ops/device_helpers.h"
 #include "ops/reference_helpers.h"
 
 namespace elephant {
@@ -418,6 +419,82 @@ TEST(DecoderStateTest, SelectRowsKeepsEveryBufferInPlace) {
       EXPECT_EQ(state.layers()[1].self_values.data<float>()[(2 * 8 + slot) * kWidth + j],
                 old.layers[1].self_values[(4 * 8 + slot) * kWidth + j]);
     }
+}
+
+// reorder_rows moves only the written slots of each row's self caches, within their buffers; sources, memory,
+// layouts and activity flags stay.
+TEST(DecoderStateTest, ReorderRowsMovesWrittenSlotsInPlace) {
+  std::mt19937 rng(1110);
+  DecoderState state = make_state(2, 6, 3, 2, rng);  // 6 rows, 6 slots (3 written), 2 layers
+  state.set_active_rows({1, 1, 0, 0, 1, 1});
+  const Snapshot before = snapshot(state);
+  const void* keys_address = state.layers()[1].self_keys.raw();
+  const void* layout_address = state.self_attention_layout().key_begin.raw();
+  const std::vector<int32_t> parents = {1, 1, 3, 2, 4, 4};
+  state.reorder_rows(Tensor::from_vector(parents, {6}));
+  EXPECT_EQ(state.row_source(), before.row_source);
+  EXPECT_EQ(state.source_offsets(), before.source_offsets);
+  EXPECT_EQ(state.steps_done(), before.steps_done);
+  EXPECT_EQ(state.layers()[1].self_keys.raw(), keys_address);
+  EXPECT_EQ(state.self_attention_layout().key_begin.raw(), layout_address);
+  ASSERT_NE(state.active_rows(), nullptr);
+  EXPECT_EQ(state.active_rows()->to_vector<uint8_t>(), (std::vector<uint8_t>{1, 1, 0, 0, 1, 1}));
+  for (size_t l = 0; l < before.layers.size(); ++l) {
+    DecoderState::Layer& layer = state.layers()[l];
+    const Snapshot::Layer& old = before.layers[l];
+    ASSERT_EQ(layer.self_keys.shape(), (Shape{6, 6, kWidth}));
+    EXPECT_TRUE(testref::bitwise_equal(layer.cross_keys, old.cross_keys));
+    EXPECT_TRUE(testref::bitwise_equal(layer.cross_values, old.cross_values));
+    std::vector<float> keys = old.self_keys, values = old.self_values;  // unwritten slots (NaN) do not move
+    for (int64_t r = 0; r < 6; ++r)
+      for (int64_t i = 0; i < 3 * kWidth; ++i) {
+        keys[r * 6 * kWidth + i] = old.self_keys[parents[r] * 6 * kWidth + i];
+        values[r * 6 * kWidth + i] = old.self_values[parents[r] * 6 * kWidth + i];
+      }
+    EXPECT_TRUE(testref::bitwise_equal(layer.self_keys, keys)) << "layer " << l;
+    EXPECT_TRUE(testref::bitwise_equal(layer.self_values, values)) << "layer " << l;
+  }
+}
+
+TEST(DecoderStateTest, ReorderRowsRejectsRowsOfOtherSourcesAndBadTensors) {
+  std::mt19937 rng(1111);
+  DecoderState state = make_state(2, 6, 3, 1, rng);
+  const Snapshot before = snapshot(state);
+  const auto reorder = [&](const std::vector<int32_t>& parents) {
+    state.reorder_rows(Tensor::from_vector(parents, {static_cast<int64_t>(parents.size())}));
+  };
+  EXPECT_THROW(reorder({2, 1, 2, 3, 4, 5}), std::out_of_range);  // row 0 (source 0) would continue source 1
+  EXPECT_THROW(reorder({0, 1, 2, 3, 4, 6}), std::out_of_range);
+  EXPECT_THROW(reorder({-1, 1, 2, 3, 4, 5}), std::out_of_range);
+  EXPECT_THROW(reorder({0, 1, 2, 3, 4}), std::invalid_argument);
+  EXPECT_THROW(state.reorder_rows(Tensor::zeros({6})), std::invalid_argument);  // F32
+  EXPECT_THROW(state.reorder_rows(Tensor()), std::invalid_argument);
+  EXPECT_TRUE(testref::bitwise_equal(state.layers()[0].self_keys, before.layers[0].self_keys));
+  // Before any step there is nothing to move.
+  DecoderState fresh = make_state(2, 4, 0, 1, rng);
+  const Snapshot fresh_before = snapshot(fresh);
+  fresh.reorder_rows(Tensor::from_vector(std::vector<int32_t>{1, 0, 2, 2, 5, 5}, {6}));
+  EXPECT_TRUE(testref::bitwise_equal(fresh.layers()[0].self_keys, fresh_before.layers[0].self_keys));
+}
+
+TEST(CudaDecoderStateTest, ReorderRowsMatchesTheCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(1112);
+  DecoderState cpu = make_state(3, 8, 5, 2, rng);  // 9 rows, 8 slots (5 written), 2 layers
+  DecoderState gpu({0, 3, 8, 10}, 3, kMaxSteps, Device::CUDA);
+  for (DecoderState::Layer& layer : cpu.layers())
+    gpu.layers().push_back({layer.self_keys.to(Device::CUDA), layer.self_values.to(Device::CUDA),
+                            layer.cross_keys.to(Device::CUDA), layer.cross_values.to(Device::CUDA)});
+  for (int s = 0; s < 5; ++s) gpu.advance();
+  const std::vector<int32_t> parents = {2, 0, 0, 5, 5, 4, 8, 6, 7};
+  cpu.reorder_rows(Tensor::from_vector(parents, {9}));
+  gpu.reorder_rows(Tensor::from_vector(parents, {9}, Device::CUDA));
+  for (size_t l = 0; l < cpu.layers().size(); ++l) {
+    EXPECT_TRUE(
+        testref::bitwise_equal(gpu.layers()[l].self_keys.to(Device::CPU), to_vector(cpu.layers()[l].self_keys)));
+    EXPECT_TRUE(
+        testref::bitwise_equal(gpu.layers()[l].self_values.to(Device::CPU), to_vector(cpu.layers()[l].self_values)));
+  }
 }
 
 }  // namespace

@@ -126,16 +126,25 @@ cudaMemPool_t default_pool() {
 }
 }  // namespace
 
+// The pool's tensors plus the memory CUDA graphs hold for the temporaries of the steps they replay (graphs
+// allocate from their own pool). The peak adds the two peaks: an upper bound when they peaked apart.
 DeviceMemoryUsage memory_usage() {
-  uint64_t current = 0, peak = 0;
+  int device = 0;
+  ELEPHANT_CUDA_CHECK(cudaGetDevice(&device));
+  uint64_t current = 0, peak = 0, graph_current = 0, graph_peak = 0;
   ELEPHANT_CUDA_CHECK(cudaMemPoolGetAttribute(default_pool(), cudaMemPoolAttrUsedMemCurrent, &current));
   ELEPHANT_CUDA_CHECK(cudaMemPoolGetAttribute(default_pool(), cudaMemPoolAttrUsedMemHigh, &peak));
-  return {static_cast<size_t>(current), static_cast<size_t>(peak)};
+  ELEPHANT_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(device, cudaGraphMemAttrReservedMemCurrent, &graph_current));
+  ELEPHANT_CUDA_CHECK(cudaDeviceGetGraphMemAttribute(device, cudaGraphMemAttrReservedMemHigh, &graph_peak));
+  return {static_cast<size_t>(current + graph_current), static_cast<size_t>(peak + graph_peak)};
 }
 
 void reset_peak_memory() {
-  uint64_t zero = 0;  // the only value the attribute accepts: restart the high-water mark from the current use
+  int device = 0;
+  ELEPHANT_CUDA_CHECK(cudaGetDevice(&device));
+  uint64_t zero = 0;  // the only value the attributes accept: restart the high-water marks from the current use
   ELEPHANT_CUDA_CHECK(cudaMemPoolSetAttribute(default_pool(), cudaMemPoolAttrUsedMemHigh, &zero));
+  ELEPHANT_CUDA_CHECK(cudaDeviceSetGraphMemAttribute(device, cudaGraphMemAttrReservedMemHigh, &zero));
 }
 
 }  // namespace elephant::cuda

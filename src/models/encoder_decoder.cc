@@ -1,0 +1,45 @@
+#include "models/encoder_decoder.h"
+
+#include <stdexcept>
+
+namespace elephant {
+
+Tensor EncoderDecoderModel::step(DecoderState& state, const Tensor& tokens) {
+  const Device device = options().device;
+  const int64_t rows = state.rows();
+  if (tokens.shape() != Shape{rows} || tokens.dtype() != DType::I32 || tokens.device() != device)
+    throw std::invalid_argument("step: tokens " + dtype_name(tokens.dtype()) + shape_string(tokens.shape()) + "@" +
+                                to_string(tokens.device()) + " for " + std::to_string(rows) + " rows on " +
+                                to_string(device));
+  state.prepare_step();
+  const Shape logits_shape{rows, special_tokens().vocab_size};
+  if (device != Device::CUDA || !options().cuda_graphs || rows == 0) {
+    Tensor logits = Tensor::empty(logits_shape, DType::F32, device);
+    compute_step(state, tokens, logits);
+    state.finish_step();
+    return logits;
+  }
+  DecoderState::StepGraph& recorded = state.step_graph_;
+  if (recorded.version != state.version()) {
+    // New rows or layouts: this step runs kernel by kernel and the next one is recorded, so that first-use work
+    // (module loading, cuBLAS heuristics) never happens inside a capture and a layout used once is not recorded.
+    recorded.graph = CudaGraph();
+    recorded.version = state.version();
+    Tensor logits = Tensor::empty(logits_shape, DType::F32, device);
+    compute_step(state, tokens, logits);
+    state.finish_step();
+    return logits;
+  }
+  if (recorded.graph.empty()) {
+    // Input and output live outside the graph, at addresses fixed for its replays.
+    recorded.tokens = Tensor::empty({rows}, DType::I32, device);
+    recorded.logits = Tensor::empty(logits_shape, DType::F32, device);
+    recorded.graph.capture([&] { compute_step(state, recorded.tokens, recorded.logits); });
+  }
+  recorded.tokens.copy_from(tokens);
+  recorded.graph.replay();
+  state.finish_step();
+  return recorded.logits;
+}
+
+}  // namespace elephant
