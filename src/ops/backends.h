@@ -6,6 +6,7 @@
 
 #include "ops/activation.h"
 #include "ops/attention.h"
+#include "ops/beam.h"
 #include "ops/gemm.h"
 #include "ops/greedy.h"
 #include "ops/kv_cache.h"
@@ -38,7 +39,10 @@
   void add_row_values(Tensor& x, const Tensor& row_values);                                                            \
   void fill_column(Tensor& x, int64_t column, float value);                                                            \
   void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens, Tensor& finished, Tensor& lengths, \
-                      Tensor& history);
+                      Tensor& history);                                                                                \
+  void beam_advance(const Tensor& values, const Tensor& indices, int step, const BeamOptions& options,                 \
+                    BeamState& state);                                                                                 \
+  void beam_best_tokens(const BeamState& state, const Tensor& sources, Tensor& ids, Tensor& lengths);
 
 namespace elephant::ops {
 namespace cpu {

@@ -1,5 +1,6 @@
 // The public ops: argument checks shared by every backend, then the backend of the tensors' device.
 
+#include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
@@ -434,6 +435,88 @@ void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens
       if (!finished.data<uint8_t>()[r] && lengths.data<int32_t>()[r] >= history.dim(1))
         fail("greedy_advance", "row " + std::to_string(r) + " has no room left in " + describe(history));
   ELEPHANT_DISPATCH(best.device(), greedy_advance(best, eos, pad, tokens, finished, lengths, history));
+}
+
+namespace {
+
+// Every tensor of a beam state of `sources` sources has its dtype and shape, on `device`.
+void check_beam_state(const std::string& op, const BeamState& state, int64_t sources, int64_t beams, int64_t length,
+                      Device device) {
+  const struct {
+    const Tensor& tensor;
+    const char* name;
+    DType dtype;
+    Shape shape;
+  } expected[] = {
+      {state.scores, "scores", DType::F32, {sources, beams}},
+      {state.history_tokens, "history_tokens", DType::I32, {sources, length, beams}},
+      {state.history_parents, "history_parents", DType::I32, {sources, length, beams}},
+      {state.finished_scores, "finished_scores", DType::F32, {sources, beams}},
+      {state.finished_lengths, "finished_lengths", DType::I32, {sources, beams}},
+      {state.finished_last, "finished_last", DType::I32, {sources, beams}},
+      {state.finished_parents, "finished_parents", DType::I32, {sources, beams}},
+      {state.can_improve, "can_improve", DType::U8, {sources}},
+      {state.next_tokens, "next_tokens", DType::I32, {sources, beams}},
+      {state.next_rows, "next_rows", DType::I32, {sources, beams}},
+  };
+  for (const auto& e : expected)
+    if (!e.tensor.defined() || e.tensor.dtype() != e.dtype || e.tensor.shape() != e.shape ||
+        e.tensor.device() != device)
+      fail(op, std::string("state.") + e.name + " must be " + dtype_name(e.dtype) + shape_string(e.shape) + "@" +
+                   to_string(device) + ", got " + (e.tensor.defined() ? describe(e.tensor) : "an undefined tensor"));
+}
+
+}  // namespace
+
+void beam_advance(const Tensor& values, const Tensor& indices, int step, const BeamOptions& options, BeamState& state) {
+  same_device("beam_advance", values, indices);
+  check_dtype("beam_advance", values, DType::F32, "values");
+  check_dtype("beam_advance", indices, DType::I32, "indices");
+  const int64_t candidates = static_cast<int64_t>(options.beam_size) * options.vocab;
+  if (options.beam_size < 1 || options.vocab < 1 || candidates > INT32_MAX || options.max_length < 1)
+    fail("beam_advance", std::to_string(options.beam_size) + " beams over a vocabulary of " +
+                             std::to_string(options.vocab) + ", max_length " + std::to_string(options.max_length));
+  if (step < 0 || step >= options.max_length)
+    fail("beam_advance", "step " + std::to_string(step) + " outside [0, " + std::to_string(options.max_length) + ")");
+  if (values.rank() != 2 || values.dim(1) < 1 || indices.shape() != values.shape())
+    fail("beam_advance", "values " + describe(values) + ", indices " + describe(indices) +
+                             ": expected [sources, candidates] each, at least one candidate");
+  const int64_t sources = values.dim(0);
+  check_beam_state("beam_advance", state, sources, options.beam_size, options.max_length, values.device());
+  if (sources == 0) return;
+  // An index < 0 ends a source's candidates. One past the beams is an error on the CPU; on a device, where the
+  // host does not read them, it ends them too.
+  if (values.device() == Device::CPU)
+    for (int64_t i = 0; i < indices.numel(); ++i)
+      if (indices.data<int32_t>()[i] >= candidates)
+        fail("beam_advance", "candidate " + std::to_string(indices.data<int32_t>()[i]) + " at flat position " +
+                                 std::to_string(i) + " of " + describe(indices) + " outside the " +
+                                 std::to_string(candidates) + " of " + std::to_string(options.beam_size) + " beams x " +
+                                 std::to_string(options.vocab) + " tokens");
+  ELEPHANT_DISPATCH(values.device(), beam_advance(values, indices, step, options, state));
+}
+
+void beam_best_tokens(const BeamState& state, const Tensor& sources, Tensor& ids, Tensor& lengths) {
+  if (state.can_improve.rank() != 1 || state.scores.rank() != 2 || state.history_tokens.rank() != 3)
+    fail("beam_best_tokens", "the beam state is not started");
+  const Device device = state.can_improve.device();
+  check_beam_state("beam_best_tokens", state, state.sources(), state.scores.dim(1), state.history_tokens.dim(1),
+                   device);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&sources, &ids, &lengths})
+    if (t->device() != device) fail("beam_best_tokens", describe(*t) + " is not on the state's " + to_string(device));
+  check_dtype("beam_best_tokens", sources, DType::I32, "sources");
+  check_dtype("beam_best_tokens", ids, DType::I32, "ids");
+  check_dtype("beam_best_tokens", lengths, DType::I32, "lengths");
+  const int64_t count = sources.rank() == 1 ? sources.dim(0) : -1;
+  if (count < 0 || ids.shape() != Shape{count, state.history_tokens.dim(1)} || lengths.shape() != Shape{count})
+    fail("beam_best_tokens", "sources " + describe(sources) + ", ids " + describe(ids) + ", lengths " +
+                                 describe(lengths) + " for a history of " +
+                                 std::to_string(state.history_tokens.dim(1)) + " steps");
+  if (count == 0) return;
+  if (const int64_t bad = first_index_outside(sources, count, state.sources()); bad >= 0)
+    throw std::out_of_range("beam_best_tokens: source " + std::to_string(sources.data<int32_t>()[bad]) +
+                            " outside [0, " + std::to_string(state.sources()) + ")");
+  ELEPHANT_DISPATCH(device, beam_best_tokens(state, sources, ids, lengths));
 }
 
 }  // namespace elephant::ops
