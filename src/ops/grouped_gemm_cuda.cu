@@ -4,7 +4,8 @@
 // 16-row operand and the tokens the 8-column one, out^T = W · a^T, so a decode step with one or two rows per expert
 // still streams every weight byte through full MMAs. A persistent grid walks a work list of (expert, n tile, row
 // chunk) items built on the device from `offsets`: experts without rows are never read and no block idles on them.
-// Weight and row tiles arrive by 16-byte cp.async in a multi-stage pipeline over k.
+// Weight and row tiles arrive by 16-byte cp.async in a multi-stage pipeline over k. Decode-sized problems have too
+// few items to fill the machine: split-k then gives each item several blocks, one per slice of k, in the same launch.
 
 #include <algorithm>
 #include <cstdint>
@@ -21,6 +22,11 @@ namespace rt = elephant::cuda;
 constexpr int kNoActivation = -1;
 constexpr int kMaxMmaExperts = 1024;  // the work list's prefix lives in static shared memory
 constexpr unsigned kFullMask = 0xffffffffu;
+// Split-k: at most 32 slices of k, each of at least 4 k tiles (the prologue, the partial tile and the arrival are
+// paid once per slice); a thread's arrival counters cover 4096 items.
+constexpr int kMaxSlices = 32;
+constexpr int kMinSliceTiles = 4;
+constexpr int64_t kSplitCounters = 4096;
 
 __device__ __forceinline__ float apply_activation(int activation, float v) {
   // The formulas of activation_cpu.cc.
@@ -134,11 +140,20 @@ __device__ void build_chunk_prefix(const int32_t* __restrict__ offsets, int expe
   __syncthreads();
 }
 
-template <typename T, typename C>
+// Split-k: item i's slice s adds k tiles [s * k_tiles / slices, (s + 1) * k_tiles / slices) into plane s of
+// `partials`, float32 [slices][rows][n_tiles * BN] (only the item's own rows are written and read).
+struct SplitK {
+  int slices = 1;
+  int64_t rows = 0;
+  float* partials = nullptr;
+  int* counters = nullptr;  // one per item, zero at launch; the item's last block leaves it zero again
+};
+
+template <typename T, typename C, bool SPLIT>
 __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     grouped_gemm_mma_kernel(const T* __restrict__ a, const T* __restrict__ weights, const int32_t* __restrict__ offsets,
                             const T* __restrict__ bias, T* __restrict__ out, int experts, int n, int k, int activation,
-                            bool vector_store) {
+                            bool vector_store, SplitK split) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int chunk_prefix[kMaxMmaExperts + 1];
   T* const sw = reinterpret_cast<T*>(smem);
@@ -156,6 +171,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   const int n_tiles = (n + C::BN - 1) / C::BN;
   const int items = chunk_prefix[experts] * n_tiles;
   const int k_tiles = (k + BK - 1) / BK;
+  const int slices = SPLIT ? split.slices : 1;
 
   // Each thread copies the same 16-byte column (and swizzle) of rows copy_row, copy_row + ROWS_PER_ITER, ...
   const int copy_row = tid / (BK / 8);
@@ -165,7 +181,12 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   const uint32_t sa_base = smem_address(sa);
 
   // Items are ordered (expert, n tile, chunk), chunks fastest: concurrent blocks share an expert's rows and tiles.
-  for (int item = blockIdx.x; item < items; item += gridDim.x) {
+  // Every block derives the same list from `offsets`, so all slices of an item agree on it.
+  for (int unit = blockIdx.x; unit < items * slices; unit += gridDim.x) {
+    const int item = unit / slices;
+    const int slice = unit % slices;
+    const int kt_begin = slice * k_tiles / slices;
+    const int kt_count = (slice + 1) * k_tiles / slices - kt_begin;
     const int q = item / n_tiles;
     int e = 0;
     for (int hi = experts - 1; e < hi;) {
@@ -213,15 +234,15 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
 
 #pragma unroll
     for (int s = 0; s < C::STAGES - 1; ++s) {
-      if (s < k_tiles) load_stage(s, s);
+      if (s < kt_count) load_stage(s, kt_begin + s);
       cp_async_commit();
     }
 
-    for (int kt = 0; kt < k_tiles; ++kt) {
+    for (int kt = 0; kt < kt_count; ++kt) {
       cp_async_wait<C::STAGES - 2>();
       __syncthreads();  // stage kt visible to all; every warp is done with the slot refilled next
       const int next = kt + C::STAGES - 1;
-      if (next < k_tiles) load_stage(next % C::STAGES, next);
+      if (next < kt_count) load_stage(next % C::STAGES, kt_begin + next);
       cp_async_commit();
 
       const int slot = kt % C::STAGES;
@@ -257,60 +278,158 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     cp_async_wait<0>();
     __syncthreads();  // the pipeline buffers become the output tile
 
-    // Accumulator (mi, ni, c) holds weight row warp_n*WTN + mi*16 + lane/4 (+8 for c >= 2) and token
-    // warp_m*WTM + ni*8 + 2*(lane%4) (+1 for odd c). Staged as [token][n] for 16-byte row stores.
+    if constexpr (SPLIT) {
+      // The partial tile goes to L2; the item's last block to arrive sums the planes in slice order, so the result
+      // does not depend on which block that is.
+      __shared__ bool last_arrival;
+      const int64_t ld = static_cast<int64_t>(n_tiles) * C::BN;
+      float* plane = split.partials + (slice * split.rows + m0) * ld + n0;
 #pragma unroll
-    for (int mi = 0; mi < C::MI; ++mi) {
+      for (int mi = 0; mi < C::MI; ++mi)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int col = warp_n * C::WTN + mi * 16 + (lane >> 2) + half * 8;
-        const float b =
-            bias != nullptr && n0 + col < n ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + col]) : 0.0f;
+        for (int half = 0; half < 2; ++half) {
+          const int col = warp_n * C::WTN + mi * 16 + (lane >> 2) + half * 8;
 #pragma unroll
-        for (int ni = 0; ni < C::NI; ++ni) {
-          const int token = warp_m * C::WTM + ni * 8 + 2 * (lane & 3);
-          sc[token * C::C_STRIDE + col] = rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half] + b));
-          sc[(token + 1) * C::C_STRIDE + col] =
-              rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half + 1] + b));
+          for (int ni = 0; ni < C::NI; ++ni) {
+            const int token = warp_m * C::WTM + ni * 8 + 2 * (lane & 3);
+            if (token < rows) plane[token * ld + col] = acc[mi][ni][2 * half];
+            if (token + 1 < rows) plane[(token + 1) * ld + col] = acc[mi][ni][2 * half + 1];
+          }
+        }
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) {
+        const bool last = atomicAdd(split.counters + item, 1) == slices - 1;
+        if (last) split.counters[item] = 0;  // for the next launch, or the next replay of a graph
+        __threadfence();
+        last_arrival = last;
+      }
+      __syncthreads();
+      if (!last_arrival) continue;
+      for (int i = tid; i < rows * (C::BN / 8); i += C::THREADS) {
+        const int r = i / (C::BN / 8);
+        const int c = (i % (C::BN / 8)) * 8;
+        if (n0 + c >= n) continue;
+        float v[8] = {};
+        for (int s = 0; s < slices; ++s) {
+          // L2 only: the other slices' tiles never passed through this SM's L1.
+          const auto* src = reinterpret_cast<const float4*>(split.partials + (s * split.rows + m0 + r) * ld + n0 + c);
+          const float4 lo = __ldcg(src), hi = __ldcg(src + 1);
+          v[0] += lo.x, v[1] += lo.y, v[2] += lo.z, v[3] += lo.w;
+          v[4] += hi.x, v[5] += hi.y, v[6] += hi.z, v[7] += hi.w;
+        }
+        rt::Pack<T, 8> o;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float b =
+              bias != nullptr && n0 + c + j < n ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + c + j]) : 0.0f;
+          o.v[j] = rt::from_float<T>(apply_activation(activation, v[j] + b));
+        }
+        T* dst = out + static_cast<int64_t>(m0 + r) * n + n0 + c;
+        if (vector_store) {
+          *reinterpret_cast<rt::Pack<T, 8>*>(dst) = o;
+        } else {
+          for (int j = 0; j < 8 && n0 + c + j < n; ++j) dst[j] = o.v[j];
         }
       }
-    }
-    __syncthreads();
-    for (int i = tid; i < C::BM * (C::BN / 8); i += C::THREADS) {
-      const int r = i / (C::BN / 8);
-      const int c = (i % (C::BN / 8)) * 8;
-      if (r >= rows || n0 + c >= n) continue;
-      T* dst = out + static_cast<int64_t>(m0 + r) * n + n0 + c;
-      const T* src = sc + r * C::C_STRIDE + c;
-      if (vector_store) {
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-      } else {
-        for (int j = 0; j < 8 && n0 + c + j < n; ++j) dst[j] = src[j];
+    } else {
+      // Accumulator (mi, ni, c) holds weight row warp_n*WTN + mi*16 + lane/4 (+8 for c >= 2) and token
+      // warp_m*WTM + ni*8 + 2*(lane%4) (+1 for odd c). Staged as [token][n] for 16-byte row stores.
+#pragma unroll
+      for (int mi = 0; mi < C::MI; ++mi) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int col = warp_n * C::WTN + mi * 16 + (lane >> 2) + half * 8;
+          const float b =
+              bias != nullptr && n0 + col < n ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + col]) : 0.0f;
+#pragma unroll
+          for (int ni = 0; ni < C::NI; ++ni) {
+            const int token = warp_m * C::WTM + ni * 8 + 2 * (lane & 3);
+            sc[token * C::C_STRIDE + col] = rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half] + b));
+            sc[(token + 1) * C::C_STRIDE + col] =
+                rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half + 1] + b));
+          }
+        }
       }
+      __syncthreads();
+      for (int i = tid; i < C::BM * (C::BN / 8); i += C::THREADS) {
+        const int r = i / (C::BN / 8);
+        const int c = (i % (C::BN / 8)) * 8;
+        if (r >= rows || n0 + c >= n) continue;
+        T* dst = out + static_cast<int64_t>(m0 + r) * n + n0 + c;
+        const T* src = sc + r * C::C_STRIDE + c;
+        if (vector_store) {
+          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+        } else {
+          for (int j = 0; j < 8 && n0 + c + j < n; ++j) dst[j] = src[j];
+        }
+      }
+      __syncthreads();  // the next item's prologue overwrites the tile
     }
-    __syncthreads();  // the next item's prologue overwrites the tile
   }
 }
 
-template <typename T, typename C>
+template <typename T, typename C, bool SPLIT = false>
 void launch_mma(const T* a, const T* weights, const int32_t* offsets, const T* bias, T* out, int64_t rows, int experts,
-                int n, int k, int activation, bool vector_store) {
+                int n, int k, int activation, bool vector_store, const SplitK& split = {}, int64_t most_units = 0) {
   // Host-only queries, once per instantiation: no synchronization, nothing recorded in a graph.
   static const int grid_limit = [] {
-    ELEPHANT_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_mma_kernel<T, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             C::SMEM_BYTES));
+    ELEPHANT_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_mma_kernel<T, C, SPLIT>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES));
     int per_sm = 0;
-    ELEPHANT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_mma_kernel<T, C>,
+    ELEPHANT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_mma_kernel<T, C, SPLIT>,
                                                                       C::THREADS, C::SMEM_BYTES));
     return std::max(per_sm, 1) * rt::device_properties().multiProcessorCount;
   }();
   // Sum over experts of ceil(rows_e / BM) is below rows / BM + experts.
   const int64_t n_tiles = (n + C::BN - 1) / C::BN;
   const int64_t most_items = n_tiles * ((rows + C::BM - 1) / C::BM + experts);
-  const auto grid = static_cast<unsigned>(std::min<int64_t>(most_items, grid_limit));
-  grouped_gemm_mma_kernel<T, C><<<grid, C::THREADS, C::SMEM_BYTES, rt::stream()>>>(
-      a, weights, offsets, bias, out, experts, n, k, activation, vector_store);
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(SPLIT ? most_units : most_items, grid_limit));
+  grouped_gemm_mma_kernel<T, C, SPLIT><<<grid, C::THREADS, C::SMEM_BYTES, rt::stream()>>>(
+      a, weights, offsets, bias, out, experts, n, k, activation, vector_store, split);
   ELEPHANT_CHECK_LAUNCH();
+}
+
+// Split-k arrival counters, zero between launches since each item's last block resets its own: made once per thread,
+// as its stream, on which the launches that share them are ordered. Made during a graph capture they would be graph
+// memory: then the launch gets zeroed counters of its own (a memset node).
+int* split_counters(int64_t count, Tensor& own) {
+  thread_local Tensor counters;
+  if (!counters.defined()) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    ELEPHANT_CUDA_CHECK(cudaStreamIsCapturing(rt::stream(), &capture));
+    if (capture != cudaStreamCaptureStatusNone) {
+      own = Tensor::zeros({count}, DType::I32, Device::CUDA);
+      return own.data<int32_t>();
+    }
+    counters = Tensor::zeros({kSplitCounters}, DType::I32, Device::CUDA);
+  }
+  return counters.data<int32_t>();
+}
+
+// Decode: the host knows the rows, not how the device spreads them over experts; it counts the most items they can
+// make (one chunk per row at most) and splits k until items x slices reach about two blocks per SM.
+template <typename T>
+void launch_small_tiles(const T* a, const T* weights, const int32_t* offsets, const T* bias, T* out, int64_t rows,
+                        int experts, int n, int k, int activation, bool vector_store) {
+  using C = SmallTiles;
+  const int64_t n_tiles = (n + C::BN - 1) / C::BN;
+  const int64_t most_items = n_tiles * std::min<int64_t>(rows, (rows + C::BM - 1) / C::BM + experts);
+  const int64_t want = 2LL * rt::device_properties().multiProcessorCount;
+  const int64_t k_tiles = (k + C::BK - 1) / C::BK;
+  const int64_t slices =
+      std::min({want / std::max<int64_t>(most_items, 1), k_tiles / kMinSliceTiles, int64_t{kMaxSlices}});
+  // Items that fill half the SMs stream the weights at near full bandwidth already: measured at 8 tokens (wo, 128
+  // items), a split of 2 cost 4% (57.3 against 55.1 us for the layer).
+  if (slices < 2 || 4 * most_items > want || most_items > kSplitCounters) {
+    launch_mma<T, C>(a, weights, offsets, bias, out, rows, experts, n, k, activation, vector_store);
+    return;
+  }
+  Tensor partials = Tensor::empty({slices * rows * n_tiles * C::BN}, DType::F32, Device::CUDA);
+  Tensor own_counters;
+  const SplitK split{static_cast<int>(slices), rows, partials.data<float>(), split_counters(most_items, own_counters)};
+  launch_mma<T, C, true>(a, weights, offsets, bias, out, rows, experts, n, k, activation, vector_store, split,
+                         most_items * slices);
 }
 
 // ---- general path (float32, or half-precision shapes the tensor-core path cannot load) ------------------------
@@ -390,7 +509,7 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
         static const bool large_tiles_fit =
             rt::device_properties().sharedMemPerBlockOptin >= static_cast<size_t>(MediumTiles::SMEM_BYTES) + 8192;
         if (rows_per_expert <= 16 || !large_tiles_fit) {
-          launch_mma<T, SmallTiles>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);
+          launch_small_tiles<T>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);
         } else if (rows_per_expert <= 64) {
           launch_mma<T, MediumTiles>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);
         } else {

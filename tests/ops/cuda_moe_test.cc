@@ -6,13 +6,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <numeric>
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "core/cuda_graph.h"
 #include "ops/activation.h"
 #include "ops/device_helpers.h"
 #include "ops/gather.h"
@@ -156,8 +159,9 @@ struct GemmCase {
   int64_t pruned;               // rows past the last expert
 };
 
+// runs > 1: the device runs again into a fresh poisoned output and must give the same bits.
 void expect_grouped_gemm_matches_cpu(const GemmCase& tc, DType dtype, bool with_bias,
-                                     std::optional<ops::Activation> activation, std::mt19937& rng) {
+                                     std::optional<ops::Activation> activation, std::mt19937& rng, int runs = 1) {
   const auto experts = static_cast<int64_t>(tc.counts.size());
   const std::vector<int32_t> offsets = offsets_for(tc.counts);
   const int64_t active_rows = offsets.back();
@@ -177,16 +181,25 @@ void expect_grouped_gemm_matches_cpu(const GemmCase& tc, DType dtype, bool with_
   const Tensor bias_cuda = to_cuda(bias, dtype);
   ops::GroupedGemmArgs args = cpu_args;
   args.bias = with_bias ? &bias_cuda : nullptr;
-  Tensor out = poisoned({rows, tc.n}, dtype, Device::CUDA);
-  ops::grouped_gemm(to_cuda(a, dtype), to_cuda(w, dtype), int_tensor(offsets, Device::CUDA), out, args);
+  const Tensor a_cuda = to_cuda(a, dtype), w_cuda = to_cuda(w, dtype), offsets_cuda = int_tensor(offsets, Device::CUDA);
+  std::vector<float> first;
+  for (int run = 0; run < runs; ++run) {
+    SCOPED_TRACE("run " + std::to_string(run));
+    Tensor out = poisoned({rows, tc.n}, dtype, Device::CUDA);
+    ops::grouped_gemm(a_cuda, w_cuda, offsets_cuda, out, args);
 
-  const Tensor got = to_cpu_float(out);
-  if (active_rows > 0) {
-    EXPECT_TRUE(relative_l2_within(got.narrow(0, active_rows), expected.narrow(0, active_rows), tolerance_for(dtype)));
+    const Tensor got = to_cpu_float(out);
+    if (active_rows > 0) {
+      EXPECT_TRUE(
+          relative_l2_within(got.narrow(0, active_rows), expected.narrow(0, active_rows), tolerance_for(dtype)));
+      const std::vector<float> values = got.narrow(0, active_rows).to_vector<float>();
+      if (run == 0) first = values;
+      EXPECT_TRUE(values == first) << "differs from the first run";
+    }
+    // Rows past offsets[experts] keep their sentinel.
+    const float* tail = got.data<float>() + active_rows * tc.n;
+    for (int64_t i = 0; i < tc.pruned * tc.n; ++i) ASSERT_TRUE(std::isnan(tail[i])) << "pruned element " << i;
   }
-  // Rows past offsets[experts] keep their sentinel.
-  const float* tail = got.data<float>() + active_rows * tc.n;
-  for (int64_t i = 0; i < tc.pruned * tc.n; ++i) ASSERT_TRUE(std::isnan(tail[i])) << "pruned element " << i;
 }
 
 TEST(CudaMoe, GroupedGemmSmallShapesMatchCpu) {
@@ -235,6 +248,122 @@ TEST(CudaMoe, GroupedGemmPaperShapesMatchCpu) {
         ++variant;
         expect_grouped_gemm_matches_cpu({k, n, counts, 5}, dtype, with_bias, activation, rng);
       }
+}
+
+// Decode-sized problems (a few rows in all) split k across blocks; each tile's last block sums the slices. Run twice:
+// the arrival counters must be zero again for the second launch.
+TEST(CudaMoe, GroupedGemmSplitKMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(28);
+  const std::vector<GemmCase> cases = {
+      {4096, 1024, {0, 1, 0, 0}, 1},        // one token, the paper's wo
+      {1024, 4096, {1, 0, 0}, 0},           // one token, the paper's wi
+      {1024, 1024, {2, 0, 3, 1, 0, 2}, 3},  // a few tokens over a few experts
+      {1096, 100, {1, 0, 2, 0, 1}, 1},      // 18 k tiles (the last partial) in uneven slices; n without 16-byte rows
+      {520, 200, {3, 0, 5, 8}, 0},          // 16 tokens; n a multiple of 8, not of the 64-wide tile
+      {2048, 64, {16}, 0},                  // every token on one expert
+      {1024, 96, {0, 0, 0, 0}, 2},          // no expert has rows
+  };
+  const std::vector<std::optional<ops::Activation>> activations = {std::nullopt, ops::Activation::ReLU,
+                                                                   ops::Activation::Gelu, ops::Activation::Silu};
+  int variant = 0;
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (const GemmCase& tc : cases) {
+      const bool with_bias = variant % 2 == 1;
+      const auto& activation = activations[variant / 2 % activations.size()];
+      ++variant;
+      expect_grouped_gemm_matches_cpu(tc, dtype, with_bias, activation, rng, 2);
+    }
+}
+
+// The same rows give the same outputs, up to float32 summation order, whether their tiles are split (a few rows in
+// all) or not (the same rows among many others).
+TEST(CudaMoe, GroupedGemmSplitKMatchesUnsplit) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(29);
+  const int64_t k = 1024, n = 2048;
+  const std::vector<int32_t> few = {0, 1, 0, 1, 0, 0, 0, 0}, extra = {16, 15, 16, 15, 16, 16, 16, 16};
+  const auto experts = static_cast<int64_t>(few.size());
+  std::vector<int32_t> many(few.size());
+  for (size_t e = 0; e < few.size(); ++e) many[e] = few[e] + extra[e];
+  const std::vector<int32_t> few_offsets = offsets_for(few), many_offsets = offsets_for(many);
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    SCOPED_TRACE(name(dtype));
+    // Each expert's rows of `few` lead its rows of `many`.
+    const Tensor many_a = to_cuda(random_cpu({many_offsets.back(), k}, rng), dtype);
+    Tensor few_a = Tensor::empty({few_offsets.back(), k}, dtype, Device::CUDA);
+    for (int64_t e = 0; e < experts; ++e)
+      if (few[e] > 0) few_a.narrow(few_offsets[e], few[e]).copy_from(many_a.narrow(many_offsets[e], few[e]));
+    const Tensor w = to_cuda(random_cpu({experts, n, k}, rng, -0.2f, 0.2f), dtype);
+    const Tensor bias = to_cuda(random_cpu({experts, n}, rng), dtype);
+    ops::GroupedGemmArgs args;
+    args.bias = &bias;
+    args.activation = ops::Activation::Gelu;
+    Tensor few_out = poisoned({few_offsets.back(), n}, dtype, Device::CUDA);
+    Tensor many_out = poisoned({many_offsets.back(), n}, dtype, Device::CUDA);
+    ops::grouped_gemm(few_a, w, int_tensor(few_offsets, Device::CUDA), few_out, args);
+    ops::grouped_gemm(many_a, w, int_tensor(many_offsets, Device::CUDA), many_out, args);
+    Tensor expected = Tensor::empty(few_out.shape(), dtype, Device::CUDA);
+    for (int64_t e = 0; e < experts; ++e)
+      if (few[e] > 0) expected.narrow(few_offsets[e], few[e]).copy_from(many_out.narrow(many_offsets[e], few[e]));
+    // Below the CPU tolerances: a half-precision rounding of the output flips now and then, nothing more.
+    EXPECT_TRUE(relative_l2_within(few_out, expected, 1e-3));
+  }
+}
+
+// A split launch captured in a CUDA graph and replayed twice. On a thread whose first split launch is captured, the
+// arrival counters are the graph's own (zeroed by the graph); else the thread's, which the launches leave zero.
+void expect_split_k_graph_replays(bool eager_first) {
+  std::mt19937 rng(30);
+  const GemmCase tc{4096, 512, {0, 1, 1}, 1};
+  const DType dtype = DType::F16;
+  const auto experts = static_cast<int64_t>(tc.counts.size());
+  const std::vector<int32_t> offsets = offsets_for(tc.counts);
+  const int64_t active_rows = offsets.back(), rows = active_rows + tc.pruned;
+  const Tensor a = rounded_to(random_cpu({rows, tc.k}, rng), dtype);
+  const Tensor w = rounded_to(random_cpu({experts, tc.n, tc.k}, rng, -0.2f, 0.2f), dtype);
+  const Tensor bias = rounded_to(random_cpu({experts, tc.n}, rng), dtype);
+  ops::GroupedGemmArgs cpu_args;
+  cpu_args.bias = &bias;
+  cpu_args.activation = ops::Activation::ReLU;
+  Tensor expected = Tensor::empty({rows, tc.n});
+  ops::grouped_gemm(a, w, int_tensor(offsets, Device::CPU), expected, cpu_args);
+
+  const Tensor a_cuda = to_cuda(a, dtype), w_cuda = to_cuda(w, dtype), bias_cuda = to_cuda(bias, dtype);
+  const Tensor offsets_cuda = int_tensor(offsets, Device::CUDA);
+  ops::GroupedGemmArgs args = cpu_args;
+  args.bias = &bias_cuda;
+  Tensor out = poisoned({rows, tc.n}, dtype, Device::CUDA);
+  if (eager_first) ops::grouped_gemm(a_cuda, w_cuda, offsets_cuda, out, args);
+  CudaGraph graph;
+  graph.capture([&] { ops::grouped_gemm(a_cuda, w_cuda, offsets_cuda, out, args); });
+  for (int replay = 0; replay < 2; ++replay) {
+    SCOPED_TRACE("replay " + std::to_string(replay));
+    out.copy_from(poisoned({rows, tc.n}, dtype, Device::CPU));
+    graph.replay();
+    const Tensor got = to_cpu_float(out);
+    EXPECT_TRUE(relative_l2_within(got.narrow(0, active_rows), expected.narrow(0, active_rows), tolerance_for(dtype)));
+    for (int64_t i = active_rows * tc.n; i < rows * tc.n; ++i)
+      ASSERT_TRUE(std::isnan(got.data<float>()[i])) << "pruned element " << i;
+  }
+}
+
+TEST(CudaMoe, GroupedGemmSplitKReplaysInCudaGraph) {
+  ELEPHANT_REQUIRE_CUDA();
+  {
+    SCOPED_TRACE("this thread, after an eager launch");
+    expect_split_k_graph_replays(true);
+  }
+  // A new thread has a stream and counters of its own.
+  std::thread thread([] {
+    SCOPED_TRACE("a new thread, captured first");
+    try {
+      expect_split_k_graph_replays(false);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+  });
+  thread.join();
 }
 
 TEST(CudaMoe, ScatterScaledAddMatchesCpu) {
