@@ -14,6 +14,8 @@
 #   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine)
 #            next to tools/bench/hf_generate_bench.py (transformers fp16 generate); slow
 #   cpu      bench_cpu
+#   decode   bench_cuda_decode alone (also part of bench): the ops of one decode step, timed one by one
+#   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1): API calls, kernels
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages=" ${STAGES:-tests memcheck bench} "
@@ -97,16 +99,70 @@ for b in engine:
 PY
 fi
 
+if [[ $stages == *" bench "* || $stages == *" decode "* ]]; then
+  build-device/bin/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+    --benchmark_format=json --benchmark_out="$logs/bench_cuda_decode.json" --benchmark_out_format=json \
+    >/dev/null 2>"$logs/bench_cuda_decode.txt" || status=1
+  echo "== decode-step ops, paper shape, fp16 (CUDA graph replay over distinct weights; medians, us per call)"
+  python3 - "$logs/bench_cuda_decode.json" <<'PY' || status=1
+import json, sys
+print("| op | rows | us | HBM floor us | of floor |")
+print("|---|---|---|---|---|")
+for b in json.load(open(sys.argv[1]))["benchmarks"]:
+    if b.get("aggregate_name") != "median":
+        continue
+    name, rows = b["run_name"].rsplit("/", 1)
+    print(f"| {name} | {rows} | {b['real_time']:.1f} | {b['floor_us']:.2f} | {b['floor_us'] / b['real_time']:.2f} |")
+PY
+fi
+
 if [[ $stages == *" table3 "* ]]; then
   model=build-device/paper_model
   [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
   build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --json "$logs/table3_engine.json" \
     >"$logs/table3_engine.txt" 2>&1 || status=1
+  build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --no-cuda-graphs \
+    --json "$logs/table3_engine_launched.json" >"$logs/table3_engine_launched.txt" 2>&1 || status=1
   python3 tools/bench/hf_generate_bench.py "$model" --json "$logs/table3_hf.json" >"$logs/table3_hf.txt" 2>&1 ||
     status=1
   echo "== Table 3 (input tokens/s, 40 in / 40 out forced, fp16)"
-  cat "$logs/table3_engine.txt"
-  tail -8 "$logs/table3_hf.txt"
+  python3 - "$logs/table3_engine.json" "$logs/table3_engine_launched.json" "$logs/table3_hf.json" <<'PY' || status=1
+import json, sys
+graphs, launched, hf = (json.load(open(p))["rows"] for p in sys.argv[1:4])
+key = lambda r: (r["batch"], r.get("beam", r.get("beams")))
+launched, hf = {key(r): r for r in launched}, {key(r): r for r in hf}
+print("| batch | beam | transformers | elephant (graphs) | ratio | elephant (kernel by kernel) | peak GPU GiB |")
+print("|---|---|---|---|---|---|---|")
+for r in graphs:
+    t = hf[key(r)]["input_tokens_per_s"]
+    e = r["input_tokens_per_s"]
+    print(f"| {r['batch']} | {key(r)[1]} | {t:,.1f} | {e:,.0f} | {e / t:.1f}x | "
+          f"{launched[key(r)]['input_tokens_per_s']:,.0f} | {r['peak_gpu_bytes'] / 2**30:.2f} |")
+PY
+fi
+
+if [[ $stages == *" profile "* ]]; then
+  # Where a batch-1 translation's time goes (Nsight Systems): CUDA API calls and kernels, summed.
+  model=build-device/paper_model
+  [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
+  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -n "$nsys" ]; then
+    "$nsys" profile -o "$logs/profile" --force-overwrite true build-device/bin/bench_translate "$model" \
+      --batch-sizes "${PROFILE_BATCH:-1}" --beams "${PROFILE_BEAM:-1}" --batches 3 >"$logs/profile_run.txt" 2>&1
+    "$nsys" stats --report cuda_api_sum,cuda_gpu_kern_sum --format csv --output "$logs/profile" "$logs/profile.nsys-rep" \
+      >/dev/null 2>&1
+    echo "== profile: batch ${PROFILE_BATCH:-1}, beam ${PROFILE_BEAM:-1} (top CUDA API calls, top kernels; total ns)"
+    for f in "$logs"/profile_cuda_api_sum.csv "$logs"/profile_cuda_gpu_kern_sum.csv; do
+      [ -f "$f" ] && python3 -c "
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+for r in rows[:12]: print(f\"{int(float(r['Total Time (ns)'])):>12} {r['Num Calls'] if 'Num Calls' in r else r['Instances']:>7}  {r['Name'][:90]}\")
+" "$f"
+    done
+    rm -f "$logs/profile.nsys-rep" "$logs/profile.sqlite"
+  else
+    echo "== profile: no nsys on this machine"
+  fi
 fi
 
 if [[ $stages == *" cpu "* ]]; then

@@ -1,0 +1,198 @@
+// The ops of one decode step of the paper-shaped model (d_model 1024, 16 heads x 64, d_ff 4096, vocab 128,000,
+// fp16), each timed alone the way a step runs them: kCopies calls on distinct weights captured in one CUDA graph and
+// replayed, so that no weight is in L2 from the previous call. Per call: median time, the HBM floor (bytes read and
+// written over 2.96 TB/s) and the fraction of it reached. What a 12-layer decode step spends where (issue 4's
+// batch-1 throughput) without a profiler.
+//
+//   build/bin/bench_cuda_decode --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "bench_random.cuh"
+#include "core/cuda/runtime.cuh"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/gemm.h"
+#include "ops/kv_cache.h"
+#include "ops/rms_norm.h"
+#include "ops/topk.h"
+
+namespace elephant {
+namespace {
+
+constexpr int64_t kModel = 1024;
+constexpr int64_t kFf = 4096;
+constexpr int64_t kHeads = 16;
+constexpr int64_t kHeadDim = 64;
+constexpr int64_t kVocab = 128000;
+constexpr int64_t kKeys = 40;  // cached steps / source tokens per row
+constexpr int kCopies = 32;    // 32 x 2 MiB (the smallest weight) is past the 50 MB L2
+constexpr double kHbmBytesPerSecond = 2.96e12;
+constexpr DType kDtype = DType::F16;
+
+// Replays `copies` calls of `call` (given the copy index) from one graph; reports time per call against `bytes`.
+void time_calls(benchmark::State& state, int copies, const std::function<void(int)>& call, double bytes) {
+  cudaStream_t stream = cuda::stream();
+  for (int c = 0; c < copies; ++c) call(c);  // warm-up, uncaptured
+  cudaGraph_t graph;
+  ELEPHANT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int c = 0; c < copies; ++c) call(c);
+  ELEPHANT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  ELEPHANT_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t start, stop;
+  ELEPHANT_CUDA_CHECK(cudaEventCreate(&start));
+  ELEPHANT_CUDA_CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < 3; ++i) ELEPHANT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  for (auto _ : state) {
+    ELEPHANT_CUDA_CHECK(cudaEventRecord(start, stream));
+    ELEPHANT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    ELEPHANT_CUDA_CHECK(cudaEventRecord(stop, stream));
+    ELEPHANT_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    ELEPHANT_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(ms / 1000.0 / copies);
+  }
+  ELEPHANT_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  ELEPHANT_CUDA_CHECK(cudaGraphDestroy(graph));
+  ELEPHANT_CUDA_CHECK(cudaEventDestroy(start));
+  ELEPHANT_CUDA_CHECK(cudaEventDestroy(stop));
+  state.counters["floor_us"] = bytes / kHbmBytesPerSecond * 1e6;
+  state.counters["of_floor"] =
+      benchmark::Counter(bytes / kHbmBytesPerSecond, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+std::vector<Tensor> weights(const Shape& shape, int copies, std::mt19937& rng) {
+  std::vector<Tensor> w;
+  for (int c = 0; c < copies; ++c) w.push_back(random_device(shape, 0.03f, kDtype, rng));
+  return w;
+}
+
+// x [rows, in] · W^T, W [out, in]: cuBLAS, as the model's projections and dense FFN run.
+void BM_Linear(benchmark::State& state, int64_t out, int64_t in) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(1);
+  const std::vector<Tensor> w = weights({out, in}, kCopies, rng);
+  const Tensor x = random_device({rows, in}, 1.0f, kDtype, rng);
+  time_calls(
+      state, kCopies, [&](int c) { benchmark::DoNotOptimize(ops::linear(x, w[c]).raw()); },
+      2.0 * (out * in + rows * (in + out)));
+}
+
+// The lm_head: float32 logits over the whole vocabulary.
+void BM_Logits(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(2);
+  const int copies = 4;  // 4 x 262 MB
+  const std::vector<Tensor> w = weights({kVocab, kModel}, copies, rng);
+  const Tensor x = random_device({rows, kModel}, 1.0f, kDtype, rng);
+  Tensor logits = Tensor::empty({rows, kVocab}, DType::F32, Device::CUDA);
+  time_calls(
+      state, copies, [&](int c) { ops::gemm(x, w[c], logits); }, 2.0 * kVocab * kModel + 4.0 * rows * kVocab);
+}
+
+void BM_RmsNorm(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(3);
+  const Tensor x = random_device({rows, kModel}, 1.0f, kDtype, rng);
+  const Tensor weight = random_device({kModel}, 1.0f, kDtype, rng);
+  Tensor y = Tensor::empty(x.shape(), kDtype, Device::CUDA);
+  time_calls(
+      state, kCopies, [&](int) { ops::rms_norm(x, weight, 1e-6f, y); }, 2.0 * (2 * rows + 1) * kModel);
+}
+
+void BM_AddInPlace(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(4);
+  Tensor hidden = random_device({rows, kModel}, 1.0f, kDtype, rng);
+  const Tensor y = random_device({rows, kModel}, 1.0f, kDtype, rng);
+  time_calls(
+      state, kCopies, [&](int) { ops::add_in_place(hidden, y); }, 2.0 * 3 * rows * kModel);
+}
+
+void BM_WriteCacheStep(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(5);
+  const Tensor values = random_device({rows, kHeads * kHeadDim}, 1.0f, kDtype, rng);
+  Tensor cache = Tensor::empty({rows, kKeys, kHeads * kHeadDim}, kDtype, Device::CUDA);
+  std::vector<int32_t> slots;
+  for (int64_t r = 0; r < rows; ++r) slots.push_back(static_cast<int32_t>(r * kKeys + kKeys / 2));
+  const Tensor slot_tensor = Tensor::from_vector(slots, {rows}, Device::CUDA);
+  time_calls(
+      state, kCopies, [&](int) { ops::write_cache_step(values, slot_tensor, cache); },
+      2.0 * 2 * rows * kHeads * kHeadDim);
+}
+
+// One query per row against kKeys keys of its own (self-attention over the cache; cross-attention is the same
+// shape at 40 source tokens).
+void BM_DecodeAttention(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(6);
+  const int64_t inner = kHeads * kHeadDim;
+  const Tensor queries = random_device({rows, inner}, 1.0f, kDtype, rng);
+  const Tensor keys = random_device({rows * kKeys, inner}, 1.0f, kDtype, rng);
+  const Tensor values = random_device({rows * kKeys, inner}, 1.0f, kDtype, rng);
+  std::vector<int32_t> query_begin, key_begin, key_length, position;
+  for (int64_t r = 0; r < rows; ++r) {
+    query_begin.push_back(static_cast<int32_t>(r));
+    key_begin.push_back(static_cast<int32_t>(r * kKeys));
+    key_length.push_back(static_cast<int32_t>(kKeys));
+    position.push_back(static_cast<int32_t>(kKeys - 1));
+  }
+  query_begin.push_back(static_cast<int32_t>(rows));
+  const ops::AttentionLayout layout =
+      ops::AttentionLayout::from_host(query_begin, key_begin, key_length, position, Device::CUDA);
+  ops::AttentionArgs args;
+  args.num_heads = kHeads;
+  args.head_dim = kHeadDim;
+  Tensor out = Tensor::empty(queries.shape(), kDtype, Device::CUDA);
+  time_calls(
+      state, kCopies, [&](int) { ops::attention(queries, keys, values, layout, args, out); },
+      2.0 * (2 * rows * inner + 2 * rows * kKeys * inner));
+}
+
+// Greedy's argmax over the vocabulary (outside the step's graph in the search, timed here the same way).
+void BM_Argmax(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(7);
+  const Tensor logits = random_device({rows, kVocab}, 1.0f, DType::F32, rng);
+  Tensor values = Tensor::empty({rows, 1}, DType::F32, Device::CUDA);
+  Tensor indices = Tensor::empty({rows, 1}, DType::I32, Device::CUDA);
+  time_calls(
+      state, kCopies, [&](int) { ops::topk(logits, 1, values, indices); }, 4.0 * rows * kVocab);
+}
+
+}  // namespace
+
+void register_benchmarks() {
+  const auto add = [](const char* name, auto&& fn) {
+    auto* b = benchmark::RegisterBenchmark(name, fn);
+    b->Arg(1)->Arg(8)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+  };
+  add("Linear/1024x1024", [](benchmark::State& s) { BM_Linear(s, kModel, kModel); });
+  add("Linear/4096x1024", [](benchmark::State& s) { BM_Linear(s, kFf, kModel); });
+  add("Linear/1024x4096", [](benchmark::State& s) { BM_Linear(s, kModel, kFf); });
+  add("Logits/128000x1024", BM_Logits);
+  add("RmsNorm", BM_RmsNorm);
+  add("AddInPlace", BM_AddInPlace);
+  add("WriteCacheStep", BM_WriteCacheStep);
+  add("Attention/40keys", BM_DecodeAttention);
+  add("Argmax/128000", BM_Argmax);
+}
+
+}  // namespace elephant
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (elephant::cuda_device_count() == 0) {
+    std::fprintf(stderr, "bench_cuda_decode: no CUDA device\n");
+    return 1;
+  }
+  elephant::register_benchmarks();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
