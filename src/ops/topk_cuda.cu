@@ -1,7 +1,10 @@
-// Top-k per row for decoding: one block per row. Each thread keeps its own best K (a sorted list in registers,
-// K a power of two >= k), then k rounds of a block-wide argmax pick the row's best, each round's winner popping
-// its head. k is small (beam search takes 2 x beam), rows are long (a vocabulary, or beams x vocabulary).
+// Top-k per row for decoding. Each thread keeps its own best K (a sorted list in registers, K a power of two >= k),
+// then k rounds of a block-wide argmax pick the block's best, each round's winner popping its head. k is small (beam
+// search takes 2 x beam), rows are long (a vocabulary, or beams x vocabulary): one block per row would leave most
+// SMs idle (108 us for one row of 128,000 on an H100), so a row is split into chunks, each block writes its chunk's
+// best k, and a second launch picks the best k of those candidates, one block per row.
 
+#include <algorithm>
 #include <cfloat>
 #include <climits>
 
@@ -27,15 +30,35 @@ __device__ __forceinline__ bool better(const Entry& a, const Entry& b) {
 
 __device__ __forceinline__ Entry best_of(Entry a, Entry b) { return better(b, a) ? b : a; }
 
-template <int K>
-__global__ void topk_kernel(const float* __restrict__ x, int64_t n, int k, float* __restrict__ values,
-                            int* __restrict__ indices) {
-  const float* row = x + blockIdx.x * n;
+// Where a block's entries come from: a chunk of a row of x (index = column), or the candidates the chunks of a
+// row left (their indices; an empty candidate, index INT_MAX, never enters).
+struct RowChunk {
+  const float* x;
+  int64_t n, chunk;  // row length, columns per chunk
+  __device__ int64_t begin() const { return blockIdx.y * chunk; }
+  __device__ int64_t end() const { return min(n, begin() + chunk); }
+  __device__ Entry at(int64_t i) const { return {x[blockIdx.x * n + i], static_cast<int>(i)}; }
+};
+struct Candidates {
+  const float* values;
+  const int* indices;
+  int64_t count;  // per row
+  __device__ int64_t begin() const { return 0; }
+  __device__ int64_t end() const { return count; }
+  __device__ Entry at(int64_t i) const {
+    const int64_t at = blockIdx.x * count + i;
+    return {values[at], indices[at]};
+  }
+};
+
+// Block (row, chunk) writes its best k to values/indices [rows, chunks, k] (chunks: gridDim.y).
+template <int K, typename Source>
+__global__ void topk_kernel(Source source, int k, float* __restrict__ values, int* __restrict__ indices) {
   Entry list[K];
 #pragma unroll
   for (int j = 0; j < K; ++j) list[j] = {-FLT_MAX * 2.0f, INT_MAX};  // -inf, empty
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const Entry e{row[i], static_cast<int>(i)};
+  for (int64_t i = source.begin() + threadIdx.x; i < source.end(); i += blockDim.x) {
+    const Entry e = source.at(i);
     if (e.value != e.value || !better(e, list[K - 1])) continue;  // NaN never enters
     list[K - 1] = e;
 #pragma unroll
@@ -60,9 +83,15 @@ __global__ void topk_kernel(const float* __restrict__ x, int64_t n, int k, float
       Entry w = warp_best[0];
       for (int i = 1; i < static_cast<int>(blockDim.x / 32); ++i) w = best_of(w, warp_best[i]);
       winner = w;
+      const int64_t at = (static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y) * k + round;
       const bool empty = w.index == INT_MAX;
-      values[blockIdx.x * k + round] = empty ? NAN : w.value;
-      indices[blockIdx.x * k + round] = empty ? -1 : w.index;
+      if (gridDim.y == 1) {  // the row's result
+        values[at] = empty ? NAN : w.value;
+        indices[at] = empty ? -1 : w.index;
+      } else {  // a candidate for the second pass
+        values[at] = w.value;
+        indices[at] = w.index;
+      }
     }
     __syncthreads();
     // Indices are unique, so exactly one thread owns the winner: it pops its head.
@@ -89,8 +118,29 @@ __global__ void fill_column_kernel(float* __restrict__ x, int64_t rows, int64_t 
 
 template <int K>
 void launch_topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
-  topk_kernel<K><<<static_cast<unsigned>(x.dim(0)), kThreads, 0, rt::stream()>>>(
-      x.data<float>(), x.dim(1), k, values.data<float>(), indices.data<int32_t>());
+  const int64_t rows = x.dim(0), n = x.dim(1);
+  // About two blocks per SM over all rows, each chunk at least 4096 columns (and a chunk's best k are few next to
+  // its columns); 65535 chunks at most (gridDim.y).
+  constexpr int64_t kMinChunk = 4096;
+  const int64_t want = 2LL * rt::device_properties().multiProcessorCount;
+  const int64_t chunks =
+      std::clamp<int64_t>(std::min(want / std::max<int64_t>(rows, 1), n / kMinChunk), 1, int64_t{65535});
+  const int64_t chunk = (n + chunks - 1) / chunks;
+  const dim3 first(static_cast<unsigned>(rows), static_cast<unsigned>(chunks));
+  if (chunks == 1) {
+    topk_kernel<K><<<first, kThreads, 0, rt::stream()>>>(RowChunk{x.data<float>(), n, chunk}, k, values.data<float>(),
+                                                         indices.data<int32_t>());
+    ELEPHANT_CHECK_LAUNCH();
+    return;
+  }
+  Tensor candidate_values = Tensor::empty({rows, chunks * k}, DType::F32, Device::CUDA);
+  Tensor candidate_indices = Tensor::empty({rows, chunks * k}, DType::I32, Device::CUDA);
+  topk_kernel<K><<<first, kThreads, 0, rt::stream()>>>(
+      RowChunk{x.data<float>(), n, chunk}, k, candidate_values.data<float>(), candidate_indices.data<int32_t>());
+  ELEPHANT_CHECK_LAUNCH();
+  topk_kernel<K><<<dim3(static_cast<unsigned>(rows), 1), kThreads, 0, rt::stream()>>>(
+      Candidates{candidate_values.data<float>(), candidate_indices.data<int32_t>(), chunks * k}, k,
+      values.data<float>(), indices.data<int32_t>());
   ELEPHANT_CHECK_LAUNCH();
 }
 

@@ -93,7 +93,8 @@ TEST(TopkTest, AddRowValuesAndFillColumn) {
 TEST(CudaTopkTest, MatchesTheCpuExactly) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(12);
-  for (const auto& [rows, n] : {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {96, 300}, {4, 256000}, {1, 8000}}) {
+  for (const auto& [rows, n] :
+       {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {96, 300}, {4, 256000}, {1, 8000}, {1, 128000}, {3, 50001}}) {
     const Tensor x = tied_rows(rows, n, rng);
     const Tensor xd = x.to(Device::CUDA);
     for (const int k : {1, 2, 4, 5, 8, 33, 64}) {
@@ -107,6 +108,22 @@ TEST(CudaTopkTest, MatchesTheCpuExactly) {
       expect_same(dv.to_vector<float>(), values.to_vector<float>());
     }
   }
+}
+
+// Rows long enough to be split into chunks whose candidates are all empty or all -inf.
+TEST(CudaTopkTest, ChunksWithoutFiniteValuesMatchTheCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  const int64_t n = 50000;
+  std::vector<float> v(static_cast<size_t>(2 * n), std::nanf(""));
+  v[static_cast<size_t>(n + 40000)] = -INFINITY;
+  const Tensor x = Tensor::from_vector(v, {2, n});
+  Tensor values = Tensor::empty({2, 3}), indices = Tensor::empty({2, 3}, DType::I32);
+  ops::topk(x, 3, values, indices);
+  Tensor dv = testdev::poisoned({2, 3}, DType::F32, Device::CUDA);
+  Tensor di = Tensor::zeros({2, 3}, DType::I32, Device::CUDA);
+  ops::topk(x.to(Device::CUDA), 3, dv, di);
+  EXPECT_EQ(di.to_vector<int32_t>(), indices.to_vector<int32_t>());
+  expect_same(dv.to_vector<float>(), values.to_vector<float>());
 }
 
 TEST(CudaTopkTest, AddRowValuesAndFillColumnMatchTheCpu) {
