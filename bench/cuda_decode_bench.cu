@@ -82,6 +82,17 @@ void BM_Linear(benchmark::State& state, int64_t out, int64_t in) {
       2.0 * (out * in + rows * (in + out)));
 }
 
+// Self-attention's query, key and value projections in one launch (ops::linear_stack).
+void BM_LinearStack(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(8);
+  const std::vector<Tensor> w = weights({3, kModel, kModel}, kCopies, rng);
+  const Tensor x = random_device({rows, kModel}, 1.0f, kDtype, rng);
+  Tensor y = Tensor::empty({3, rows, kModel}, kDtype, Device::CUDA);
+  time_calls(
+      state, kCopies, [&](int c) { ops::linear_stack(x, w[c], y); }, 2.0 * (3 * kModel * kModel + 4 * rows * kModel));
+}
+
 // The lm_head: float32 logits over the whole vocabulary.
 void BM_Logits(benchmark::State& state) {
   const int64_t rows = state.range(0);
@@ -175,6 +186,7 @@ void register_benchmarks() {
   add("Linear/1024x1024", [](benchmark::State& s) { BM_Linear(s, kModel, kModel); });
   add("Linear/4096x1024", [](benchmark::State& s) { BM_Linear(s, kFf, kModel); });
   add("Linear/1024x4096", [](benchmark::State& s) { BM_Linear(s, kModel, kFf); });
+  add("LinearStack/3x1024x1024", BM_LinearStack);
   add("Logits/128000x1024", BM_Logits);
   add("RmsNorm", BM_RmsNorm);
   add("AddInPlace", BM_AddInPlace);

@@ -60,11 +60,25 @@ void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, c
 
 void add_attention(const MultiHeadAttention& attention, const Tensor& x, const Tensor& keys, const Tensor& values,
                    const ops::AttentionLayout& layout, const ops::AttentionArgs& args, Tensor& hidden) {
-  const Tensor queries = ops::linear(x, attention.q);
+  add_attention_output(attention, ops::linear(x, attention.q), keys, values, layout, args, hidden);
+}
+
+void add_attention_output(const MultiHeadAttention& attention, const Tensor& queries, const Tensor& keys,
+                          const Tensor& values, const ops::AttentionLayout& layout, const ops::AttentionArgs& args,
+                          Tensor& hidden) {
   Tensor context = Tensor::empty(queries.shape(), queries.dtype(), queries.device());
   ops::attention(queries, keys, values, layout, args, context);
   ops::add_in_place(hidden, ops::linear(context, attention.o));
 }
+
+Tensor project_qkv(const MultiHeadAttention& attention, const Tensor& x) {
+  if (!attention.qkv.defined()) throw std::logic_error("project_qkv: the attention has no stacked qkv weight");
+  Tensor out = Tensor::empty({3, x.dim(0), attention.qkv.dim(1)}, x.dtype(), x.device());
+  ops::linear_stack(x, attention.qkv, out);
+  return out;
+}
+
+Tensor stacked(const Tensor& stack, int64_t i) { return stack.narrow(i, 1).reshape({stack.dim(1), stack.dim(2)}); }
 
 Tensor token_ids(const std::vector<int32_t>& ids, int64_t vocab, Device device) {
   for (int32_t id : ids)

@@ -23,6 +23,9 @@ struct RmsNorm {
 
 struct MultiHeadAttention {
   Tensor q, k, v, o;  // q, k, v: [heads * head_dim, d_model]; o: [d_model, heads * head_dim]
+  // Self-attention: [3, heads * head_dim, d_model], q, k and v stacked (q, k and v are views of it), so that the
+  // three projections of the same rows are one launch. Undefined for cross-attention.
+  Tensor qkv;
   int num_heads = 0;
   int head_dim = 0;
 };
@@ -52,9 +55,18 @@ struct FeedForward {
 // expert work (batch pruning); no flags means every row is live.
 void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, const Tensor* active = nullptr);
 
-// hidden += o(attention(q(x), k(memory), v(memory))): self-attention when memory is x.
+// hidden += o(attention(q(x), keys, values)): keys and values already projected (k(memory), v(memory)).
 void add_attention(const MultiHeadAttention& attention, const Tensor& x, const Tensor& keys, const Tensor& values,
                    const ops::AttentionLayout& layout, const ops::AttentionArgs& args, Tensor& hidden);
+// The same from projected queries.
+void add_attention_output(const MultiHeadAttention& attention, const Tensor& queries, const Tensor& keys,
+                          const Tensor& values, const ops::AttentionLayout& layout, const ops::AttentionArgs& args,
+                          Tensor& hidden);
+
+// Self-attention's three projections of x in one launch: [3, rows, heads * head_dim] (queries, keys, values).
+Tensor project_qkv(const MultiHeadAttention& attention, const Tensor& x);
+// Matrix i of a stack [count, rows, columns], as a [rows, columns] view.
+Tensor stacked(const Tensor& stack, int64_t i);
 
 // Host token ids checked against the vocabulary (std::out_of_range naming the id), as an I32 tensor on `device`.
 Tensor token_ids(const std::vector<int32_t>& ids, int64_t vocab, Device device);

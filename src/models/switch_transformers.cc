@@ -146,12 +146,24 @@ class LayerBuilder {
     return {load(prefix + ".layer_norm.weight", {c_.d_model}), c_.layer_norm_epsilon};
   }
 
-  layers::MultiHeadAttention attention(const std::string& prefix) {
+  // Self-attention keeps q, k and v stacked, for one projection launch (layers::project_qkv).
+  layers::MultiHeadAttention attention(const std::string& prefix, bool self) {
     const int64_t inner = static_cast<int64_t>(c_.num_heads) * c_.d_kv;
     layers::MultiHeadAttention a;
-    a.q = load(prefix + ".q.weight", {inner, c_.d_model});
-    a.k = load(prefix + ".k.weight", {inner, c_.d_model});
-    a.v = load(prefix + ".v.weight", {inner, c_.d_model});
+    if (self) {
+      Tensor qkv = Tensor::empty({3, inner, c_.d_model}, options_.dtype);
+      for (int i = 0; i < 3; ++i)
+        layers::stacked(qkv, i).copy_from(
+            checkpoint_.load(prefix + "." + "qkv"[i] + ".weight", {inner, c_.d_model}, options_.dtype));
+      a.qkv = qkv.to(options_.device);
+      a.q = layers::stacked(a.qkv, 0);
+      a.k = layers::stacked(a.qkv, 1);
+      a.v = layers::stacked(a.qkv, 2);
+    } else {
+      a.q = load(prefix + ".q.weight", {inner, c_.d_model});
+      a.k = load(prefix + ".k.weight", {inner, c_.d_model});
+      a.v = load(prefix + ".v.weight", {inner, c_.d_model});
+    }
     a.o = load(prefix + ".o.weight", {c_.d_model, inner});
     a.num_heads = c_.num_heads;
     a.head_dim = c_.d_kv;
@@ -215,7 +227,7 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
     const std::string block = "encoder.block." + std::to_string(i);
     EncoderLayer layer;
     layer.attention_norm = builder.norm(block + ".layer.0");
-    layer.attention = builder.attention(block + ".layer.0.SelfAttention");
+    layer.attention = builder.attention(block + ".layer.0.SelfAttention", true);
     layer.ffn_norm = builder.norm(block + ".layer.1");
     layer.ffn = builder.feed_forward(block + ".layer.1.mlp", c.encoder_layer_is_sparse(i));
     encoder_layers_.push_back(std::move(layer));
@@ -228,9 +240,9 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
     const std::string block = "decoder.block." + std::to_string(i);
     DecoderLayer layer;
     layer.self_attention_norm = builder.norm(block + ".layer.0");
-    layer.self_attention = builder.attention(block + ".layer.0.SelfAttention");
+    layer.self_attention = builder.attention(block + ".layer.0.SelfAttention", true);
     layer.cross_attention_norm = builder.norm(block + ".layer.1");
-    layer.cross_attention = builder.attention(block + ".layer.1.EncDecAttention");
+    layer.cross_attention = builder.attention(block + ".layer.1.EncDecAttention", false);
     layer.ffn_norm = builder.norm(block + ".layer.2");
     layer.ffn = builder.feed_forward(block + ".layer.2.mlp", c.decoder_layer_is_sparse(i));
     decoder_layers_.push_back(std::move(layer));
@@ -278,10 +290,9 @@ EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int3
 
   Tensor hidden = layers::embed(encoder_embedding_, layers::token_ids(tokens, config_.vocab_size, options_.device));
   for (const EncoderLayer& layer : encoder_layers_) {
-    const Tensor normed = layer.attention_norm(hidden);
-    const Tensor keys = ops::linear(normed, layer.attention.k);
-    const Tensor values = ops::linear(normed, layer.attention.v);
-    layers::add_attention(layer.attention, normed, keys, values, layout, args, hidden);
+    const Tensor qkv = layers::project_qkv(layer.attention, layer.attention_norm(hidden));
+    layers::add_attention_output(layer.attention, layers::stacked(qkv, 0), layers::stacked(qkv, 1),
+                                 layers::stacked(qkv, 2), layout, args, hidden);
     layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden);
   }
   out.hidden = encoder_final_norm_(hidden);
@@ -332,10 +343,10 @@ void SwitchTransformersModel::compute_step(DecoderState& state, const Tensor& to
     const DecoderLayer& layer = decoder_layers_[i];
     DecoderState::Layer& cache = state.layers()[i];
     const int64_t width = cache.self_keys.dim(2);
-    const Tensor normed = layer.self_attention_norm(hidden);
-    state.store_step(cache, ops::linear(normed, layer.self_attention.k), ops::linear(normed, layer.self_attention.v));
-    layers::add_attention(layer.self_attention, normed, cache.self_keys.reshape({-1, width}),
-                          cache.self_values.reshape({-1, width}), self_layout, self_args, hidden);
+    const Tensor qkv = layers::project_qkv(layer.self_attention, layer.self_attention_norm(hidden));
+    state.store_step(cache, layers::stacked(qkv, 1), layers::stacked(qkv, 2));
+    layers::add_attention_output(layer.self_attention, layers::stacked(qkv, 0), cache.self_keys.reshape({-1, width}),
+                                 cache.self_values.reshape({-1, width}), self_layout, self_args, hidden);
     layers::add_attention(layer.cross_attention, layer.cross_attention_norm(hidden), cache.cross_keys,
                           cache.cross_values, cross_layout, cross_args, hidden);
     layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden, state.active_rows());

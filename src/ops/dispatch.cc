@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/device_memory.h"
 #include "elephant/error.h"
 #include "ops/backends.h"
 #include "ops/elementwise.h"
@@ -86,6 +87,22 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
   Tensor y2 = y.reshape({rows, weight.dim(0)});
   gemm(x.reshape({rows, x.dim(-1)}), weight, y2);
   return y;
+}
+
+void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
+  same_device("linear_stack", x, weights);
+  same_device("linear_stack", x, y);
+  check_floating("linear_stack", x);
+  if (x.rank() != 2 || weights.rank() != 3 || y.rank() != 3 || weights.dim(2) != x.dim(1) ||
+      y.shape() != Shape{weights.dim(0), x.dim(0), weights.dim(1)} || weights.dtype() != x.dtype() ||
+      y.dtype() != x.dtype())
+    fail("linear_stack", "x " + describe(x) + ", weights " + describe(weights) + ", y " + describe(y));
+  if (y.numel() == 0) return;
+  if (x.dim(1) == 0) {
+    device_fill_zero(y.raw(), y.device(), y.nbytes());
+    return;
+  }
+  ELEPHANT_DISPATCH(x.device(), linear_stack(x, weights, y));
 }
 
 void add_in_place(Tensor& hidden, const Tensor& y) {

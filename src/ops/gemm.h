@@ -17,4 +17,9 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args = {}
 // y[..., n] = x[..., k] · weight[n, k]^T: a Linear layer without bias, output in x's dtype and device.
 Tensor linear(const Tensor& x, const Tensor& weight);
 
+// y[i] = x · weights[i]^T for every Linear weight of a stack: x [rows, k], weights [count, n, k], y [count, rows, n]
+// in x's dtype. One launch on CUDA (a strided batched GEMM): the query, key and value projections of the same
+// rows at once. Each y[i] equals linear(x, weights[i]) up to the GEMM's summation order.
+void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
+
 }  // namespace elephant::ops

@@ -12,4 +12,13 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
               a.data<float>(), k, b.data<float>(), static_cast<int>(b.dim(1)), args.beta, c.data<float>(), n);
 }
 
+void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
+  const int m = static_cast<int>(x.dim(0));
+  const int k = static_cast<int>(x.dim(1));
+  const int n = static_cast<int>(weights.dim(1));
+  for (int64_t i = 0; i < weights.dim(0); ++i)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x.data<float>(), k,
+                weights.data<float>() + i * n * k, k, 0.0f, y.data<float>() + i * m * n, n);
+}
+
 }  // namespace elephant::ops::cpu

@@ -47,4 +47,17 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
       static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
+  const int64_t rows = x.dim(0), k = x.dim(1), n = weights.dim(1), count = weights.dim(0);
+  if (rows > INT_MAX || n > INT_MAX || k > INT_MAX || count > INT_MAX)
+    throw Error("linear_stack: dimensions exceed cuBLAS's int range");
+  const float one = 1.0f, zero = 0.0f;
+  // Column-major per weight i: y[i]^T [n, rows] = W_i [n, k] · x^T [k, rows]; x is shared (stride 0).
+  ELEPHANT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      rt::cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(rows), static_cast<int>(k), &one,
+      weights.raw(), cuda_type(weights.dtype()), static_cast<int>(k), n * k, x.raw(), cuda_type(x.dtype()),
+      static_cast<int>(k), 0, &zero, y.raw(), cuda_type(y.dtype()), static_cast<int>(n), rows * n,
+      static_cast<int>(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 }  // namespace elephant::ops::cuda

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "elephant/error.h"
@@ -69,6 +70,22 @@ TEST(CudaDenseOps, GemmMatchesCpu) {
       }
     }
   }
+}
+
+TEST(CudaDenseOps, LinearStackMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(17);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 32}, {8, 1024, 1024}, {5, 24, 40}}) {
+      SCOPED_TRACE(name(dtype) + " m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
+      const Tensor x = rounded_to(random_cpu({m, k}, rng), dtype);
+      const Tensor weights = rounded_to(random_cpu({3, n, k}, rng), dtype);
+      Tensor expected = Tensor::empty({3, m, n});
+      ops::linear_stack(x, weights, expected);
+      Tensor y = poisoned({3, m, n}, dtype, Device::CUDA);
+      ops::linear_stack(to_cuda(x, dtype), to_cuda(weights, dtype), y);
+      EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(dtype)));
+    }
 }
 
 TEST(CudaDenseOps, GemmWithEmptyInnerDimensionScalesC) {

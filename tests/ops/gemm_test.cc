@@ -112,6 +112,31 @@ TEST(GemmTest, AlphaAndBetaAccumulateIntoC) {
       }
 }
 
+// Each matrix of linear_stack's output is the linear() of its weight, against the double reference; bad shapes
+// and dtypes are rejected with both shapes in the message.
+TEST(GemmTest, LinearStackProjectsWithEveryWeight) {
+  std::mt19937 rng(21);
+  for (const GemmShape& s : {GemmShape{1, 12, 8}, GemmShape{5, 7, 33}, GemmShape{0, 4, 3}}) {
+    SCOPED_TRACE(::testing::Message() << "m=" << s.m << " n=" << s.n << " k=" << s.k);
+    const Tensor x = random_tensor({s.m, s.k}, rng);
+    const Tensor weights = random_tensor({3, s.n, s.k}, rng);
+    Tensor y = testref::filled_tensor({3, s.m, s.n}, std::numeric_limits<float>::quiet_NaN());
+    ops::linear_stack(x, weights, y);
+    for (int64_t i = 0; i < 3; ++i) {
+      const Tensor w = weights.narrow(i, 1).reshape({s.n, s.k});
+      const Reference ref = reference_gemm(x, w, {}, true, 1.0, 0.0);
+      EXPECT_TRUE(close_elementwise(y.narrow(i, 1).reshape({s.m, s.n}), ref.c, gemm_tolerance(ref, s.k))) << i;
+    }
+  }
+  Tensor y = Tensor::empty({3, 2, 4});
+  try {
+    ops::linear_stack(random_tensor({2, 5}, rng), random_tensor({3, 4, 6}, rng), y);
+    FAIL() << "a weight of the wrong width was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("[3, 4, 6]"), std::string::npos) << e.what();
+  }
+}
+
 // linear() writes into uninitialized memory with beta = 0: the prior content of c must never leak in,
 // not even NaN (0 * NaN would be NaN).
 TEST(GemmTest, BetaZeroIgnoresPriorContentOfC) {
