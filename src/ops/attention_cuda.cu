@@ -5,9 +5,13 @@
 // partial sums), then each lane accumulates its ceil(head_dim / 32) output dimensions. The layout is read on
 // the device: blocks past a sequence's real query count exit, and rows outside every sequence are never
 // written. A query that sees no key gets zeros, as on the CPU.
+//
+// Decode steps (one query per sequence) take decode_attention_kernel instead: there the kernel above has one
+// useful warp per block, and the step's time is its serial chain of tile loads and barriers, not bytes.
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "core/cuda/runtime.cuh"
@@ -174,9 +178,8 @@ __global__ void attention_kernel(const T* __restrict__ queries, const T* __restr
   }
 }
 
-template <typename T, int C>
-void launch(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
-            const AttentionArgs& args, Tensor& out) {
+template <typename T>
+Params make_params(const Tensor& keys, const Tensor& values, const AttentionLayout& layout, const AttentionArgs& args) {
   constexpr int N = 16 / sizeof(T);
   const int hd = args.head_dim;
   Params p;
@@ -196,18 +199,239 @@ void launch(const Tensor& queries, const Tensor& keys, const Tensor& values, con
   // Lanes read 16-byte packs of rows key_stride apart: an odd number of packs keeps 8 lanes on 8 bank groups.
   p.key_stride = p.padded_dim + ((p.padded_dim / N) % 2 == 0 ? N : 0);
   p.query_stride = (hd + 7) / 8 * 8;
+  return p;
+}
 
-  const int warps = static_cast<int>(std::min<int64_t>(kMaxWarps, layout.max_queries));
-  const int64_t chunks = (layout.max_queries + warps - 1) / warps;
+void check_grid(const AttentionLayout& layout, const AttentionArgs& args, int64_t chunks) {
   if (layout.sequences() > 0x7fffffff || args.num_heads > 65535 || chunks > 65535)
     throw Error("attention: " + std::to_string(layout.sequences()) + " sequences, " + std::to_string(args.num_heads) +
                 " heads and up to " + std::to_string(layout.max_queries) + " queries per sequence exceed one launch");
+}
+
+template <typename T, int C>
+void launch(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
+            const AttentionArgs& args, Tensor& out) {
+  const Params p = make_params<T>(keys, values, layout, args);
+  const int warps = static_cast<int>(std::min<int64_t>(kMaxWarps, layout.max_queries));
+  const int64_t chunks = (layout.max_queries + warps - 1) / warps;
+  check_grid(layout, args, chunks);
   const size_t smem = static_cast<size_t>(warps) * p.query_stride * sizeof(float) +
                       static_cast<size_t>(kTileKeys) * (p.key_stride + 32 * C) * sizeof(T);
   const dim3 grid(static_cast<unsigned>(layout.sequences()), static_cast<unsigned>(args.num_heads),
                   static_cast<unsigned>(chunks));
   attention_kernel<T, C>
       <<<grid, warps * 32, smem, rt::stream()>>>(queries.data<T>(), keys.data<T>(), values.data<T>(), out.data<T>(), p);
+  ELEPHANT_CHECK_LAUNCH();
+}
+
+// ---- One query per sequence (decode steps) ----
+// A block owns (sequence, head) and its warps split the keys. A group of G lanes holds one key row, a 16-byte
+// pack per lane (G: the row's packs rounded up to a power of two, so that a warp holds 32 / G keys), so keys and
+// values go from global memory straight to registers, with no shared-memory tile and no barrier in the loop, and
+// each group has a few keys in flight before it uses the first. Each group keeps an online softmax
+// (max, sum, acc) over its keys; groups merge by shuffles within a warp, then warps through shared memory.
+constexpr int kDecodeMaxWarps = 8;
+// Keys per group and pass: 4 with 16-byte loads; 2 with element loads, whose halves take a register each.
+__host__ __device__ constexpr int decode_keys_per_group(bool vector_loads) { return vector_loads ? 4 : 2; }
+
+// A lane's 16 bytes of a row from `src`, of which the first `valid` elements exist (the rest are zero): one
+// 16-byte load when the row is whole packs, else element by element. Returned as words: a predicated load then
+// lands in zeroed registers, where a pack of halves would be merged with zeros half by half, waiting for the load
+// before the next one issues.
+template <typename T, bool kVector>
+__device__ __forceinline__ uint4 load_words(const T* src, int valid) {
+  constexpr int N = 16 / sizeof(T);
+  uint4 x = make_uint4(0, 0, 0, 0);
+  if constexpr (kVector) {
+    if (valid >= N) x = *reinterpret_cast<const uint4*>(src);
+  } else {
+    Pack<T, N> pack{};
+#pragma unroll
+    for (int e = 0; e < N; ++e)
+      if (e < valid) pack.v[e] = src[e];
+    memcpy(&x, &pack, sizeof(x));
+  }
+  return x;
+}
+
+template <typename T>
+__device__ __forceinline__ Pack<T, 16 / sizeof(T)> unpack(uint4 x) {
+  Pack<T, 16 / sizeof(T)> pack;
+  memcpy(&pack, &x, sizeof(pack));
+  return pack;
+}
+
+// (max, sum, acc) of the other half merged into this one's; -inf maxima on both sides stay zero, not NaN.
+template <int N>
+__device__ __forceinline__ void merge_softmax(float& max, float& sum, float (&acc)[N], float other_max, float other_sum,
+                                              const float (&other_acc)[N]) {
+  const float new_max = fmaxf(max, other_max);
+  const float reference = new_max == -INFINITY ? 0.0f : new_max;
+  const float mine = expf(max - reference), theirs = expf(other_max - reference);
+  max = new_max;
+  sum = sum * mine + other_sum * theirs;
+#pragma unroll
+  for (int e = 0; e < N; ++e) acc[e] = acc[e] * mine + other_acc[e] * theirs;
+}
+
+template <typename T, bool kVector>
+__global__ void __launch_bounds__(kDecodeMaxWarps * 32, 1)
+    decode_attention_kernel(const T* __restrict__ queries, const T* __restrict__ keys, const T* __restrict__ values,
+                            T* __restrict__ out, Params p, int group_shift) {
+  constexpr int N = 16 / sizeof(T), U = decode_keys_per_group(kVector);
+  __shared__ float warp_max[kDecodeMaxWarps], warp_sum[kDecodeMaxWarps];
+  __shared__ float warp_acc[kDecodeMaxWarps][kMaxHeadDim];
+
+  // A sequence without a query sees no key and writes nothing. No early exit and no branch on it: the compiler
+  // would defer the other layout loads behind the query range, a second memory round trip ahead of the key loads.
+  const int s = blockIdx.x, h = blockIdx.y;
+  const int row = p.query_begin[s];
+  const bool has_query = p.query_begin[s + 1] > row;
+  const int64_t key_row0 = p.key_begin[s];
+  const int key_length = p.key_length[s], position = p.query_position[s];
+  const int visible = (p.causal ? min(key_length, position + 1) : key_length) & -static_cast<int>(has_query);
+  const int G = 1 << group_shift, groups = blockDim.x >> group_shift, group = threadIdx.x >> group_shift;
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int hd = p.head_dim, d0 = (lane & (G - 1)) * N;  // the lane's dimensions: d0 .. d0 + N - 1, those < hd real
+  const int valid = hd - d0;
+  const int64_t head_offset = static_cast<int64_t>(h) * hd;
+
+  const T* k_lane = keys + key_row0 * p.inner + head_offset + d0;
+  const T* v_lane = values + key_row0 * p.inner + head_offset + d0;
+  const float* bias = p.bias ? p.bias + static_cast<int64_t>(h) * p.bias_width + p.bias_max_offset - position
+                             : nullptr;  // bias[j] is key j's column
+
+  // Pass by pass group g takes keys base + u * groups + g; keys past `visible` load nothing and score -inf. A
+  // pass's loads are issued at the end of the one before (the first with the query's), all before any use.
+  uint4 k_words[U], v_words[U];
+  float key_bias[U];
+  const auto load_pass = [&](int base) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = base + u * groups + group;
+      const int64_t offset = static_cast<int64_t>(j) * p.inner;
+      k_words[u] = load_words<T, kVector>(k_lane + offset, j < visible ? valid : 0);
+      v_words[u] = load_words<T, kVector>(v_lane + offset, j < visible ? valid : 0);
+      key_bias[u] = bias && j < visible ? bias[j] : 0.0f;
+    }
+  };
+  load_pass(0);
+  // The query after the first keys' loads are issued: its conversion waits for it.
+  const Pack<T, N> q_pack = unpack<T>(
+      load_words<T, kVector>(queries + static_cast<int64_t>(row) * p.inner + head_offset + d0, has_query ? valid : 0));
+  float q[N];
+#pragma unroll
+  for (int e = 0; e < N; ++e) q[e] = to_float(q_pack.v[e]);
+
+  float running_max = -INFINITY, sum = 0.0f, acc[N];
+#pragma unroll
+  for (int e = 0; e < N; ++e) acc[e] = 0.0f;
+  // The bound is block-uniform, so that whole warps meet the shuffles.
+  for (int base = 0; base < visible; base += U * groups) {
+    float dot[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const Pack<T, N> k = unpack<T>(k_words[u]);
+      dot[u] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < N; ++e) dot[u] = fmaf(q[e], to_float(k.v[e]), dot[u]);
+    }
+    for (int offset = G / 2; offset > 0; offset /= 2) {  // the group's sum, in every lane of it
+#pragma unroll
+      for (int u = 0; u < U; ++u) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], offset);
+    }
+    float score[U], pass_max = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      score[u] = base + u * groups + group < visible ? dot[u] + key_bias[u] : -INFINITY;
+      pass_max = fmaxf(pass_max, score[u]);
+    }
+    const float new_max = fmaxf(running_max, pass_max);
+    // All scores so far -inf (no key yet, or a -inf bias): keep everything at zero instead of NaN.
+    const float reference = new_max == -INFINITY ? 0.0f : new_max;
+    const float correction = expf(running_max - reference);
+    running_max = new_max;
+    sum *= correction;
+#pragma unroll
+    for (int e = 0; e < N; ++e) acc[e] *= correction;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const Pack<T, N> v = unpack<T>(v_words[u]);
+      const float prob = expf(score[u] - reference);
+      sum += prob;
+#pragma unroll
+      for (int e = 0; e < N; ++e) acc[e] = fmaf(prob, to_float(v.v[e]), acc[e]);
+    }
+    load_pass(base + U * groups);
+  }
+
+  // Lanes G, 2G, ... apart hold the same dimensions for other keys: fold the warp's groups into its first.
+  for (int offset = G; offset < 32; offset *= 2) {
+    float other_acc[N];
+#pragma unroll
+    for (int e = 0; e < N; ++e) other_acc[e] = __shfl_xor_sync(0xffffffffu, acc[e], offset);
+    const float other_max = __shfl_xor_sync(0xffffffffu, running_max, offset);
+    const float other_sum = __shfl_xor_sync(0xffffffffu, sum, offset);
+    merge_softmax(running_max, sum, acc, other_max, other_sum, other_acc);
+  }
+  if (lane < G) {
+#pragma unroll
+    for (int e = 0; e < N; ++e)
+      if (e < valid) warp_acc[warp][d0 + e] = acc[e];
+    if (lane == 0) {
+      warp_max[warp] = running_max;
+      warp_sum[warp] = sum;
+    }
+  }
+  // Warps the block lacks count as empty, so that every thread reads all kDecodeMaxWarps without a branch.
+  if (threadIdx.x >= warps && threadIdx.x < kDecodeMaxWarps) {
+    warp_max[threadIdx.x] = -INFINITY;
+    warp_sum[threadIdx.x] = 0.0f;
+  }
+  __syncthreads();
+
+  // One output dimension per thread, over the warps' partials.
+  if (!has_query) return;
+  float block_max = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kDecodeMaxWarps; ++w) block_max = fmaxf(block_max, warp_max[w]);
+  const float reference = block_max == -INFINITY ? 0.0f : block_max;
+  float scale[kDecodeMaxWarps], total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kDecodeMaxWarps; ++w) {
+    scale[w] = expf(warp_max[w] - reference);
+    total += warp_sum[w] * scale[w];
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // no key seen: zeros
+  T* o = out + static_cast<int64_t>(row) * p.inner + head_offset;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float weighted = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeMaxWarps; ++w)
+      if (w < warps) weighted = fmaf(warp_acc[w][d], scale[w], weighted);
+    o[d] = from_float<T>(weighted * inv);
+  }
+}
+
+template <typename T>
+void launch_decode(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
+                   const AttentionArgs& args, Tensor& out) {
+  constexpr int N = 16 / sizeof(T);
+  const Params p = make_params<T>(keys, values, layout, args);
+  check_grid(layout, args, 1);
+  // 16-byte loads of the query too, where it is aligned (the model's queries are).
+  const bool vector = p.vector_loads && reinterpret_cast<uintptr_t>(queries.raw()) % 16 == 0;
+  int group_shift = 0;  // G = 1 << group_shift lanes per key
+  while ((N << group_shift) < args.head_dim) ++group_shift;
+  // Enough warps that one pass covers the longest key run, as far as kDecodeMaxWarps goes: a pass costs one
+  // memory round trip, a warp more only a few instructions of the merge.
+  const int64_t keys_per_warp = (32 >> group_shift) * decode_keys_per_group(vector);
+  const int warps =
+      static_cast<int>(std::clamp<int64_t>((layout.max_keys + keys_per_warp - 1) / keys_per_warp, 1, kDecodeMaxWarps));
+  const dim3 grid(static_cast<unsigned>(layout.sequences()), static_cast<unsigned>(args.num_heads));
+  const auto kernel = vector ? decode_attention_kernel<T, true> : decode_attention_kernel<T, false>;
+  kernel<<<grid, warps * 32, 0, rt::stream()>>>(queries.data<T>(), keys.data<T>(), values.data<T>(), out.data<T>(), p,
+                                                group_shift);
   ELEPHANT_CHECK_LAUNCH();
 }
 
@@ -221,6 +445,7 @@ void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, 
   if (layout.max_queries <= 0) return;  // no sequence has a query
   rt::dispatch_floating(queries.dtype(), "attention", [&](auto tag) {
     using T = decltype(tag);
+    if (layout.max_queries == 1) return launch_decode<T>(queries, keys, values, layout, args, out);
     switch ((args.head_dim + 31) / 32) {
       case 1:
         return launch<T, 1>(queries, keys, values, layout, args, out);

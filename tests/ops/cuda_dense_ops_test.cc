@@ -398,6 +398,7 @@ struct AttentionCase {
   bool causal;
   int bias_max_offset;                      // < 0: no bias
   int64_t max_queries = -1, max_keys = -1;  // bounds larger than the real lengths, when >= 0
+  bool unaligned_keys = false;              // keys and values start one element into their storage
 };
 
 struct HeadShape {
@@ -406,8 +407,19 @@ struct HeadShape {
 // One to four output dimensions per lane, head_dim not a multiple of a 16-byte pack (7, 36), the largest (128).
 const std::vector<HeadShape> kHeadShapes = {{2, 64}, {3, 7}, {1, 128}, {4, 32}, {2, 80}, {1, 96}, {2, 36}};
 
-void check_attention(const AttentionCase& tc, std::mt19937& rng) {
-  for (const HeadShape& hs : kHeadShapes) {
+// A CPU F32 [rows, width] tensor on CUDA in `dtype`; `unaligned`: one element into its storage, so that no 16-byte
+// vector path applies however wide the rows are.
+Tensor attention_input(const Tensor& cpu, DType dtype, bool unaligned) {
+  if (!unaligned) return to_cuda(cpu, dtype);
+  const int64_t rows = cpu.dim(0), width = cpu.dim(1);
+  Tensor flat = Tensor::empty({rows * width + 1});
+  flat.data<float>()[0] = 1.0f;
+  for (int64_t i = 0; i < rows * width; ++i) flat.data<float>()[i + 1] = cpu.data<float>()[i];
+  return unaligned_rows(to_cuda(flat, dtype), rows, width);
+}
+
+void check_attention(const AttentionCase& tc, std::mt19937& rng, const std::vector<HeadShape>& shapes = kHeadShapes) {
+  for (const HeadShape& hs : shapes) {
     const int64_t inner = static_cast<int64_t>(hs.heads) * hs.head_dim;
     const Tensor q32 = random_cpu({tc.query_rows, inner}, rng);
     const Tensor k32 = random_cpu({tc.key_rows, inner}, rng);
@@ -417,7 +429,8 @@ void check_attention(const AttentionCase& tc, std::mt19937& rng) {
     const int64_t used_rows = tc.query_begin.back();
     for (DType dtype : testdev::cuda_dtypes()) {
       SCOPED_TRACE(tc.what + " " + name(dtype) + " heads " + std::to_string(hs.heads) + " x " +
-                   std::to_string(hs.head_dim));
+                   std::to_string(hs.head_dim) + (tc.causal ? " causal" : "") + (bias.defined() ? " bias" : "") +
+                   (tc.unaligned_keys ? " unaligned keys" : ""));
       const Tensor q = rounded_to(q32, dtype), k = rounded_to(k32, dtype), v = rounded_to(v32, dtype);
       ops::AttentionArgs args;
       args.num_heads = hs.heads;
@@ -437,7 +450,8 @@ void check_attention(const AttentionCase& tc, std::mt19937& rng) {
       const Tensor bias_cuda = bias.defined() ? to_cuda(bias) : Tensor();
       args.position_bias = bias.defined() ? &bias_cuda : nullptr;
       Tensor out = poisoned({tc.query_rows, inner}, dtype, Device::CUDA);
-      ops::attention(to_cuda(q, dtype), to_cuda(k, dtype), to_cuda(v, dtype), layout, args, out);
+      ops::attention(to_cuda(q, dtype), attention_input(k, dtype, tc.unaligned_keys),
+                     attention_input(v, dtype, tc.unaligned_keys), layout, args, out);
 
       EXPECT_TRUE(relative_l2_within(out.narrow(0, used_rows), expected.narrow(0, used_rows), tolerance_for(dtype)));
       // Rows outside every sequence stay untouched.
@@ -497,6 +511,71 @@ TEST(CudaDenseOps, AttentionLengthsBelowTheBounds) {
   check_attention({"below bounds causal", {0, 2, 9}, {0, 2}, {2, 7}, {0, 0}, 12, 9, true, 8, 20, 100}, rng);
   // Decoder-style: one real query per sequence, bounds of a longer batch.
   check_attention({"below bounds decoder", {0, 1, 2}, {0, 30}, {5, 29}, {4, 28}, 4, 60, false, 40, 9, 100}, rng);
+}
+
+// One query per sequence: the decode kernel (max_queries == 1). Eight sequences: 1, 40 and 257 keys (several
+// passes of its eight warps), none, an empty query range, 33 keys behind the query under the causal mask, and a
+// query at position -1 that the causal mask leaves no key; row 7 belongs to no sequence. Head widths of whole
+// 16-byte packs (64, 24, 40, 128: 8, 3, 5 and 16 fp16 packs) and not (7, 36: element loads).
+const AttentionCase kDecodeCase{"decode",
+                                {0, 1, 2, 3, 4, 4, 5, 6, 7},
+                                {0, 1, 41, 298, 298, 303, 310, 343},
+                                {1, 40, 257, 0, 5, 5, 33, 4},
+                                {0, 20, 256, 0, 2, 2, 40, -1},
+                                8,
+                                350,
+                                false,
+                                -1};
+const std::vector<HeadShape> kDecodeHeadShapes = {{16, 64}, {2, 24}, {3, 40}, {1, 128}, {4, 32}, {2, 7}, {2, 36}};
+
+TEST(CudaDenseOps, AttentionDecodeOneQueryPerSequence) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(76);
+  for (bool causal : {false, true}) {
+    for (int bias_max_offset : {-1, 260}) {
+      AttentionCase tc = kDecodeCase;
+      tc.causal = causal;
+      tc.bias_max_offset = bias_max_offset;
+      check_attention(tc, rng, kDecodeHeadShapes);
+    }
+  }
+}
+
+TEST(CudaDenseOps, AttentionDecodeWarpCounts) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(77);
+  // The benchmark's shape: 8 rows of 40 keys at position 39 (a few warps).
+  AttentionCase rows40{"decode 40 keys", {0}, {}, {}, {}, 8, 8 * 40, false, 40};
+  for (int32_t r = 0; r < 8; ++r) {
+    rows40.query_begin.push_back(r + 1);
+    rows40.key_begin.push_back(r * 40);
+    rows40.key_length.push_back(40);
+    rows40.query_position.push_back(39);
+  }
+  check_attention(rows40, rng, kDecodeHeadShapes);
+  // Keys this short get one warp; the first sequence has no query. Then the same under a larger key bound.
+  const AttentionCase short_keys{
+      "decode short", {0, 0, 1, 2, 3}, {0, 2, 3, 5}, {2, 1, 2, 3}, {1, 0, 1, 2}, 3, 8, true, 3};
+  check_attention(short_keys, rng, kDecodeHeadShapes);
+  AttentionCase short_keys_bound = short_keys;
+  short_keys_bound.max_keys = 1000;
+  check_attention(short_keys_bound, rng, kDecodeHeadShapes);
+}
+
+TEST(CudaDenseOps, AttentionDecodeUnalignedKeys) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(78);
+  // Rows of whole packs whose start is not 16-byte aligned: the element loads.
+  for (bool causal : {false, true}) {
+    AttentionCase tc = kDecodeCase;
+    tc.causal = causal;
+    tc.bias_max_offset = causal ? -1 : 260;
+    tc.unaligned_keys = true;
+    check_attention(tc, rng, {{16, 64}, {2, 24}, {1, 128}});
+  }
+  AttentionCase general{"general unaligned", {0, 5, 42, 43}, {0, 5, 42}, {5, 37, 1}, {0, 0, 0}, 43, 43, true, 36};
+  general.unaligned_keys = true;
+  check_attention(general, rng, {{2, 64}, {1, 128}});
 }
 
 TEST(CudaDenseOps, AttentionRejectsHeadDimAbove128) {
