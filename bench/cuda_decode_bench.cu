@@ -11,7 +11,7 @@
 #include <random>
 #include <vector>
 
-#include "bench_random.cuh"
+#include "bench_cuda.cuh"
 #include "core/cuda/runtime.cuh"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
@@ -33,33 +33,9 @@ constexpr int kCopies = 32;    // 32 x 2 MiB (the smallest weight) is past the 5
 constexpr double kHbmBytesPerSecond = 2.96e12;
 constexpr DType kDtype = DType::F16;
 
-// Replays `copies` calls of `call` (given the copy index) from one graph; reports time per call against `bytes`.
+// Time per call of `copies` calls replayed from one graph, against `bytes` of HBM traffic per call.
 void time_calls(benchmark::State& state, int copies, const std::function<void(int)>& call, double bytes) {
-  cudaStream_t stream = cuda::stream();
-  for (int c = 0; c < copies; ++c) call(c);  // warm-up, uncaptured
-  cudaGraph_t graph;
-  ELEPHANT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int c = 0; c < copies; ++c) call(c);
-  ELEPHANT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  ELEPHANT_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t start, stop;
-  ELEPHANT_CUDA_CHECK(cudaEventCreate(&start));
-  ELEPHANT_CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) ELEPHANT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  for (auto _ : state) {
-    ELEPHANT_CUDA_CHECK(cudaEventRecord(start, stream));
-    ELEPHANT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    ELEPHANT_CUDA_CHECK(cudaEventRecord(stop, stream));
-    ELEPHANT_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    ELEPHANT_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    state.SetIterationTime(ms / 1000.0 / copies);
-  }
-  ELEPHANT_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  ELEPHANT_CUDA_CHECK(cudaGraphDestroy(graph));
-  ELEPHANT_CUDA_CHECK(cudaEventDestroy(start));
-  ELEPHANT_CUDA_CHECK(cudaEventDestroy(stop));
+  time_graph_replays(state, copies, call);
   state.counters["floor_us"] = bytes / kHbmBytesPerSecond * 1e6;
   state.counters["of_floor"] =
       benchmark::Counter(bytes / kHbmBytesPerSecond, benchmark::Counter::kIsIterationInvariantRate);

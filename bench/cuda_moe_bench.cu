@@ -14,7 +14,7 @@
 #include <set>
 #include <vector>
 
-#include "bench_random.cuh"
+#include "bench_cuda.cuh"
 #include "core/cuda/runtime.cuh"
 #include "ops/elementwise.h"
 #include "ops/gather.h"
@@ -82,31 +82,8 @@ void BM_MoeLayer(benchmark::State& state, DType dtype) {
   const Tensor x = random_device({tokens, kModel}, 1.0f, dtype, rng);
   Tensor hidden = random_device({tokens, kModel}, 1.0f, dtype, rng);
 
-  cudaStream_t stream = cuda::stream();
-  for (const Layer& layer : copies) moe_layer(layer, x, expert, probability, hidden);  // warm-up, uncaptured
-  cudaGraph_t graph;
-  ELEPHANT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (const Layer& layer : copies) moe_layer(layer, x, expert, probability, hidden);
-  ELEPHANT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec;
-  ELEPHANT_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t start, stop;
-  ELEPHANT_CUDA_CHECK(cudaEventCreate(&start));
-  ELEPHANT_CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < 3; ++i) ELEPHANT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  for (auto _ : state) {
-    ELEPHANT_CUDA_CHECK(cudaEventRecord(start, stream));
-    ELEPHANT_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    ELEPHANT_CUDA_CHECK(cudaEventRecord(stop, stream));
-    ELEPHANT_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.0f;
-    ELEPHANT_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    state.SetIterationTime(ms / 1000.0 / kCopies);  // one layer
-  }
-  ELEPHANT_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  ELEPHANT_CUDA_CHECK(cudaGraphDestroy(graph));
-  ELEPHANT_CUDA_CHECK(cudaEventDestroy(start));
-  ELEPHANT_CUDA_CHECK(cudaEventDestroy(stop));
+  // One layer per call, each with its own weights.
+  time_graph_replays(state, kCopies, [&](int c) { moe_layer(copies[c], x, expert, probability, hidden); });
 
   const auto hit = static_cast<double>(std::set<int32_t>(routing.begin(), routing.end()).size());
   const double element = static_cast<double>(dtype_size(dtype));
