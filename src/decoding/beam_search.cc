@@ -50,9 +50,6 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
     }
   };
 
-  // As in greedy search: with CUDA graphs the batch shrinks in buckets of sources, done sources staying as
-  // inactive padding until the live ones fit a smaller bucket.
-  const bool bucketed = device == Device::CUDA;
   size_t done_before = 0;
   for (int step = 0; step < options.max_length; ++step) {
     // Log-probs plus each row's running score, then the best 2 x beam_size of every source's beams x vocab
@@ -82,40 +79,37 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
     state->reorder_rows(beams.next_rows.reshape({rows}));
     if (done == done_before) continue;
     done_before = done;
+    std::vector<uint8_t> source_done(improving.size());
     std::vector<int32_t> finished;
-    for (int32_t position : all)
-      if (!improving[position]) finished.push_back(position);
+    for (int32_t position : all) {
+      source_done[position] = improving[position] ? 0 : 1;
+      if (source_done[position]) finished.push_back(position);
+    }
     collect(finished);
     for (int32_t position : finished) live[position] = -1;
 
-    const auto still_live = static_cast<int64_t>(improving.size() - done);
-    const int64_t target = options.prune_finished ? (bucketed ? batch_bucket(still_live) : still_live) : live_count;
-    if (target >= live_count) {  // done sources stay in the batch, their rows idle: no expert work
+    // Done sources in the batch (without pruning, or as padding on a GPU) keep their rows idle: no expert work.
+    const std::vector<int32_t> keep = entries_to_keep(source_done, options.prune_finished, device == Device::CUDA);
+    if (keep.empty()) {
       std::vector<uint8_t> active;
       for (uint8_t flag : improving) active.insert(active.end(), static_cast<size_t>(beam_size), flag);
       state->set_active_rows(active);
       continue;
     }
-    // Keep the live sources and, as padding up to the bucket, the first done ones.
-    std::vector<int32_t> keep, kept_rows;
+    std::vector<int32_t> kept_rows;
     std::vector<uint8_t> active;
-    int64_t padding = target - still_live;
-    for (int32_t position : all) {
-      if (!improving[position] && padding == 0) continue;
-      if (!improving[position]) --padding;
-      keep.push_back(position);
+    for (int32_t position : keep)
       for (int k = 0; k < beam_size; ++k) {
         kept_rows.push_back(position * beam_size + k);
         active.push_back(improving[position]);
       }
-    }
     state->select_rows(kept_rows);
     state->set_active_rows(active);
     beams.keep_sources(Tensor::from_vector(keep, {static_cast<int64_t>(keep.size())}, device));
     std::vector<int32_t> kept_sources;
     for (int32_t position : keep) kept_sources.push_back(live[position]);
     live = std::move(kept_sources);
-    done_before = static_cast<size_t>(target - still_live);
+    done_before = keep.size() - (improving.size() - done);  // every live source is kept: the rest is padding
   }
   return results;
 }

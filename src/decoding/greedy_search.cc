@@ -17,13 +17,6 @@ std::vector<std::vector<int32_t>> generate(EncoderDecoderModel& model, const Enc
   return options.beam_size == 1 ? greedy_search(model, encoded, options) : beam_search(model, encoded, options);
 }
 
-int64_t batch_bucket(int64_t rows) {
-  if (rows <= 2) return std::max<int64_t>(rows, 0);
-  int64_t power = 2;
-  while (power * 2 < rows) power *= 2;  // power < rows <= 2 * power
-  return rows <= power + power / 2 ? power + power / 2 : 2 * power;
-}
-
 // Tokens, finished flags and each row's generated ids live on the model's device; per step only the finished flags
 // come back (one byte a row), and a sentence's ids when it is done.
 std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
@@ -61,9 +54,6 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
     }
   };
 
-  // With CUDA graphs the batch shrinks in buckets (each new row count costs a capture): finished rows stay in it,
-  // inactive, until the live ones fit a smaller bucket. Without graphs it shrinks as soon as a row finishes.
-  const bool bucketed = device == Device::CUDA;
   uint64_t finished_before = 0;
   for (int step = 0; step < options.max_length; ++step) {
     // The argmax (first maximum) and the bookkeeping run on the model's device.
@@ -89,21 +79,12 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
     if (last) break;
     for (int32_t r : report) row_to_source[r] = -1;
 
-    const auto live = static_cast<int64_t>(done.size() - done_count);
-    const int64_t target = options.prune_finished ? (bucketed ? batch_bucket(live) : live) : rows;
-    if (target >= rows) {  // finished rows idle in the batch: no expert work, pad as input (transformers)
+    const std::vector<int32_t> keep = entries_to_keep(done, options.prune_finished, device == Device::CUDA);
+    if (keep.empty()) {  // finished rows idle in the batch: no expert work, pad as input (transformers)
       std::vector<uint8_t> active(done.size());
       for (size_t r = 0; r < done.size(); ++r) active[r] = done[r] ? 0 : 1;
       state->set_active_rows(active);
       continue;
-    }
-    // Keep the live rows and, as padding up to the bucket, the first finished ones.
-    std::vector<int32_t> keep;
-    int64_t padding = target - live;
-    for (size_t r = 0; r < done.size(); ++r) {
-      if (done[r] && padding == 0) continue;
-      if (done[r]) --padding;
-      keep.push_back(static_cast<int32_t>(r));
     }
     state->select_rows(keep);
     const auto kept = static_cast<int64_t>(keep.size());
@@ -125,7 +106,7 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
     }
     row_to_source = std::move(kept_sources);
     state->set_active_rows(active);
-    finished_before = static_cast<uint64_t>(kept - live);
+    finished_before = keep.size() - (done.size() - done_count);  // every live row is kept: the rest is padding
   }
   return results;
 }

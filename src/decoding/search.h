@@ -21,9 +21,15 @@ struct SearchOptions {
 std::vector<std::vector<int32_t>> generate(EncoderDecoderModel& model, const EncoderOutput& encoded,
                                            const SearchOptions& options);
 
-// The decoder batch sizes a search compacts to when decode steps are replayed from CUDA graphs (one capture per
-// size): 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5 times them), the smallest one >= rows.
+// The decoder batch sizes a search compacts to on a GPU, where each size costs a CUDA graph capture: 1, 2, 3, 4, 6,
+// 8, 12, 16, 24, ... (powers of two and 1.5 times them), the smallest one >= rows.
 int64_t batch_bucket(int64_t rows);
+
+// After some entries of a decoder batch (sentences, or a sentence's beams) finished (done[i] != 0): the entries the
+// batch keeps, in order, or none when it keeps its size and its finished entries only go inactive (always without
+// pruning). Bucketed (on a GPU) it shrinks to batch_bucket(live entries): every live entry and, as inactive
+// padding, the first finished ones; otherwise to the live entries alone.
+std::vector<int32_t> entries_to_keep(const std::vector<uint8_t>& done, bool prune, bool bucketed);
 
 std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
                                                 const SearchOptions& options);
