@@ -13,33 +13,31 @@ Tensor EncoderDecoderModel::step(DecoderState& state, const Tensor& tokens) {
                                 to_string(device));
   state.prepare_step();
   const Shape logits_shape{rows, special_tokens().vocab_size};
-  if (device != Device::CUDA || !options().cuda_graphs || rows == 0) {
-    Tensor logits = Tensor::empty(logits_shape, DType::F32, device);
-    compute_step(state, tokens, logits);
-    state.finish_step();
-    return logits;
-  }
   DecoderState::StepGraph& recorded = state.step_graph_;
-  if (recorded.version != state.version()) {
-    // New rows or layouts: this step runs kernel by kernel and the next one is recorded, so that first-use work
-    // (module loading, cuBLAS heuristics) never happens inside a capture and a layout used once is not recorded.
-    recorded.graph = CudaGraph();
-    recorded.version = state.version();
-    Tensor logits = Tensor::empty(logits_shape, DType::F32, device);
+  const bool graphs = device == Device::CUDA && options().cuda_graphs && rows > 0;
+  Tensor logits;
+  if (graphs && recorded.version == state.version()) {
+    if (recorded.graph.empty()) {
+      // Input and output live outside the graph, at addresses fixed for its replays.
+      recorded.tokens = Tensor::empty({rows}, DType::I32, device);
+      recorded.logits = Tensor::empty(logits_shape, DType::F32, device);
+      recorded.graph.capture([&] { compute_step(state, recorded.tokens, recorded.logits); });
+    }
+    recorded.tokens.copy_from(tokens);
+    recorded.graph.replay();
+    logits = recorded.logits;
+  } else {
+    if (graphs) {
+      // New rows or layouts: this step runs kernel by kernel and the next one is recorded, so that first-use work
+      // (module loading, cuBLAS heuristics) never happens inside a capture and a layout used once is not recorded.
+      recorded.graph = CudaGraph();
+      recorded.version = state.version();
+    }
+    logits = Tensor::empty(logits_shape, DType::F32, device);
     compute_step(state, tokens, logits);
-    state.finish_step();
-    return logits;
   }
-  if (recorded.graph.empty()) {
-    // Input and output live outside the graph, at addresses fixed for its replays.
-    recorded.tokens = Tensor::empty({rows}, DType::I32, device);
-    recorded.logits = Tensor::empty(logits_shape, DType::F32, device);
-    recorded.graph.capture([&] { compute_step(state, recorded.tokens, recorded.logits); });
-  }
-  recorded.tokens.copy_from(tokens);
-  recorded.graph.replay();
   state.finish_step();
-  return recorded.logits;
+  return logits;
 }
 
 }  // namespace elephant
