@@ -23,8 +23,8 @@ struct RmsNorm {
 
 struct MultiHeadAttention {
   Tensor q, k, v, o;  // q, k, v: [heads * head_dim, d_model]; o: [d_model, heads * head_dim]
-  // Self-attention: [3, heads * head_dim, d_model], q, k and v stacked (q, k and v are views of it), so that the
-  // three projections of the same rows are one launch. Undefined for cross-attention.
+  // Self-attention keeps q, k and v only stacked, [3, heads * head_dim, d_model] (q, k and v undefined), so that the
+  // three projections of the same rows are one launch (project_qkv). Undefined for cross-attention.
   Tensor qkv;
   int num_heads = 0;
   int head_dim = 0;

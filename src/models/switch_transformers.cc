@@ -156,9 +156,6 @@ class LayerBuilder {
         layers::stacked(qkv, i).copy_from(
             checkpoint_.load(prefix + "." + "qkv"[i] + ".weight", {inner, c_.d_model}, options_.dtype));
       a.qkv = qkv.to(options_.device);
-      a.q = layers::stacked(a.qkv, 0);
-      a.k = layers::stacked(a.qkv, 1);
-      a.v = layers::stacked(a.qkv, 2);
     } else {
       a.q = load(prefix + ".q.weight", {inner, c_.d_model});
       a.k = load(prefix + ".k.weight", {inner, c_.d_model});
