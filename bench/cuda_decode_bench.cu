@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bench_cuda.cuh"
@@ -16,6 +17,7 @@
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/gemm.h"
+#include "ops/gemm_cuda.h"
 #include "ops/kv_cache.h"
 #include "ops/rms_norm.h"
 #include "ops/topk.h"
@@ -47,7 +49,8 @@ std::vector<Tensor> weights(const Shape& shape, int copies, std::mt19937& rng) {
   return w;
 }
 
-// x [rows, in] · W^T, W [out, in]: cuBLAS, as the model's projections and dense FFN run.
+// x [rows, in] · W^T, W [out, in] through ops::linear, as the model's projections and dense FFN run (the small-m
+// kernel at 1 and 8 rows; GemmPath below times it against cuBLAS).
 void BM_Linear(benchmark::State& state, int64_t out, int64_t in) {
   const int64_t rows = state.range(0);
   std::mt19937 rng(1);
@@ -67,6 +70,51 @@ void BM_LinearStack(benchmark::State& state) {
   Tensor y = Tensor::empty({3, rows, kModel}, kDtype, Device::CUDA);
   time_calls(
       state, kCopies, [&](int c) { ops::linear_stack(x, w[c], y); }, 2.0 * (3 * kModel * kModel + 4 * rows * kModel));
+}
+
+// The two CUDA paths of ops::gemm and ops::linear_stack side by side on the same weights and output buffer:
+// cuBLAS, and the small-m kernel that the ops pick for 1-8 half-precision rows (every hand-written kernel is timed
+// against the library).
+void BM_GemmPath(benchmark::State& state, int64_t out, int64_t in, bool library) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(9);
+  const std::vector<Tensor> w = weights({out, in}, kCopies, rng);
+  const Tensor x = random_device({rows, in}, 1.0f, kDtype, rng);
+  Tensor y = Tensor::empty({rows, out}, kDtype, Device::CUDA);
+  if (!library && !ops::cuda::small_m_gemm(x, w[0], y, {})) {
+    state.SkipWithError("the small-m kernel does not apply");
+    return;
+  }
+  time_calls(
+      state, kCopies,
+      [&](int c) {
+        if (library)
+          ops::cuda::gemm_cublas(x, w[c], y, {});
+        else
+          ops::cuda::small_m_gemm(x, w[c], y, {});
+      },
+      2.0 * (out * in + rows * (in + out)));
+}
+
+void BM_LinearStackPath(benchmark::State& state, bool library) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(10);
+  const std::vector<Tensor> w = weights({3, kModel, kModel}, kCopies, rng);
+  const Tensor x = random_device({rows, kModel}, 1.0f, kDtype, rng);
+  Tensor y = Tensor::empty({3, rows, kModel}, kDtype, Device::CUDA);
+  if (!library && !ops::cuda::small_m_linear_stack(x, w[0], y)) {
+    state.SkipWithError("the small-m kernel does not apply");
+    return;
+  }
+  time_calls(
+      state, kCopies,
+      [&](int c) {
+        if (library)
+          ops::cuda::linear_stack_cublas(x, w[c], y);
+        else
+          ops::cuda::small_m_linear_stack(x, w[c], y);
+      },
+      2.0 * (3 * kModel * kModel + 4 * rows * kModel));
 }
 
 // The lm_head: float32 logits over the whole vocabulary.
@@ -163,6 +211,13 @@ void register_benchmarks() {
   add("Linear/4096x1024", [](benchmark::State& s) { BM_Linear(s, kFf, kModel); });
   add("Linear/1024x4096", [](benchmark::State& s) { BM_Linear(s, kModel, kFf); });
   add("LinearStack/3x1024x1024", BM_LinearStack);
+  for (bool library : {true, false}) {
+    const std::string path = library ? "/cublas" : "/small_m";
+    add(("GemmPath/1024x1024" + path).c_str(), [=](benchmark::State& s) { BM_GemmPath(s, kModel, kModel, library); });
+    add(("GemmPath/4096x1024" + path).c_str(), [=](benchmark::State& s) { BM_GemmPath(s, kFf, kModel, library); });
+    add(("GemmPath/1024x4096" + path).c_str(), [=](benchmark::State& s) { BM_GemmPath(s, kModel, kFf, library); });
+    add(("LinearStackPath/3x1024x1024" + path).c_str(), [=](benchmark::State& s) { BM_LinearStackPath(s, library); });
+  }
   add("Logits/128000x1024", BM_Logits);
   add("RmsNorm", BM_RmsNorm);
   add("AddInPlace", BM_AddInPlace);

@@ -1,4 +1,5 @@
-// c = alpha * a·op(b) + beta * c through cuBLAS. cuBLAS is column-major: a row-major [r, c] matrix is its
+// c = alpha * a·op(b) + beta * c: the small-m kernel (small_m_gemm_cuda.cu) for a few half-precision rows against
+// a Linear weight, cuBLAS for everything else. cuBLAS is column-major: a row-major [r, c] matrix is its
 // column-major transpose, so row-major c = a·op(b) is computed as column-major c^T = op(b)^T · a^T.
 
 #include <climits>
@@ -6,6 +7,7 @@
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
+#include "ops/gemm_cuda.h"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -27,7 +29,7 @@ cudaDataType_t cuda_type(DType dtype) {
 
 }  // namespace
 
-void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
+void gemm_cublas(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
   const int64_t m = a.dim(0), k = a.dim(1), n = c.dim(1);
   if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
     throw Error("gemm: dimensions " + std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k) +
@@ -47,7 +49,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
       static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
+void linear_stack_cublas(const Tensor& x, const Tensor& weights, Tensor& y) {
   const int64_t rows = x.dim(0), k = x.dim(1), n = weights.dim(1), count = weights.dim(0);
   if (rows > INT_MAX || n > INT_MAX || k > INT_MAX || count > INT_MAX)
     throw Error("linear_stack: dimensions exceed cuBLAS's int range");
@@ -58,6 +60,14 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
       weights.raw(), cuda_type(weights.dtype()), static_cast<int>(k), n * k, x.raw(), cuda_type(x.dtype()),
       static_cast<int>(k), 0, &zero, y.raw(), cuda_type(y.dtype()), static_cast<int>(n), rows * n,
       static_cast<int>(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
+  if (!small_m_gemm(a, b, c, args)) gemm_cublas(a, b, c, args);
+}
+
+void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
+  if (!small_m_linear_stack(x, weights, y)) linear_stack_cublas(x, weights, y);
 }
 
 }  // namespace elephant::ops::cuda

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -117,6 +118,105 @@ Tensor unaligned_view(const Tensor& cuda_full) { return cuda_full.narrow(1, cuda
 // whose start is not 16-byte aligned.
 Tensor unaligned_rows(const Tensor& flat, int64_t rows, int64_t width) {
   return flat.narrow(1, rows * width).reshape({rows, width});
+}
+
+// The small-m kernel (ops::cuda::small_m_gemm: F16/BF16, b^T, at most 8 rows, k a multiple of 8, 16-byte aligned
+// a and b) and its fallbacks. m = 9 crosses the row bound; k = 12 and 1001 are not whole 16-byte chunks (cuBLAS);
+// k = 1000 is 125 chunks, a partial pass; n = 1 and 7 leave a warp's second row past n; k = 8200 takes more than
+// one pass of a 4-warp row group.
+TEST(CudaDenseOps, CudaSmallMGemmMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(19);
+  const std::vector<int64_t> ms = {1, 2, 3, 8, 9};
+  const std::vector<std::pair<int64_t, int64_t>> nks = {{1, 8},       {7, 1024},    {64, 4096},   {1000, 1000},
+                                                        {1024, 1024}, {4096, 1024}, {1024, 4096}, {64, 12},
+                                                        {3, 2048},    {5, 8200},    {64, 1001}};
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (DType c_dtype : {dtype, DType::F32})
+      for (int64_t m : ms)
+        for (const auto& [n, k] : nks)
+          for (const auto& [alpha, beta] : {std::pair<float, float>{1.0f, 0.0f}, {-0.75f, 0.0f}, {0.5f, 1.25f}}) {
+            SCOPED_TRACE(name(dtype) + " -> " + name(c_dtype) + " m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                         " k=" + std::to_string(k) + " alpha=" + std::to_string(alpha) +
+                         " beta=" + std::to_string(beta));
+            const Tensor a = rounded_to(random_cpu({m, k}, rng), dtype);
+            const Tensor b = rounded_to(random_cpu({n, k}, rng), dtype);
+            const Tensor c0 = rounded_to(random_cpu({m, n}, rng), c_dtype);
+            const ops::GemmArgs args{true, alpha, beta};
+            Tensor expected = c0.clone();
+            ops::gemm(a, b, expected, args);
+            Tensor c = beta == 0.0f ? poisoned({m, n}, c_dtype, Device::CUDA) : to_cuda(c0, c_dtype);
+            ops::gemm(to_cuda(a, dtype), to_cuda(b, dtype), c, args);
+            EXPECT_TRUE(relative_l2_within(c, expected, tolerance_for(c_dtype)));
+          }
+}
+
+// a or b one element into its storage (not 16-byte aligned): cuBLAS takes them, with the same result.
+TEST(CudaDenseOps, CudaSmallMGemmUnalignedFallsBack) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(20);
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (const auto& [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 1024}, {8, 1000, 512}, {3, 7, 8}})
+      for (int unaligned : {1, 2, 3}) {  // a, b, both
+        SCOPED_TRACE(name(dtype) + " m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                     " unaligned=" + std::to_string(unaligned));
+        const Tensor a = rounded_to(random_cpu({m, k}, rng), dtype);
+        const Tensor b = rounded_to(random_cpu({n, k}, rng), dtype);
+        Tensor expected = Tensor::empty({m, n});
+        ops::gemm(a, b, expected, ops::GemmArgs{true, 1.5f, 0.0f});
+        const auto place = [&](const Tensor& t, bool shift) {
+          if (!shift) return to_cuda(t, dtype);
+          Tensor flat = Tensor::empty({t.numel() + 1});
+          flat.data<float>()[0] = 1.0f;
+          std::copy(t.data<float>(), t.data<float>() + t.numel(), flat.data<float>() + 1);
+          return unaligned_rows(to_cuda(flat, dtype), t.dim(0), t.dim(1));
+        };
+        const Tensor a_dev = place(a, unaligned & 1), b_dev = place(b, unaligned & 2);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(a_dev.raw()) % 16 != 0, (unaligned & 1) != 0);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(b_dev.raw()) % 16 != 0, (unaligned & 2) != 0);
+        Tensor c = poisoned({m, n}, dtype, Device::CUDA);
+        ops::gemm(a_dev, b_dev, c, ops::GemmArgs{true, 1.5f, 0.0f});
+        EXPECT_TRUE(relative_l2_within(c, expected, tolerance_for(dtype)));
+      }
+}
+
+// The same inputs twice give the same bits (fixed reduction order), here on the 4-warp row groups of k = 4096.
+TEST(CudaDenseOps, CudaSmallMGemmIsDeterministic) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(21);
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    const Tensor a = to_cuda(random_cpu({8, 4096}, rng), dtype);
+    const Tensor b = to_cuda(random_cpu({1000, 4096}, rng), dtype);
+    Tensor c1 = poisoned({8, 1000}, DType::F32, Device::CUDA), c2 = poisoned({8, 1000}, DType::F32, Device::CUDA);
+    ops::gemm(a, b, c1);
+    ops::gemm(a, b, c2);
+    EXPECT_EQ(host(c1).to_vector<float>(), host(c2).to_vector<float>());
+  }
+}
+
+// linear_stack on the small-m kernel (a second grid dimension over the weights), across the row bound and with
+// k that is not a whole number of 16-byte chunks.
+TEST(CudaDenseOps, CudaSmallMLinearStackMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(22);
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (const auto& [count, m, n, k] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{3, 1, 1024, 1024},
+                                         {3, 8, 1024, 1024},
+                                         {3, 9, 64, 1024},
+                                         {3, 2, 7, 4096},
+                                         {2, 3, 1000, 1000},
+                                         {3, 8, 64, 12},
+                                         {1, 1, 1, 8}}) {
+      SCOPED_TRACE(name(dtype) + " count=" + std::to_string(count) + " m=" + std::to_string(m) +
+                   " n=" + std::to_string(n) + " k=" + std::to_string(k));
+      const Tensor x = rounded_to(random_cpu({m, k}, rng), dtype);
+      const Tensor weights = rounded_to(random_cpu({count, n, k}, rng), dtype);
+      Tensor expected = Tensor::empty({count, m, n});
+      ops::linear_stack(x, weights, expected);
+      Tensor y = poisoned({count, m, n}, dtype, Device::CUDA);
+      ops::linear_stack(to_cuda(x, dtype), to_cuda(weights, dtype), y);
+      EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(dtype)));
+    }
 }
 
 TEST(CudaDenseOps, AddInPlaceMatchesCpu) {

@@ -1,0 +1,24 @@
+#pragma once
+
+// The two CUDA paths behind ops::gemm and ops::linear_stack, named so that a benchmark can time them side by side:
+// cuBLAS, and the weight-streaming kernel for a few rows (small_m_gemm_cuda.cu). ops::cuda::gemm and
+// ops::cuda::linear_stack try the small-m kernel first and fall back to cuBLAS. Arguments as checked by
+// ops/dispatch.cc.
+
+#include "core/tensor.h"
+#include "ops/gemm.h"
+
+namespace elephant::ops::cuda {
+
+// Rows of a (or x) up to which the small-m kernel applies.
+constexpr int64_t kSmallMMaxRows = 8;
+
+void gemm_cublas(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);
+void linear_stack_cublas(const Tensor& x, const Tensor& weights, Tensor& y);
+
+// The small-m kernel, when it applies (transpose_b, F16 or BF16, at most kSmallMMaxRows rows, k a multiple of 8,
+// a and b 16-byte aligned): launches it and returns true. Otherwise returns false and does nothing.
+bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);
+bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
+
+}  // namespace elephant::ops::cuda

@@ -1,0 +1,222 @@
+// c[m, n] = alpha * a[m, k] · w[n, k]^T + beta * c for a few rows of a (m <= 8): the projections of a decode step.
+//
+// Such a product reads every weight byte once and does 2m flops per weight element, so it is bound by the weight
+// stream, and at decode sizes (2-8 MiB per weight) mostly by the latency of that stream: the whole weight must be
+// requested at once to come near the HBM floor. cuBLAS's tiled GEMMs launch too few blocks with too little in
+// flight for that. Here a warp group (1, 2 or 4 warps, more for longer rows) owns two weight rows (two columns of
+// c); its lanes walk k in 16-byte chunks, each lane with kUnroll chunks of both rows in flight (8 independent
+// 16-byte loads) before the first use. Weights bypass L1 (read once); the m rows of a are read through L1, where
+// every warp of the SM shares them. float32 accumulation; lanes reduce by shuffles and the warps of a group through
+// shared memory, in a fixed order: the result does not depend on timing.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "core/cuda/runtime.cuh"
+#include "ops/gemm_cuda.h"
+
+namespace elephant::ops::cuda {
+namespace {
+
+namespace rt = ::elephant::cuda;
+
+constexpr int kThreads = 128;  // 4 warps: with 2 rows per warp, n = 1024 at k = 1024 gives 128 blocks
+constexpr int kWarps = kThreads / 32;
+constexpr int kRows = 2;           // weight rows per warp group: each a-chunk load serves both
+constexpr int kUnroll = 4;         // 16-byte chunks per lane and row loaded before the first is used
+constexpr int kMaxGroupWarps = 4;  // k >= 4096: a row's 512 chunks are one pass of 4 warps
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// 16 bytes of weights, read once: not kept in L1, so that the rows of a stay there.
+__device__ __forceinline__ uint4 load_streaming(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// 8 halves of one 16-byte chunk as floats. bf16 -> f32 is a shift (exact, integer pipe).
+template <typename T>
+__device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (std::is_same_v<T, __half>) {
+      __half2 h;
+      static_assert(sizeof(h) == sizeof(uint32_t));
+      memcpy(&h, &words[i], sizeof(h));
+      const float2 p = __half22float2(h);
+      f[2 * i] = p.x;
+      f[2 * i + 1] = p.y;
+    } else {
+      f[2 * i] = __uint_as_float(words[i] << 16);
+      f[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  }
+}
+
+// blockIdx.y selects one weight of a stack (w and c advance by their batch strides). a: [M, k], w: [n, k],
+// c: [M, n]; k a multiple of 8, a and w 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks
+// resident at once) cap registers at 128; without the cap ptxas picked 80 and spilled at M = 8.
+template <typename T, typename CT, int M>
+__global__ void __launch_bounds__(kThreads, 4)
+    small_m_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w, CT* __restrict__ c, int n, int k,
+                        int group_warps, int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta) {
+  __shared__ float partial[kWarps][kRows * M];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group_lane = (warp % group_warps) * 32 + lane;
+  const int group_threads = group_warps * 32;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * (kWarps / group_warps) + warp / group_warps) * kRows;
+  w += blockIdx.y * w_batch_stride;
+  c += blockIdx.y * c_batch_stride;
+  const int chunks = k / 8;
+
+  // Rows past n (in the last block) read row n - 1 again and store nothing: every warp reaches the barrier.
+  const T* w_row[kRows];
+#pragma unroll
+  for (int j = 0; j < kRows; ++j) w_row[j] = w + min(row0 + j, static_cast<int64_t>(n - 1)) * k;
+
+  float acc[kRows][M] = {};
+  for (int base = group_lane; base < chunks; base += group_threads * kUnroll) {
+    // All weight loads of this pass first: 2 x kUnroll independent 16-byte requests per lane.
+    uint4 wv[kRows][kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int chunk = base + u * group_threads;
+#pragma unroll
+      for (int j = 0; j < kRows; ++j)
+        wv[j][u] = chunk < chunks ? load_streaming(w_row[j] + static_cast<int64_t>(chunk) * 8) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int chunk = base + u * group_threads;
+      if (chunk >= chunks) break;
+      float wf[kRows][8];
+#pragma unroll
+      for (int j = 0; j < kRows; ++j) to_float8<T>(wv[j][u], wf[j]);
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        float af[8];
+        to_float8<T>(__ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(r) * k) + chunk), af);
+#pragma unroll
+        for (int j = 0; j < kRows; ++j)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[j][r] = fmaf(wf[j][e], af[e], acc[j][r]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < kRows; ++j)
+#pragma unroll
+    for (int r = 0; r < M; ++r)
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) acc[j][r] += __shfl_xor_sync(kFullMask, acc[j][r], offset);
+  if (lane == 0) {
+#pragma unroll
+    for (int j = 0; j < kRows; ++j)
+#pragma unroll
+      for (int r = 0; r < M; ++r) partial[warp][j * M + r] = acc[j][r];
+  }
+  __syncthreads();
+  // The group's first warp sums its warps' partials in warp order, one output per lane.
+  if (warp % group_warps == 0 && lane < kRows * M) {
+    float sum = 0.0f;
+    for (int s = 0; s < group_warps; ++s) sum += partial[warp + s][lane];
+    const int64_t column = row0 + lane / M;
+    if (column < n) {
+      CT* out = c + static_cast<int64_t>(lane % M) * n + column;
+      float value = alpha * sum;
+      if (beta != 0.0f) value += beta * rt::to_float(*out);  // beta == 0 never reads c (it may hold NaN)
+      *out = rt::from_float<CT>(value);
+    }
+  }
+}
+
+// Warps per row group: enough that one pass of kUnroll chunks per lane covers the row, at most kMaxGroupWarps.
+int group_warps_for(int64_t k) {
+  int g = 1;
+  while (g < kMaxGroupWarps && static_cast<int64_t>(g) * 32 * kUnroll * 8 < k) g *= 2;
+  return g;
+}
+
+template <typename T, typename CT>
+void launch(const T* a, const T* w, CT* c, int64_t m, int64_t n, int64_t k, int64_t count, int64_t w_batch_stride,
+            int64_t c_batch_stride, float alpha, float beta) {
+  const int group_warps = group_warps_for(k);
+  const int rows_per_block = kRows * (kWarps / group_warps);
+  const dim3 grid(rt::blocks_for(n, rows_per_block), static_cast<unsigned>(count));
+  const auto run = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, rt::stream()>>>(a, w, c, static_cast<int>(n), static_cast<int>(k), group_warps,
+                                                w_batch_stride, c_batch_stride, alpha, beta);
+  };
+  switch (m) {
+    case 1:
+      run(small_m_gemm_kernel<T, CT, 1>);
+      break;
+    case 2:
+      run(small_m_gemm_kernel<T, CT, 2>);
+      break;
+    case 3:
+      run(small_m_gemm_kernel<T, CT, 3>);
+      break;
+    case 4:
+      run(small_m_gemm_kernel<T, CT, 4>);
+      break;
+    case 5:
+      run(small_m_gemm_kernel<T, CT, 5>);
+      break;
+    case 6:
+      run(small_m_gemm_kernel<T, CT, 6>);
+      break;
+    case 7:
+      run(small_m_gemm_kernel<T, CT, 7>);
+      break;
+    default:
+      run(small_m_gemm_kernel<T, CT, 8>);
+      break;
+  }
+  ELEPHANT_CHECK_LAUNCH();
+}
+
+// What every caller needs: half precision, 1..8 rows, whole 16-byte chunks per row, aligned starts, int sizes.
+bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
+  const int64_t m = a.dim(0), k = a.dim(1);
+  return (a.dtype() == DType::F16 || a.dtype() == DType::BF16) && m >= 1 && m <= kSmallMMaxRows && k > 0 &&
+         k % 8 == 0 && n <= INT32_MAX && k <= INT32_MAX && count <= 65535 && rt::is_aligned(a.raw()) &&
+         rt::is_aligned(w.raw());
+}
+
+}  // namespace
+
+bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
+  const int64_t m = a.dim(0), k = a.dim(1), n = c.dim(1);
+  if (!args.transpose_b || !applies(a, b, n, 1)) return false;
+  rt::dispatch_floating(a.dtype(), "gemm", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {
+      if (c.dtype() == DType::F32)
+        launch(a.data<T>(), b.data<T>(), c.data<float>(), m, n, k, 1, 0, 0, args.alpha, args.beta);
+      else
+        launch(a.data<T>(), b.data<T>(), c.data<T>(), m, n, k, 1, 0, 0, args.alpha, args.beta);
+    }
+  });
+  return true;
+}
+
+bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
+  const int64_t rows = x.dim(0), k = x.dim(1), n = weights.dim(1), count = weights.dim(0);
+  // Weight i starts n * k elements (a multiple of 8) after weight 0: 16-byte aligned too.
+  if (!applies(x, weights, n, count)) return false;
+  rt::dispatch_floating(x.dtype(), "linear_stack", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>)
+      launch(x.data<T>(), weights.data<T>(), y.data<T>(), rows, n, k, count, n * k, rows * n, 1.0f, 0.0f);
+  });
+  return true;
+}
+
+}  // namespace elephant::ops::cuda
