@@ -50,7 +50,7 @@ std::vector<Tensor> weights(const Shape& shape, int copies, std::mt19937& rng) {
 }
 
 // x [rows, in] · W^T, W [out, in] through ops::linear, as the model's projections and dense FFN run (the small-m
-// kernel at 1 and 8 rows; GemmPath below times it against cuBLAS).
+// kernel up to kSmallMMaxRows rows, cuBLAS above; GemmPath below times the two side by side).
 void BM_Linear(benchmark::State& state, int64_t out, int64_t in) {
   const int64_t rows = state.range(0);
   std::mt19937 rng(1);
@@ -73,8 +73,8 @@ void BM_LinearStack(benchmark::State& state) {
 }
 
 // The two CUDA paths of ops::gemm and ops::linear_stack side by side on the same weights and output buffer:
-// cuBLAS, and the small-m kernel that the ops pick for 1-8 half-precision rows (every hand-written kernel is timed
-// against the library).
+// cuBLAS, and the small-m kernel that the ops pick for 1 to kSmallMMaxRows half-precision rows (every hand-written
+// kernel is timed against the library).
 void BM_GemmPath(benchmark::State& state, int64_t out, int64_t in, bool library) {
   const int64_t rows = state.range(0);
   std::mt19937 rng(9);
@@ -213,10 +213,17 @@ void register_benchmarks() {
   add("LinearStack/3x1024x1024", BM_LinearStack);
   for (bool library : {true, false}) {
     const std::string path = library ? "/cublas" : "/small_m";
-    add(("GemmPath/1024x1024" + path).c_str(), [=](benchmark::State& s) { BM_GemmPath(s, kModel, kModel, library); });
-    add(("GemmPath/4096x1024" + path).c_str(), [=](benchmark::State& s) { BM_GemmPath(s, kFf, kModel, library); });
-    add(("GemmPath/1024x4096" + path).c_str(), [=](benchmark::State& s) { BM_GemmPath(s, kModel, kFf, library); });
-    add(("LinearStackPath/3x1024x1024" + path).c_str(), [=](benchmark::State& s) { BM_LinearStackPath(s, library); });
+    const auto add_path = [&](const std::string& name, auto&& fn) {
+      benchmark::RegisterBenchmark((name + path).c_str(), fn)
+          ->DenseRange(1, ops::cuda::kSmallMMaxRows)
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond)
+          ->MinTime(0.1);
+    };
+    add_path("GemmPath/1024x1024", [=](benchmark::State& s) { BM_GemmPath(s, kModel, kModel, library); });
+    add_path("GemmPath/4096x1024", [=](benchmark::State& s) { BM_GemmPath(s, kFf, kModel, library); });
+    add_path("GemmPath/1024x4096", [=](benchmark::State& s) { BM_GemmPath(s, kModel, kFf, library); });
+    add_path("LinearStackPath/3x1024x1024", [=](benchmark::State& s) { BM_LinearStackPath(s, library); });
   }
   add("Logits/128000x1024", BM_Logits);
   add("RmsNorm", BM_RmsNorm);

@@ -11,7 +11,8 @@ struct GemmArgs {
 };
 
 // c[m, n] = alpha * a[m, k] · op(b) + beta * c, accumulated in float32. CPU: float32 through the BLAS sgemm.
-// CUDA: cuBLAS; a and b share one dtype (F32, F16 or BF16), c has that dtype or F32.
+// CUDA: a weight-streaming kernel for 1-4 half-precision rows against b^T (ops/gemm_cuda.h), cuBLAS otherwise;
+// a and b share one dtype (F32, F16 or BF16), c has that dtype or F32.
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args = {});
 
 // y[..., n] = x[..., k] · weight[n, k]^T: a Linear layer without bias, output in x's dtype and device.
