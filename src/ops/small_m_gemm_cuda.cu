@@ -1,4 +1,5 @@
-// c[m, n] = alpha * a[m, k] · w[n, k]^T + beta * c for a few rows of a (m <= kSmallMMaxRows): the projections of a decode step.
+// c[m, n] = alpha * a[m, k] · w[n, k]^T + beta * c for a few rows of a (m <= kSmallMMaxRows): the projections of a
+// decode step.
 //
 // Such a product reads every weight byte once and does 2m flops per weight element, so it is bound by the weight
 // stream, and at decode sizes (2-8 MiB per weight) mostly by the latency of that stream: the whole weight must be
@@ -170,7 +171,8 @@ void launch(const T* a, const T* w, CT* c, int64_t m, int64_t n, int64_t k, int6
   ELEPHANT_CHECK_LAUNCH();
 }
 
-// What every caller needs: half precision, 1..kSmallMMaxRows rows, whole 16-byte chunks per row, aligned starts, int sizes.
+// What every caller needs: half precision, 1..kSmallMMaxRows rows, whole 16-byte chunks per row, aligned starts, int
+// sizes.
 bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
   const int64_t m = a.dim(0), k = a.dim(1);
   return (a.dtype() == DType::F16 || a.dtype() == DType::BF16) && m >= 1 && m <= kSmallMMaxRows && k > 0 &&
