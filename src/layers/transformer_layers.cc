@@ -19,10 +19,13 @@ Tensor RmsNorm::operator()(const Tensor& x) const {
 
 namespace {
 
-Tensor dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, const Tensor& x) {
+// The residual adds ride in the output projections' GEMMs (beta = 1): no separate add kernel, no temporary.
+constexpr ops::GemmArgs kAddToOutput{true, 1.0f, 1.0f};
+
+void add_dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, const Tensor& x, Tensor& hidden) {
   Tensor h = ops::linear(x, ffn.wi);
   ops::activate(activation, h);
-  return ops::linear(h, ffn.wo);
+  ops::gemm(h, ffn.wo, hidden, kAddToOutput);
 }
 
 // Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix, and add the scaled
@@ -54,7 +57,7 @@ void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, c
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, x, hidden, active);
   } else {
-    ops::add_in_place(hidden, dense_ffn(*ffn.dense, ffn.activation, x));
+    add_dense_ffn(*ffn.dense, ffn.activation, x, hidden);
   }
 }
 
@@ -68,7 +71,7 @@ void add_attention_output(const MultiHeadAttention& attention, const Tensor& que
                           Tensor& hidden) {
   Tensor context = Tensor::empty(queries.shape(), queries.dtype(), queries.device());
   ops::attention(queries, keys, values, layout, args, context);
-  ops::add_in_place(hidden, ops::linear(context, attention.o));
+  ops::gemm(context, attention.o, hidden, kAddToOutput);
 }
 
 Tensor project_qkv(const MultiHeadAttention& attention, const Tensor& x) {
