@@ -20,7 +20,7 @@ Tensor RmsNorm::operator()(const Tensor& x) const {
 namespace {
 
 // The residual adds ride in the output projections' GEMMs (beta = 1): no separate add kernel, no temporary.
-constexpr ops::GemmArgs kAddToOutput{true, 1.0f, 1.0f};
+constexpr ops::GemmArgs kAddToOutput{true, 1.0f, 1.0f, true};
 
 void add_dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, const Tensor& x, Tensor& hidden) {
   Tensor h = ops::linear(x, ffn.wi);

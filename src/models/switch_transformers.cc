@@ -354,7 +354,9 @@ void SwitchTransformersModel::compute_step(DecoderState& state, const Tensor& to
     ops::scale_in_place(output, static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5)));
   }
   state.advance_positions();
-  ops::gemm(output, lm_head_, logits);
+  ops::GemmArgs args;
+  args.b_is_weight = true;
+  ops::gemm(output, lm_head_, logits, args);
 }
 
 }  // namespace elephant

@@ -35,6 +35,7 @@ struct Silu {
 
 template <typename T, int N, typename F>
 __global__ void activate_kernel(T* __restrict__ x, int64_t packs, int64_t n, F f) {
+  rt::await_previous_kernel();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   auto* xp = reinterpret_cast<Pack<T, N>*>(x);
@@ -54,11 +55,10 @@ void launch(T* x, int64_t n, F f) {
   const int64_t packs = vector ? n / N : n;
   const unsigned grid = rt::grid_stride_blocks(packs + 1, kThreads);
   if (vector) {
-    activate_kernel<T, N><<<grid, kThreads, 0, rt::stream()>>>(x, packs, n, f);
+    rt::launch(activate_kernel<T, N, F>, grid, kThreads, 0, x, packs, n, f);
   } else {
-    activate_kernel<T, 1><<<grid, kThreads, 0, rt::stream()>>>(x, packs, n, f);
+    rt::launch(activate_kernel<T, 1, F>, grid, kThreads, 0, x, packs, n, f);
   }
-  ELEPHANT_CHECK_LAUNCH();
 }
 
 }  // namespace

@@ -54,6 +54,7 @@ struct Params {
 template <typename T, int C>
 __global__ void attention_kernel(const T* __restrict__ queries, const T* __restrict__ keys,
                                  const T* __restrict__ values, T* __restrict__ out, Params p) {
+  rt::await_previous_kernel();
   constexpr int N = 16 / sizeof(T);
   using P = Pack<T, N>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -219,9 +220,8 @@ void launch(const Tensor& queries, const Tensor& keys, const Tensor& values, con
                       static_cast<size_t>(kTileKeys) * (p.key_stride + 32 * C) * sizeof(T);
   const dim3 grid(static_cast<unsigned>(layout.sequences()), static_cast<unsigned>(args.num_heads),
                   static_cast<unsigned>(chunks));
-  attention_kernel<T, C>
-      <<<grid, warps * 32, smem, rt::stream()>>>(queries.data<T>(), keys.data<T>(), values.data<T>(), out.data<T>(), p);
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(attention_kernel<T, C>, grid, warps * 32, smem, queries.data<T>(), keys.data<T>(), values.data<T>(),
+             out.data<T>(), p);
 }
 
 // ---- One query per sequence (decode steps) ----
@@ -278,6 +278,7 @@ template <typename T, bool kVector>
 __global__ void __launch_bounds__(kDecodeMaxWarps * 32, 1)
     decode_attention_kernel(const T* __restrict__ queries, const T* __restrict__ keys, const T* __restrict__ values,
                             T* __restrict__ out, Params p, int group_shift) {
+  rt::await_previous_kernel();
   constexpr int N = 16 / sizeof(T), U = decode_keys_per_group(kVector);
   __shared__ float warp_max[kDecodeMaxWarps], warp_sum[kDecodeMaxWarps];
   __shared__ float warp_acc[kDecodeMaxWarps][kMaxHeadDim];
@@ -430,9 +431,8 @@ void launch_decode(const Tensor& queries, const Tensor& keys, const Tensor& valu
       static_cast<int>(std::clamp<int64_t>((layout.max_keys + keys_per_warp - 1) / keys_per_warp, 1, kDecodeMaxWarps));
   const dim3 grid(static_cast<unsigned>(layout.sequences()), static_cast<unsigned>(args.num_heads));
   const auto kernel = vector ? decode_attention_kernel<T, true> : decode_attention_kernel<T, false>;
-  kernel<<<grid, warps * 32, 0, rt::stream()>>>(queries.data<T>(), keys.data<T>(), values.data<T>(), out.data<T>(), p,
-                                                group_shift);
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(kernel, grid, warps * 32, 0, queries.data<T>(), keys.data<T>(), values.data<T>(), out.data<T>(), p,
+             group_shift);
 }
 
 }  // namespace

@@ -85,7 +85,9 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
   const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
   Tensor y2 = y.reshape({rows, weight.dim(0)});
-  gemm(x.reshape({rows, x.dim(-1)}), weight, y2);
+  GemmArgs args;
+  args.b_is_weight = true;
+  gemm(x.reshape({rows, x.dim(-1)}), weight, y2, args);
   return y;
 }
 

@@ -19,6 +19,7 @@ constexpr int kThreads = 256;
 
 template <typename T, int N>
 __global__ void add_kernel(T* __restrict__ x, const T* __restrict__ y, int64_t packs, int64_t n) {
+  rt::await_previous_kernel();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   auto* xp = reinterpret_cast<Pack<T, N>*>(x);
@@ -35,6 +36,7 @@ __global__ void add_kernel(T* __restrict__ x, const T* __restrict__ y, int64_t p
 
 template <typename T, int N>
 __global__ void scale_kernel(T* __restrict__ x, float factor, int64_t packs, int64_t n) {
+  rt::await_previous_kernel();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   auto* xp = reinterpret_cast<Pack<T, N>*>(x);
@@ -49,6 +51,7 @@ __global__ void scale_kernel(T* __restrict__ x, float factor, int64_t packs, int
 
 template <typename In, typename Out, int N>
 __global__ void convert_kernel(const In* __restrict__ x, Out* __restrict__ y, int64_t packs, int64_t n) {
+  rt::await_previous_kernel();
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const auto* xp = reinterpret_cast<const Pack<In, N>*>(x);
@@ -64,6 +67,7 @@ __global__ void convert_kernel(const In* __restrict__ x, Out* __restrict__ y, in
 }
 
 __global__ void add_scalar_kernel(int32_t* __restrict__ x, int32_t value, int64_t n) {
+  rt::await_previous_kernel();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     x[i] += value;
 }
@@ -71,9 +75,8 @@ __global__ void add_scalar_kernel(int32_t* __restrict__ x, int32_t value, int64_
 }  // namespace
 
 void add_scalar(Tensor& x, int32_t value) {
-  add_scalar_kernel<<<rt::grid_stride_blocks(x.numel(), kThreads), kThreads, 0, rt::stream()>>>(x.data<int32_t>(),
-                                                                                                value, x.numel());
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(add_scalar_kernel, rt::grid_stride_blocks(x.numel(), kThreads), kThreads, 0, x.data<int32_t>(), value,
+             x.numel());
 }
 
 void add_in_place(Tensor& hidden, const Tensor& y) {
@@ -84,11 +87,10 @@ void add_in_place(Tensor& hidden, const Tensor& y) {
     const T* b = y.data<T>();
     const int64_t n = hidden.numel();
     if (rt::is_aligned(x) && rt::is_aligned(b)) {
-      add_kernel<T, N><<<rt::grid_stride_blocks(n / N + 1, kThreads), kThreads, 0, rt::stream()>>>(x, b, n / N, n);
+      rt::launch(add_kernel<T, N>, rt::grid_stride_blocks(n / N + 1, kThreads), kThreads, 0, x, b, n / N, n);
     } else {
-      add_kernel<T, 1><<<rt::grid_stride_blocks(n, kThreads), kThreads, 0, rt::stream()>>>(x, b, n, n);
+      rt::launch(add_kernel<T, 1>, rt::grid_stride_blocks(n, kThreads), kThreads, 0, x, b, n, n);
     }
-    ELEPHANT_CHECK_LAUNCH();
   });
 }
 
@@ -99,12 +101,10 @@ void scale_in_place(Tensor& x, float factor) {
     T* p = x.data<T>();
     const int64_t n = x.numel();
     if (rt::is_aligned(p)) {
-      scale_kernel<T, N>
-          <<<rt::grid_stride_blocks(n / N + 1, kThreads), kThreads, 0, rt::stream()>>>(p, factor, n / N, n);
+      rt::launch(scale_kernel<T, N>, rt::grid_stride_blocks(n / N + 1, kThreads), kThreads, 0, p, factor, n / N, n);
     } else {
-      scale_kernel<T, 1><<<rt::grid_stride_blocks(n, kThreads), kThreads, 0, rt::stream()>>>(p, factor, n, n);
+      rt::launch(scale_kernel<T, 1>, rt::grid_stride_blocks(n, kThreads), kThreads, 0, p, factor, n, n);
     }
-    ELEPHANT_CHECK_LAUNCH();
   });
 }
 
@@ -123,12 +123,11 @@ void convert(const Tensor& x, Tensor& y) {
       Out* dst = y.data<Out>();
       const int64_t n = x.numel();
       if (rt::is_aligned(src, N * sizeof(In)) && rt::is_aligned(dst, N * sizeof(Out))) {
-        convert_kernel<In, Out, N>
-            <<<rt::grid_stride_blocks(n / N + 1, kThreads), kThreads, 0, rt::stream()>>>(src, dst, n / N, n);
+        rt::launch(convert_kernel<In, Out, N>, rt::grid_stride_blocks(n / N + 1, kThreads), kThreads, 0, src, dst,
+                   n / N, n);
       } else {
-        convert_kernel<In, Out, 1><<<rt::grid_stride_blocks(n, kThreads), kThreads, 0, rt::stream()>>>(src, dst, n, n);
+        rt::launch(convert_kernel<In, Out, 1>, rt::grid_stride_blocks(n, kThreads), kThreads, 0, src, dst, n, n);
       }
-      ELEPHANT_CHECK_LAUNCH();
     });
   });
 }

@@ -18,6 +18,7 @@ constexpr int kThreads = 256;
 template <typename U>
 __global__ void gather_kernel(const U* __restrict__ x, const int32_t* __restrict__ rows, U* __restrict__ out,
                               int64_t out_rows, int64_t x_rows, int64_t units, int lanes_per_row) {
+  rt::await_previous_kernel();
   const int rows_per_block = blockDim.x / lanes_per_row;
   const int local = threadIdx.x / lanes_per_row;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * rows_per_block + local;
@@ -40,9 +41,8 @@ void launch(const Tensor& x, const int32_t* rows, Tensor& out, int64_t row_bytes
   const int64_t out_rows = out.dim(0);
   const int64_t blocks = (out_rows + rows_per_block - 1) / rows_per_block;
   if (blocks > 0x7fffffff) throw Error("gather_rows: too many rows for one launch");
-  gather_kernel<U><<<static_cast<unsigned>(blocks), kThreads, 0, rt::stream()>>>(
-      static_cast<const U*>(x.raw()), rows, static_cast<U*>(out.raw()), out_rows, x.dim(0), units, lanes_per_row);
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(gather_kernel<U>, static_cast<unsigned>(blocks), kThreads, 0, static_cast<const U*>(x.raw()), rows,
+             static_cast<U*>(out.raw()), out_rows, x.dim(0), units, lanes_per_row);
 }
 
 }  // namespace

@@ -8,6 +8,9 @@ struct GemmArgs {
   bool transpose_b = true;  // b is [n, k], the layout of a Linear weight
   float alpha = 1.0f;
   float beta = 0.0f;  // c = alpha * a·op(b) + beta * c
+  // b is a model weight: no kernel writes it, so a CUDA kernel may start reading it before the kernel before it on
+  // the stream has finished (programmatic dependent launch, core/cuda/runtime.cuh).
+  bool b_is_weight = false;
 };
 
 // c[m, n] = alpha * a[m, k] · op(b) + beta * c, accumulated in float32. CPU: float32 through the BLAS sgemm.
@@ -15,7 +18,7 @@ struct GemmArgs {
 // a and b share one dtype (F32, F16 or BF16), c has that dtype or F32.
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args = {});
 
-// y[..., n] = x[..., k] · weight[n, k]^T: a Linear layer without bias, output in x's dtype and device.
+// y[..., n] = x[..., k] · weight[n, k]^T: a Linear layer without bias, output in x's dtype and device (b_is_weight).
 Tensor linear(const Tensor& x, const Tensor& weight);
 
 // y[i] = x · weights[i]^T for every Linear weight of a stack: x [rows, k], weights [count, n, k], y [count, rows, n]

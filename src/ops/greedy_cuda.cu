@@ -10,6 +10,7 @@ namespace rt = ::elephant::cuda;
 __global__ void greedy_advance_kernel(const int32_t* __restrict__ best, int32_t eos, int32_t pad, int64_t rows,
                                       int64_t capacity, int32_t* __restrict__ tokens, uint8_t* __restrict__ finished,
                                       int32_t* __restrict__ lengths, int32_t* __restrict__ history) {
+  rt::await_previous_kernel();
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
   if (finished[r]) {
@@ -30,10 +31,9 @@ __global__ void greedy_advance_kernel(const int32_t* __restrict__ best, int32_t 
 void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens, Tensor& finished, Tensor& lengths,
                     Tensor& history) {
   const int64_t rows = best.dim(0);
-  greedy_advance_kernel<<<rt::blocks_for(rows, 128), 128, 0, rt::stream()>>>(
-      best.data<int32_t>(), eos, pad, rows, history.dim(1), tokens.data<int32_t>(), finished.data<uint8_t>(),
-      lengths.data<int32_t>(), history.data<int32_t>());
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(greedy_advance_kernel, rt::blocks_for(rows, 128), 128, 0, best.data<int32_t>(), eos, pad, rows,
+             history.dim(1), tokens.data<int32_t>(), finished.data<uint8_t>(), lengths.data<int32_t>(),
+             history.data<int32_t>());
 }
 
 }  // namespace elephant::ops::cuda

@@ -154,6 +154,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     grouped_gemm_mma_kernel(const T* __restrict__ a, const T* __restrict__ weights, const int32_t* __restrict__ offsets,
                             const T* __restrict__ bias, T* __restrict__ out, int experts, int n, int k, int activation,
                             bool vector_store, SplitK split) {
+  rt::await_previous_kernel();
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int chunk_prefix[kMaxMmaExperts + 1];
   T* const sw = reinterpret_cast<T*>(smem);
@@ -385,9 +386,8 @@ void launch_mma(const T* a, const T* weights, const int32_t* offsets, const T* b
   const int64_t n_tiles = (n + C::BN - 1) / C::BN;
   const int64_t most_items = n_tiles * ((rows + C::BM - 1) / C::BM + experts);
   const auto grid = static_cast<unsigned>(std::min<int64_t>(SPLIT ? most_units : most_items, grid_limit));
-  grouped_gemm_mma_kernel<T, C, SPLIT><<<grid, C::THREADS, C::SMEM_BYTES, rt::stream()>>>(
-      a, weights, offsets, bias, out, experts, n, k, activation, vector_store, split);
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(grouped_gemm_mma_kernel<T, C, SPLIT>, grid, C::THREADS, C::SMEM_BYTES, a, weights, offsets, bias, out,
+             experts, n, k, activation, vector_store, split);
 }
 
 // Split-k arrival counters, zero between launches since each item's last block resets its own: made once per thread,
@@ -441,6 +441,7 @@ __global__ void __launch_bounds__(kSimtTile* kSimtTile)
     grouped_gemm_simt_kernel(const T* __restrict__ a, const T* __restrict__ weights,
                              const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
                              int n, int k, int activation) {
+  rt::await_previous_kernel();
   __shared__ float sa[kSimtTile][kSimtTile + 1];  // [token][k]
   __shared__ float sw[kSimtTile][kSimtTile + 1];  // [n][k]
   const int e = blockIdx.y;
@@ -475,9 +476,8 @@ void launch_simt(const T* a, const T* weights, const int32_t* offsets, const T* 
   const int64_t split = std::clamp<int64_t>(want / std::max<int64_t>(tiles, 1), 1,
                                             std::min<int64_t>(rt::blocks_for(rows, kSimtTile), 65535));
   const dim3 grid(rt::blocks_for(n, kSimtTile), static_cast<unsigned>(experts), static_cast<unsigned>(split));
-  grouped_gemm_simt_kernel<T>
-      <<<grid, kSimtTile * kSimtTile, 0, rt::stream()>>>(a, weights, offsets, bias, out, n, k, activation);
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(grouped_gemm_simt_kernel<T>, grid, kSimtTile * kSimtTile, 0, a, weights, offsets, bias, out, n, k,
+             activation);
 }
 
 bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

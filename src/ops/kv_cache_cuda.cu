@@ -12,6 +12,7 @@ template <typename Word>
 __global__ void gather_cache_rows_kernel(const Word* __restrict__ cache, int64_t cache_rows,
                                          const int32_t* __restrict__ rows, int64_t in_slots, int64_t out_slots,
                                          int64_t steps, int64_t slot_words, Word* __restrict__ out) {
+  rt::await_previous_kernel();
   const int64_t i = blockIdx.y;
   if (rows[i] < 0 || rows[i] >= cache_rows) return;  // the CPU throws; here the row is left as it was
   const int64_t words = steps * slot_words;
@@ -25,6 +26,7 @@ template <typename Word>
 __global__ void write_cache_step_kernel(const Word* __restrict__ values, int64_t slots,
                                         const int32_t* __restrict__ slot_of_row, int64_t slot_words,
                                         Word* __restrict__ cache) {
+  rt::await_previous_kernel();
   const int64_t r = blockIdx.y;
   const int64_t step = slot_of_row[r];
   if (step < 0 || step >= slots) return;
@@ -39,15 +41,13 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
   const dim3 grid(std::min<unsigned>(rt::blocks_for(steps * slot_bytes / 4 + 1, 256), 64),
                   static_cast<unsigned>(out.dim(0)));
   if (slot_bytes % 4 == 0) {
-    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint32_t*>(cache.raw()), cache.dim(0),
-                                                             rows.data<int32_t>(), cache.dim(1), out.dim(1), steps,
-                                                             slot_bytes / 4, static_cast<uint32_t*>(out.raw()));
+    rt::launch(gather_cache_rows_kernel<uint32_t>, grid, 256, 0, static_cast<const uint32_t*>(cache.raw()),
+               cache.dim(0), rows.data<int32_t>(), cache.dim(1), out.dim(1), steps, slot_bytes / 4,
+               static_cast<uint32_t*>(out.raw()));
   } else {
-    gather_cache_rows_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint8_t*>(cache.raw()), cache.dim(0),
-                                                             rows.data<int32_t>(), cache.dim(1), out.dim(1), steps,
-                                                             slot_bytes, static_cast<uint8_t*>(out.raw()));
+    rt::launch(gather_cache_rows_kernel<uint8_t>, grid, 256, 0, static_cast<const uint8_t*>(cache.raw()), cache.dim(0),
+               rows.data<int32_t>(), cache.dim(1), out.dim(1), steps, slot_bytes, static_cast<uint8_t*>(out.raw()));
   }
-  ELEPHANT_CHECK_LAUNCH();
 }
 
 void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) {
@@ -55,15 +55,12 @@ void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) 
   const dim3 grid(std::min<unsigned>(rt::blocks_for(slot_bytes / 4 + 1, 256), 16),
                   static_cast<unsigned>(values.dim(0)));
   if (slot_bytes % 4 == 0) {
-    write_cache_step_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint32_t*>(values.raw()), cache.dim(1),
-                                                            slots.data<int32_t>(), slot_bytes / 4,
-                                                            static_cast<uint32_t*>(cache.raw()));
+    rt::launch(write_cache_step_kernel<uint32_t>, grid, 256, 0, static_cast<const uint32_t*>(values.raw()),
+               cache.dim(1), slots.data<int32_t>(), slot_bytes / 4, static_cast<uint32_t*>(cache.raw()));
   } else {
-    write_cache_step_kernel<<<grid, 256, 0, rt::stream()>>>(static_cast<const uint8_t*>(values.raw()), cache.dim(1),
-                                                            slots.data<int32_t>(), slot_bytes,
-                                                            static_cast<uint8_t*>(cache.raw()));
+    rt::launch(write_cache_step_kernel<uint8_t>, grid, 256, 0, static_cast<const uint8_t*>(values.raw()), cache.dim(1),
+               slots.data<int32_t>(), slot_bytes, static_cast<uint8_t*>(cache.raw()));
   }
-  ELEPHANT_CHECK_LAUNCH();
 }
 
 }  // namespace elephant::ops::cuda

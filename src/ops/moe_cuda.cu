@@ -96,6 +96,7 @@ __global__ void __launch_bounds__(kRouteThreads, 2)
     route_top1_kernel(const T* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
                       const uint8_t* __restrict__ active, int tokens, int experts, int d, int32_t* __restrict__ expert,
                       float* __restrict__ probability) {
+  rt::await_previous_kernel();
   extern __shared__ __align__(16) float route_smem[];
   float* const xs = route_smem;                                         // [TOKENS][d]
   float* const logits = route_smem + static_cast<int64_t>(TOKENS) * d;  // [TOKENS][experts]
@@ -180,11 +181,9 @@ void launch_route(const Tensor& x, const Tensor& weight, const Tensor* bias, con
       ELEPHANT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(rt::device_properties().sharedMemPerBlockOptin)));
     });
-    kernel<<<rt::blocks_for(tokens, TOKENS), kRouteThreads, smem, rt::stream()>>>(
-        x.data<T>(), weight.data<float>(), bias ? bias->data<float>() : nullptr,
-        active ? active->data<uint8_t>() : nullptr, tokens, experts, d, expert.data<int32_t>(),
-        probability.data<float>());
-    ELEPHANT_CHECK_LAUNCH();
+    rt::launch(kernel, rt::blocks_for(tokens, TOKENS), kRouteThreads, smem, x.data<T>(), weight.data<float>(),
+               bias ? bias->data<float>() : nullptr, active ? active->data<uint8_t>() : nullptr, tokens, experts, d,
+               expert.data<int32_t>(), probability.data<float>());
   };
   if (vectors) {
     launch(route_top1_kernel<T, TOKENS, 4>);
@@ -202,6 +201,7 @@ constexpr int kWarpSortMaxRows = 1024;
 __global__ void __launch_bounds__(32)
     warp_sort_kernel(const int32_t* __restrict__ expert, int rows, int experts, int32_t* __restrict__ sorted_rows,
                      int32_t* __restrict__ offsets) {
+  rt::await_previous_kernel();
   extern __shared__ int next[];  // [experts + 1]: counts, then the next free position of each expert
   const int lane = threadIdx.x;
   const unsigned below = (1u << lane) - 1;
@@ -247,6 +247,7 @@ __global__ void __launch_bounds__(32)
 
 __global__ void sort_keys_kernel(const int32_t* __restrict__ expert, int rows, int experts, uint32_t* __restrict__ keys,
                                  int32_t* __restrict__ indices) {
+  rt::await_previous_kernel();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= rows) return;
   keys[i] = static_cast<uint32_t>(expert[i] < 0 || expert[i] > experts ? experts : expert[i]);
@@ -256,6 +257,7 @@ __global__ void sort_keys_kernel(const int32_t* __restrict__ expert, int rows, i
 // offsets[e] = lower_bound(sorted keys, e) for e = 0..experts.
 __global__ void expert_offsets_kernel(const uint32_t* __restrict__ sorted_keys, int rows, int experts,
                                       int32_t* __restrict__ offsets) {
+  rt::await_previous_kernel();
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   if (e > experts) return;
   int lo = 0, hi = rows;
@@ -283,6 +285,7 @@ template <typename T, int V>
 __global__ void scatter_scaled_add_kernel(const T* __restrict__ y, const int32_t* __restrict__ sorted_rows,
                                           const float* __restrict__ probability, const int32_t* __restrict__ count,
                                           int64_t width, T* __restrict__ hidden) {
+  rt::await_previous_kernel();
   const int64_t i = blockIdx.x;
   if (i >= *count) return;
   const int64_t row = sorted_rows[i];
@@ -324,9 +327,8 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
   const int rows = static_cast<int>(rows64);
   const size_t counters = (static_cast<size_t>(num_experts) + 1) * sizeof(int);
   if (rows <= kWarpSortMaxRows && counters <= 48 * 1024) {
-    warp_sort_kernel<<<1, 32, counters, rt::stream()>>>(expert.data<int32_t>(), rows, num_experts,
-                                                        sorted_rows.data<int32_t>(), offsets.data<int32_t>());
-    ELEPHANT_CHECK_LAUNCH();
+    rt::launch(warp_sort_kernel, 1, 32, counters, expert.data<int32_t>(), rows, num_experts,
+               sorted_rows.data<int32_t>(), offsets.data<int32_t>());
     return;
   }
   // Radix sort of (expert, row) pairs over the bits of 0..num_experts: stable, so rows keep their order.
@@ -336,9 +338,8 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
   Tensor indices = Tensor::empty({rows64}, DType::I32, Device::CUDA);
   auto* keys_in = reinterpret_cast<uint32_t*>(keys.data<int32_t>());
   uint32_t* keys_out = keys_in + rows;
-  sort_keys_kernel<<<rt::blocks_for(rows, 256), 256, 0, rt::stream()>>>(expert.data<int32_t>(), rows, num_experts,
-                                                                        keys_in, indices.data<int32_t>());
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(sort_keys_kernel, rt::blocks_for(rows, 256), 256, 0, expert.data<int32_t>(), rows, num_experts, keys_in,
+             indices.data<int32_t>());
   size_t temp_bytes = 0;
   ELEPHANT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, keys_out, indices.data<int32_t>(),
                                                       sorted_rows.data<int32_t>(), rows, 0, end_bit, rt::stream()));
@@ -346,9 +347,8 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
   ELEPHANT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.raw(), temp_bytes, keys_in, keys_out,
                                                       indices.data<int32_t>(), sorted_rows.data<int32_t>(), rows, 0,
                                                       end_bit, rt::stream()));
-  expert_offsets_kernel<<<rt::blocks_for(num_experts + 1, 128), 128, 0, rt::stream()>>>(keys_out, rows, num_experts,
-                                                                                        offsets.data<int32_t>());
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(expert_offsets_kernel, rt::blocks_for(num_experts + 1, 128), 128, 0, keys_out, rows, num_experts,
+             offsets.data<int32_t>());
 }
 
 void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability, const Tensor& offsets,
@@ -367,9 +367,8 @@ void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor
       const int threads = static_cast<int>(std::min<int64_t>(256, (packs + 31) / 32 * 32));
       const dim3 grid(static_cast<unsigned>(rows),
                       static_cast<unsigned>(std::min<int64_t>(rt::blocks_for(packs, threads), 65535)));
-      scatter_scaled_add_kernel<T, V><<<grid, threads, 0, rt::stream()>>>(
-          y.data<T>(), sorted_rows.data<int32_t>(), probability.data<float>(), count, width, hidden.data<T>());
-      ELEPHANT_CHECK_LAUNCH();
+      rt::launch(scatter_scaled_add_kernel<T, V>, grid, threads, 0, y.data<T>(), sorted_rows.data<int32_t>(),
+                 probability.data<float>(), count, width, hidden.data<T>());
     };
     const bool vectors = width % kVector == 0 && reinterpret_cast<uintptr_t>(y.raw()) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(hidden.raw()) % 16 == 0;

@@ -36,6 +36,7 @@ __device__ float block_sum(float value) {
 template <typename T, int N>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, int64_t d,
                                 float eps) {
+  rt::await_previous_kernel();
   using P = Pack<T, N>;
   const int64_t packs = d / N;
   const P* xr = reinterpret_cast<const P*>(x + blockIdx.x * d);
@@ -76,11 +77,10 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
     const int threads = static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, 1024));
     const auto grid = static_cast<unsigned>(rows);
     if (vector) {
-      rms_norm_kernel<T, N><<<grid, threads, 0, rt::stream()>>>(in, w, out, d, eps);
+      rt::launch(rms_norm_kernel<T, N>, grid, threads, 0, in, w, out, d, eps);
     } else {
-      rms_norm_kernel<T, 1><<<grid, threads, 0, rt::stream()>>>(in, w, out, d, eps);
+      rt::launch(rms_norm_kernel<T, 1>, grid, threads, 0, in, w, out, d, eps);
     }
-    ELEPHANT_CHECK_LAUNCH();
   });
 }
 

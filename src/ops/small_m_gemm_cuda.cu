@@ -30,12 +30,13 @@ constexpr int kUnroll = 4;         // 16-byte chunks per lane and row loaded bef
 constexpr int kMaxGroupWarps = 4;  // k >= 4096: a row's 512 chunks are one pass of 4 warps
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// 16 bytes of weights, read once: not kept in L1, so that the rows of a stay there.
+// 16 bytes of weights, read once: not kept in L1, so that the rows of a stay there. volatile: the compiler must not
+// move it across await_previous_kernel().
 __device__ __forceinline__ uint4 load_streaming(const void* p) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
   return v;
 }
 
@@ -65,7 +66,8 @@ __device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
 template <typename T, typename CT, int M>
 __global__ void __launch_bounds__(kThreads, 4)
     small_m_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w, CT* __restrict__ c, int n, int k,
-                        int group_warps, int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta) {
+                        int group_warps, int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta,
+                        bool w_is_weight) {
   __shared__ float partial[kWarps][kRows * M];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_lane = (warp % group_warps) * 32 + lane;
@@ -80,10 +82,9 @@ __global__ void __launch_bounds__(kThreads, 4)
 #pragma unroll
   for (int j = 0; j < kRows; ++j) w_row[j] = w + min(row0 + j, static_cast<int64_t>(n - 1)) * k;
 
-  float acc[kRows][M] = {};
-  for (int base = group_lane; base < chunks; base += group_threads * kUnroll) {
-    // All weight loads of this pass first: 2 x kUnroll independent 16-byte requests per lane.
-    uint4 wv[kRows][kUnroll];
+  // One pass: kRows x kUnroll independent 16-byte weight requests per lane, all issued before the first use.
+  uint4 wv[kRows][kUnroll];
+  const auto load_pass = [&](int base) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int chunk = base + u * group_threads;
@@ -91,6 +92,16 @@ __global__ void __launch_bounds__(kThreads, 4)
       for (int j = 0; j < kRows; ++j)
         wv[j][u] = chunk < chunks ? load_streaming(w_row[j] + static_cast<int64_t>(chunk) * 8) : make_uint4(0, 0, 0, 0);
     }
+  };
+  // A weight is never written by a kernel: its first pass (the whole row up to k = 4096) streams in while the
+  // previous kernel finishes. a (and c) are that kernel's output.
+  const int pass = group_threads * kUnroll;
+  if (w_is_weight) load_pass(group_lane);
+  rt::await_previous_kernel();
+  if (!w_is_weight) load_pass(group_lane);
+
+  float acc[kRows][M] = {};
+  for (int base = group_lane; base < chunks; base += pass) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int chunk = base + u * group_threads;
@@ -108,6 +119,7 @@ __global__ void __launch_bounds__(kThreads, 4)
           for (int e = 0; e < 8; ++e) acc[j][r] = fmaf(wf[j][e], af[e], acc[j][r]);
       }
     }
+    if (base + pass < chunks) load_pass(base + pass);
   }
 
 #pragma unroll
@@ -144,17 +156,28 @@ int group_warps_for(int64_t k) {
   return g;
 }
 
+// One launch: `count` weights of a stack, each [n, k], `w_stride` elements apart, results `c_stride` apart.
 template <typename T, typename CT>
-void launch(const T* a, const T* w, CT* c, int64_t m, int64_t n, int64_t k, int64_t count, int64_t w_batch_stride,
-            int64_t c_batch_stride, float alpha, float beta) {
-  const int group_warps = group_warps_for(k);
+struct Problem {
+  const T* a;
+  const T* w;
+  CT* c;
+  int64_t m, n, k;
+  int64_t count = 1, w_stride = 0, c_stride = 0;
+  float alpha = 1.0f, beta = 0.0f;
+  bool w_is_weight = false;
+};
+
+template <typename T, typename CT>
+void launch(const Problem<T, CT>& p) {
+  const int group_warps = group_warps_for(p.k);
   const int rows_per_block = kRows * (kWarps / group_warps);
-  const dim3 grid(rt::blocks_for(n, rows_per_block), static_cast<unsigned>(count));
+  const dim3 grid(rt::blocks_for(p.n, rows_per_block), static_cast<unsigned>(p.count));
   const auto run = [&](auto kernel) {
-    kernel<<<grid, kThreads, 0, rt::stream()>>>(a, w, c, static_cast<int>(n), static_cast<int>(k), group_warps,
-                                                w_batch_stride, c_batch_stride, alpha, beta);
+    rt::launch(kernel, grid, kThreads, 0, p.a, p.w, p.c, static_cast<int>(p.n), static_cast<int>(p.k), group_warps,
+               p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight);
   };
-  switch (m) {
+  switch (p.m) {
     case 1:
       run(small_m_gemm_kernel<T, CT, 1>);
       break;
@@ -168,7 +191,6 @@ void launch(const T* a, const T* w, CT* c, int64_t m, int64_t n, int64_t k, int6
       run(small_m_gemm_kernel<T, CT, 4>);
       break;
   }
-  ELEPHANT_CHECK_LAUNCH();
 }
 
 // What every caller needs: half precision, 1..kSmallMMaxRows rows, whole 16-byte chunks per row, aligned starts, int
@@ -188,10 +210,18 @@ bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& a
   rt::dispatch_floating(a.dtype(), "gemm", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
+      const auto run = [&](auto* out) {
+        using CT = std::remove_pointer_t<decltype(out)>;
+        Problem<T, CT> p{a.data<T>(), b.data<T>(), out, m, n, k};
+        p.alpha = args.alpha;
+        p.beta = args.beta;
+        p.w_is_weight = args.b_is_weight;
+        launch(p);
+      };
       if (c.dtype() == DType::F32)
-        launch(a.data<T>(), b.data<T>(), c.data<float>(), m, n, k, 1, 0, 0, args.alpha, args.beta);
+        run(c.data<float>());
       else
-        launch(a.data<T>(), b.data<T>(), c.data<T>(), m, n, k, 1, 0, 0, args.alpha, args.beta);
+        run(c.data<T>());
     }
   });
   return true;
@@ -203,8 +233,14 @@ bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
   if (!applies(x, weights, n, count)) return false;
   rt::dispatch_floating(x.dtype(), "linear_stack", [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, float>)
-      launch(x.data<T>(), weights.data<T>(), y.data<T>(), rows, n, k, count, n * k, rows * n, 1.0f, 0.0f);
+    if constexpr (!std::is_same_v<T, float>) {
+      Problem<T, T> p{x.data<T>(), weights.data<T>(), y.data<T>(), rows, n, k};
+      p.count = count;
+      p.w_stride = n * k;
+      p.c_stride = rows * n;
+      p.w_is_weight = true;  // linear_stack's contract: a stack of Linear weights
+      launch(p);
+    }
   });
   return true;
 }

@@ -70,6 +70,7 @@ __device__ Stats row_stats(const Pack<T, N>* row, int64_t packs) {
 // N divides d (N == 1 when rows are not 16-byte aligned).
 template <typename T, int N>
 __global__ void softmax_kernel(T* __restrict__ x, int64_t d) {
+  rt::await_previous_kernel();
   using P = Pack<T, N>;
   const int64_t packs = d / N;
   P* row = reinterpret_cast<P*>(x + blockIdx.x * d);
@@ -85,6 +86,7 @@ __global__ void softmax_kernel(T* __restrict__ x, int64_t d) {
 
 template <typename T, int N>
 __global__ void log_softmax_kernel(const T* __restrict__ x, float* __restrict__ y, int64_t d) {
+  rt::await_previous_kernel();
   using P = Pack<T, N>;
   using F = Pack<float, N>;
   const int64_t packs = d / N;
@@ -124,11 +126,10 @@ void softmax(Tensor& x) {
     const bool vector = d % N == 0 && rt::is_aligned(p);
     const Launch l = launch_for(x, vector ? d / N : d);
     if (vector) {
-      softmax_kernel<T, N><<<l.rows, l.threads, 0, rt::stream()>>>(p, d);
+      rt::launch(softmax_kernel<T, N>, l.rows, l.threads, 0, p, d);
     } else {
-      softmax_kernel<T, 1><<<l.rows, l.threads, 0, rt::stream()>>>(p, d);
+      rt::launch(softmax_kernel<T, 1>, l.rows, l.threads, 0, p, d);
     }
-    ELEPHANT_CHECK_LAUNCH();
   });
 }
 
@@ -142,11 +143,10 @@ void log_softmax(const Tensor& x, Tensor& y) {
     const bool vector = d % N == 0 && rt::is_aligned(in) && rt::is_aligned(out, N * sizeof(float));
     const Launch l = launch_for(x, vector ? d / N : d);
     if (vector) {
-      log_softmax_kernel<T, N><<<l.rows, l.threads, 0, rt::stream()>>>(in, out, d);
+      rt::launch(log_softmax_kernel<T, N>, l.rows, l.threads, 0, in, out, d);
     } else {
-      log_softmax_kernel<T, 1><<<l.rows, l.threads, 0, rt::stream()>>>(in, out, d);
+      rt::launch(log_softmax_kernel<T, 1>, l.rows, l.threads, 0, in, out, d);
     }
-    ELEPHANT_CHECK_LAUNCH();
   });
 }
 

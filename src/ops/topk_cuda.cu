@@ -54,6 +54,7 @@ struct Candidates {
 // Block (row, chunk) writes its best k to values/indices [rows, chunks, k] (chunks: gridDim.y).
 template <int K, typename Source>
 __global__ void topk_kernel(Source source, int k, float* __restrict__ values, int* __restrict__ indices) {
+  rt::await_previous_kernel();
   Entry list[K];
 #pragma unroll
   for (int j = 0; j < K; ++j) list[j] = {-FLT_MAX * 2.0f, INT_MAX};  // -inf, empty
@@ -105,6 +106,7 @@ __global__ void topk_kernel(Source source, int k, float* __restrict__ values, in
 }
 
 __global__ void add_row_values_kernel(float* __restrict__ x, const float* __restrict__ row_values, int64_t n) {
+  rt::await_previous_kernel();
   const float add = row_values[blockIdx.y];
   float* row = x + blockIdx.y * n;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -112,6 +114,7 @@ __global__ void add_row_values_kernel(float* __restrict__ x, const float* __rest
 }
 
 __global__ void fill_column_kernel(float* __restrict__ x, int64_t rows, int64_t n, int64_t column, float value) {
+  rt::await_previous_kernel();
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x)
     x[r * n + column] = value;
 }
@@ -128,20 +131,17 @@ void launch_topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
   const int64_t chunk = (n + chunks - 1) / chunks;
   const dim3 first(static_cast<unsigned>(rows), static_cast<unsigned>(chunks));
   if (chunks == 1) {
-    topk_kernel<K><<<first, kThreads, 0, rt::stream()>>>(RowChunk{x.data<float>(), n, chunk}, k, values.data<float>(),
-                                                         indices.data<int32_t>());
-    ELEPHANT_CHECK_LAUNCH();
+    rt::launch(topk_kernel<K, RowChunk>, first, kThreads, 0, RowChunk{x.data<float>(), n, chunk}, k,
+               values.data<float>(), indices.data<int32_t>());
     return;
   }
   Tensor candidate_values = Tensor::empty({rows, chunks * k}, DType::F32, Device::CUDA);
   Tensor candidate_indices = Tensor::empty({rows, chunks * k}, DType::I32, Device::CUDA);
-  topk_kernel<K><<<first, kThreads, 0, rt::stream()>>>(
-      RowChunk{x.data<float>(), n, chunk}, k, candidate_values.data<float>(), candidate_indices.data<int32_t>());
-  ELEPHANT_CHECK_LAUNCH();
-  topk_kernel<K><<<dim3(static_cast<unsigned>(rows), 1), kThreads, 0, rt::stream()>>>(
-      Candidates{candidate_values.data<float>(), candidate_indices.data<int32_t>(), chunks * k}, k,
-      values.data<float>(), indices.data<int32_t>());
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(topk_kernel<K, RowChunk>, first, kThreads, 0, RowChunk{x.data<float>(), n, chunk}, k,
+             candidate_values.data<float>(), candidate_indices.data<int32_t>());
+  rt::launch(topk_kernel<K, Candidates>, dim3(static_cast<unsigned>(rows), 1), kThreads, 0,
+             Candidates{candidate_values.data<float>(), candidate_indices.data<int32_t>(), chunks * k}, k,
+             values.data<float>(), indices.data<int32_t>());
 }
 
 }  // namespace
@@ -158,14 +158,12 @@ void topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
 
 void add_row_values(Tensor& x, const Tensor& row_values) {
   const dim3 grid(std::min<unsigned>(rt::blocks_for(x.dim(1), kThreads), 64), static_cast<unsigned>(x.dim(0)));
-  add_row_values_kernel<<<grid, kThreads, 0, rt::stream()>>>(x.data<float>(), row_values.data<float>(), x.dim(1));
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(add_row_values_kernel, grid, kThreads, 0, x.data<float>(), row_values.data<float>(), x.dim(1));
 }
 
 void fill_column(Tensor& x, int64_t column, float value) {
-  fill_column_kernel<<<std::min<unsigned>(rt::blocks_for(x.dim(0), kThreads), 64), kThreads, 0, rt::stream()>>>(
-      x.data<float>(), x.dim(0), x.dim(1), column, value);
-  ELEPHANT_CHECK_LAUNCH();
+  rt::launch(fill_column_kernel, std::min<unsigned>(rt::blocks_for(x.dim(0), kThreads), 64), kThreads, 0,
+             x.data<float>(), x.dim(0), x.dim(1), column, value);
 }
 
 }  // namespace elephant::ops::cuda

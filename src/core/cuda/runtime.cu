@@ -1,4 +1,5 @@
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "core/cuda/runtime.cuh"
@@ -82,6 +83,22 @@ const cudaDeviceProp& device_properties() {
     return p;
   }();
   return properties;
+}
+
+namespace {
+// Compiled with the same architectures as every kernel: its PTX version says whether they contain griddepcontrol.
+__global__ void programmatic_launch_probe_kernel() {}
+}  // namespace
+
+bool programmatic_launch_enabled() {
+  static const bool enabled = [] {
+    const char* setting = std::getenv("ELEPHANT_PDL");
+    if (setting != nullptr && std::string(setting) == "0") return false;
+    cudaFuncAttributes attributes{};
+    ELEPHANT_CUDA_CHECK(cudaFuncGetAttributes(&attributes, programmatic_launch_probe_kernel));
+    return device_properties().major >= 9 && attributes.ptxVersion >= 90;
+  }();
+  return enabled;
 }
 
 void* allocate(size_t bytes) {

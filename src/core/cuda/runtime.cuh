@@ -46,13 +46,47 @@ namespace cuda {
       ::elephant::cuda::throw_cublas_error(elephant_status_, #expression, __FILE__, __LINE__); \
   } while (0)
 
-// After every launch: a bad launch configuration shows here; faults inside the kernel show at the next
+// After a <<<>>> launch: a bad launch configuration shows here; faults inside the kernel show at the next
 // synchronizing call (and under compute-sanitizer at the faulting access).
 #define ELEPHANT_CHECK_LAUNCH() ELEPHANT_CUDA_CHECK(cudaGetLastError())
 
 cudaStream_t stream();                      // the calling thread's stream (non-blocking, created on first use)
 cublasHandle_t cublas();                    // the calling thread's cuBLAS handle, bound to stream()
 const cudaDeviceProp& device_properties();  // of the current device
+
+// Programmatic dependent launch (Hopper). A kernel started through launch() below may be scheduled while the kernel
+// before it on the stream is still running, so that its launch latency, and its reads of data no kernel writes
+// (weights), overlap that kernel's tail: a decode step is a chain of ~300 short kernels. Every kernel launched this
+// way calls await_previous_kernel() before it reads memory an earlier kernel wrote or writes memory an earlier
+// kernel reads, in every block and before any early return (a block that exits without it could let the grid
+// complete before its predecessor). Kernels launched with <<<>>> (and library kernels) keep full ordering.
+// On when the device and the compiled kernels support it (sm_90 code on a compute capability 9+ device), unless the
+// environment sets ELEPHANT_PDL=0 (for A/B measurements).
+bool programmatic_launch_enabled();
+
+// Waits until every kernel before this one on the stream has completed and its writes are visible, then lets the
+// next kernel launched through launch() be scheduled (its blocks run only up to their own await).
+__device__ __forceinline__ void await_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Args... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream();
+  config.attrs = &attribute;
+  config.numAttrs = programmatic_launch_enabled() ? 1 : 0;
+  ELEPHANT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+}
 
 // N elements of T loaded or stored as one access (16 bytes for the vectorized paths).
 template <typename T, int N>
