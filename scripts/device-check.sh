@@ -14,7 +14,7 @@
 #   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine,
 #            and again with ELEPHANT_PDL=0) next to tools/bench/hf_generate_bench.py (transformers fp16 generate)
 #   cpu      bench_cpu
-#   decode   bench_cuda_decode alone (also part of bench): the ops of one decode step, timed one by one
+#   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1): API calls, kernels
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,8 +99,9 @@ for b in engine:
 PY
 fi
 
-if [[ $stages == *" bench "* || $stages == *" decode "* ]]; then
-  build-device/bin/bench_cuda_decode --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+if [[ $stages == *" decode "* ]]; then
+  build-device/bin/bench_cuda_decode --benchmark_filter="${DECODE_FILTER:-.}" --benchmark_repetitions=3 \
+    --benchmark_report_aggregates_only=true \
     --benchmark_format=json --benchmark_out="$logs/bench_cuda_decode.json" --benchmark_out_format=json \
     >/dev/null 2>"$logs/bench_cuda_decode.txt" || status=1
   echo "== decode-step ops, paper shape, fp16 (CUDA graph replay over distinct weights; medians, us per call)"
