@@ -1,6 +1,6 @@
 // Pipelined search (the next step queued before the host reads this step's finished flags, the default on CUDA)
 // against the step-by-step order on the golden checkpoints: the same tokens, with and without pruning, whatever the
-// batch, in greedy search. On the CPU both orders run; the CUDA test is SKIPPED without a GPU.
+// batch, in greedy and beam search. On the CPU both orders run; the CUDA test is SKIPPED without a GPU.
 #include <gtest/gtest.h>
 
 #include <set>
@@ -56,13 +56,25 @@ TEST_P(PipelinedSearchTest, GreedyTokensMatchStepByStep) {
   EXPECT_EQ(run(*model_, golden_, 1, true, true, 2), expected);
 }
 
+TEST_P(PipelinedSearchTest, BeamTokensMatchStepByStep) {
+  const auto expected = golden_.expected("beam4");
+  for (const bool prune : {true, false}) {
+    EXPECT_EQ(run(*model_, golden_, 4, prune, true), expected) << "prune " << prune;
+    EXPECT_EQ(run(*model_, golden_, 4, prune, false), expected) << "prune " << prune;
+  }
+  EXPECT_EQ(run(*model_, golden_, 4, true, true, 1), expected);
+}
+
 // min_length and max_length bound the steps the same way in both orders (max_length 1: no step is queued ahead).
 TEST_P(PipelinedSearchTest, LengthLimitsMatchStepByStep) {
-  const int beam_size = 1;
-  EXPECT_EQ(run(*model_, golden_, beam_size, true, true, 0, 3), run(*model_, golden_, beam_size, true, false, 0, 3));
-  Golden short_golden = golden_;
-  short_golden.max_new_tokens = 1;
-  EXPECT_EQ(run(*model_, short_golden, beam_size, true, true), run(*model_, short_golden, beam_size, true, false));
+  for (const int beam_size : {1, 4}) {
+    EXPECT_EQ(run(*model_, golden_, beam_size, true, true, 0, 3), run(*model_, golden_, beam_size, true, false, 0, 3))
+        << "beam " << beam_size;
+    Golden short_golden = golden_;
+    short_golden.max_new_tokens = 1;
+    EXPECT_EQ(run(*model_, short_golden, beam_size, true, true), run(*model_, short_golden, beam_size, true, false))
+        << "beam " << beam_size;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, PipelinedSearchTest, ::testing::ValuesIn(golden_names()),
@@ -75,7 +87,7 @@ TEST(PipelinedSearchCuda, TokensMatchStepByStep) {
     const Golden golden = load_golden(name);
     for (const bool graphs : {true, false}) {
       auto model = load_model(golden.model_dir, {Device::CUDA, DType::F32, graphs});
-      for (const int beam_size : {1})
+      for (const int beam_size : {1, 4})
         for (const bool prune : {true, false}) {
           const auto expected = golden.expected(beam_size == 1 ? "greedy" : "beam4");
           EXPECT_EQ(run(*model, golden, beam_size, prune, true), expected)
