@@ -21,9 +21,11 @@ void wait_event(void* event);
 }  // namespace cuda
 #endif
 
+#ifndef ELEPHANT_WITH_CUDA
 namespace {
 [[noreturn]] void no_cuda() { throw UsageError("this build of elephant has no CUDA backend"); }
 }  // namespace
+#endif
 
 struct HostReadback::Event {
   void* event = nullptr;
