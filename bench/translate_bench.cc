@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   CLI::App app{"elephant: Table 3 throughput (input tokens/s) with forced output length"};
   std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path;
   int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
-  bool no_cuda_graphs = false;
+  bool no_cuda_graphs = false, no_pipeline = false;
   app.add_option("model_dir", model_dir)->required();
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed);
   app.add_option("--json", json_path);
   app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
+  app.add_flag("--no-pipeline", no_pipeline, "each step waits for the last one's finished flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
         options.max_batch_size = batch;
         options.max_length = options.min_length = new_tokens;
         options.max_input_length = input_length;
+        options.pipeline_steps = !no_pipeline;
         std::vector<double> seconds;
         reset_cuda_peak_memory();
         for (int i = 0; i < warmup + batches; ++i) {
@@ -104,6 +106,7 @@ int main(int argc, char** argv) {
           {"input_length", input_length},
           {"new_tokens", new_tokens},
           {"cuda_graphs", !no_cuda_graphs},
+          {"pipeline_steps", !no_pipeline},
           {"rows", rows}}.dump(1);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_translate: %s\n", e.what());

@@ -96,6 +96,7 @@ class TranslatorImpl {
     search.min_length = options.min_length;
     search.length_penalty = options.length_penalty;
     search.prune_finished = options.prune_finished;
+    if (!options.pipeline_steps) search.pipeline_steps = false;  // else the search's default: on CUDA only
     size_t done = sources.size() - order.size();
     for (size_t begin = 0; begin < order.size(); begin += options.max_batch_size) {
       const size_t end = std::min(order.size(), begin + options.max_batch_size);

@@ -21,6 +21,7 @@ struct TranslateFlags {
   TranslationOptions options;
   bool no_pruning = false;
   bool no_cuda_graphs = false;
+  bool no_pipeline = false;
 };
 
 std::vector<std::string> read_lines(std::istream& in) {
@@ -48,6 +49,7 @@ int run_translate(const TranslateFlags& flags) {
   translator_options.cuda_graphs = !flags.no_cuda_graphs;
   TranslationOptions options = flags.options;
   options.prune_finished = !flags.no_pruning;
+  options.pipeline_steps = !flags.no_pipeline;
 
   std::vector<std::string> lines;
   if (flags.input.empty() || flags.input == "-") {
@@ -113,6 +115,8 @@ Runner add_translate_command(CLI::App& app) {
   cmd->add_flag("--no-pruning", flags->no_pruning, "Keep finished sentences in the batch (for testing)");
   cmd->add_flag("--no-cuda-graphs", flags->no_cuda_graphs,
                 "Launch each decode step kernel by kernel instead of replaying CUDA graphs (for testing)");
+  cmd->add_flag("--no-pipeline", flags->no_pipeline,
+                "Wait for each decode step's finished flags before queuing the next step (for testing)");
   return [flags] { return run_translate(*flags); };
 }
 

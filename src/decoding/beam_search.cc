@@ -2,6 +2,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/host_readback.h"
 #include "decoding/search.h"
 #include "ops/beam.h"
 #include "ops/softmax.h"
@@ -10,7 +11,10 @@
 namespace elephant {
 
 // transformers' vectorized beam search (early_stopping=False) with its bookkeeping on the model's device: per step
-// only each live source's can_improve flag comes back (one byte), and a source's ids when it is done.
+// only each live source's can_improve flag comes back (one byte, HostReadback), and a source's ids when it is done.
+// Pipelined like greedy search: step t + 1 is queued before the host reads step t's flags, and what they decide acts
+// on the sources as step t + 1 left them, which is the same: beam_advance leaves a source that cannot improve as it
+// is (its rows continue themselves), and the sources done at step t + 1 are found a round later.
 std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
                                               const SearchOptions& options) {
   const SpecialTokens& special = model.special_tokens();
@@ -20,6 +24,7 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
   if (sources <= 0) return results;
   auto state = model.start_decoding(encoded, beam_size, options.max_length);
   const Device device = state->device();
+  const bool pipelined = options.pipeline_steps.value_or(device == Device::CUDA);
 
   ops::BeamOptions beam_options;
   beam_options.beam_size = beam_size;
@@ -50,10 +55,12 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
     }
   };
 
-  size_t done_before = 0;
-  for (int step = 0; step < options.max_length; ++step) {
-    // Log-probs plus each row's running score, then the best 2 x beam_size of every source's beams x vocab
-    // (torch.topk over the flattened scores, as transformers does), then the bookkeeping.
+  // Queues step `step`: log-probs plus each row's running score, then the best 2 x beam_size of every source's beams x
+  // vocab (torch.topk over the flattened scores, as transformers does), the bookkeeping, the copy of the can_improve
+  // flags into flags[step % 2], and, pipelined (unless it is the last step), the caches' rows following their beams.
+  HostReadback flags[2];
+  const auto follow_beams = [&] { state->reorder_rows(beams.next_rows.reshape({beams.sources() * beam_size})); };
+  const auto queue_step = [&](int step) {
     const int64_t live_count = beams.sources(), rows = live_count * beam_size;
     const Tensor logits = model.step(*state, beams.next_tokens.reshape({rows}));
     const int64_t vocab = logits.dim(1);
@@ -67,49 +74,65 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
     ops::topk(scores.reshape({live_count, beam_size * vocab}), count, top_values, top_indices);
     beam_options.vocab = vocab;
     ops::beam_advance(top_values, top_indices, step, beam_options, beams);
+    flags[step % 2].start(beams.can_improve);
+    if (pipelined && step + 1 < options.max_length) follow_beams();
+  };
 
-    const std::vector<uint8_t> improving = beams.can_improve.to_vector<uint8_t>();
+  queue_step(0);
+  size_t done_before = 0;
+  for (int step = 0;; ++step) {
+    const bool more = step + 1 < options.max_length;  // the caches have max_length slots
+    if (pipelined && more) queue_step(step + 1);
+    const Tensor& step_flags = flags[step % 2].wait();
+    const uint8_t* flag = step_flags.data<uint8_t>();
+    const std::vector<uint8_t> improving(flag, flag + step_flags.numel());
     const auto done = static_cast<size_t>(std::count(improving.begin(), improving.end(), uint8_t{0}));
     std::vector<int32_t> all(improving.size());
     std::iota(all.begin(), all.end(), 0);
-    if (done == improving.size() || step + 1 == options.max_length) {
-      collect(all);
+    if (done == improving.size() || !more) {
+      collect(all);  // pipelined, step + 1 ran as well: it left every done source as it was
       break;
     }
-    state->reorder_rows(beams.next_rows.reshape({rows}));
-    if (done == done_before) continue;
-    done_before = done;
-    std::vector<uint8_t> source_done(improving.size());
-    std::vector<int32_t> finished;
-    for (int32_t position : all) {
-      source_done[position] = improving[position] ? 0 : 1;
-      if (source_done[position]) finished.push_back(position);
-    }
-    collect(finished);
-    for (int32_t position : finished) live[position] = -1;
-
-    // Done sources in the batch (without pruning, or as padding on a GPU) keep their rows idle: no expert work.
-    const std::vector<int32_t> keep = entries_to_keep(source_done, options.prune_finished, device == Device::CUDA);
-    if (keep.empty()) {
-      std::vector<uint8_t> active;
-      for (uint8_t flag : improving) active.insert(active.end(), static_cast<size_t>(beam_size), flag);
-      state->set_active_rows(active);
-      continue;
-    }
-    std::vector<int32_t> kept_rows;
-    std::vector<uint8_t> active;
-    for (int32_t position : keep)
-      for (int k = 0; k < beam_size; ++k) {
-        kept_rows.push_back(position * beam_size + k);
-        active.push_back(improving[position]);
+    if (!pipelined) follow_beams();
+    if (done != done_before) {
+      done_before = done;
+      std::vector<uint8_t> source_done(improving.size());
+      std::vector<int32_t> finished;
+      for (int32_t position : all) {
+        source_done[position] = improving[position] ? 0 : 1;
+        if (source_done[position]) finished.push_back(position);
       }
-    state->select_rows(kept_rows);
-    state->set_active_rows(active);
-    beams.keep_sources(Tensor::from_vector(keep, {static_cast<int64_t>(keep.size())}, device));
-    std::vector<int32_t> kept_sources;
-    for (int32_t position : keep) kept_sources.push_back(live[position]);
-    live = std::move(kept_sources);
-    done_before = keep.size() - (improving.size() - done);  // every live source is kept: the rest is padding
+      collect(finished);
+      for (int32_t position : finished) live[position] = -1;
+
+      // Done sources in the batch (without pruning, or as padding on a GPU) keep their rows idle: no expert work.
+      const std::vector<int32_t> keep = entries_to_keep(source_done, options.prune_finished, device == Device::CUDA);
+      if (keep.empty()) {
+        std::vector<uint8_t> active;
+        for (uint8_t improves : improving) active.insert(active.end(), static_cast<size_t>(beam_size), improves);
+        state->set_active_rows(active);
+      } else {
+        std::vector<int32_t> kept_rows;
+        std::vector<uint8_t> active;
+        for (int32_t position : keep)
+          for (int k = 0; k < beam_size; ++k) {
+            kept_rows.push_back(position * beam_size + k);
+            active.push_back(improving[position]);
+          }
+        // The caches' rows already follow the beams of the last step (pipelined, of step + 1), whose next_rows this
+        // makes stale: the next step writes new ones before they are used.
+        state->select_rows(kept_rows);
+        state->set_active_rows(active);
+        beams.keep_sources(Tensor::from_vector(keep, {static_cast<int64_t>(keep.size())}, device));
+        std::vector<int32_t> kept_sources;
+        for (int32_t position : keep) kept_sources.push_back(live[position]);
+        live = std::move(kept_sources);
+        done_before = keep.size() - (improving.size() - done);  // every live source is kept: the rest is padding
+        // Pipelined, step + 1's flags are on their way in the old source order: the compacted ones replace them.
+        if (pipelined) flags[(step + 1) % 2].start(beams.can_improve);
+      }
+    }
+    if (!pipelined) queue_step(step + 1);
   }
   return results;
 }

@@ -3,6 +3,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "core/host_readback.h"
 #include "decoding/search.h"
 #include "ops/gather.h"
 #include "ops/greedy.h"
@@ -18,7 +19,11 @@ std::vector<std::vector<int32_t>> generate(EncoderDecoderModel& model, const Enc
 }
 
 // Tokens, finished flags and each row's generated ids live on the model's device; per step only the finished flags
-// come back (one byte a row), and a sentence's ids when it is done.
+// come back (one byte a row, without waiting for the whole device: HostReadback), and a sentence's ids when it is
+// done. Pipelined, step t + 1 is queued before the host reads step t's flags, so that the device does not wait for
+// the host: what step t's flags decide (reporting, compacting the batch, stopping) then acts on the rows as step t + 1
+// left them. The results are the same: a row that finished at step t keeps its history and length (greedy_advance
+// only feeds it pad), and the rows that finished at step t + 1 are still live by step t's flags, found a round later.
 std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, const EncoderOutput& encoded,
                                                 const SearchOptions& options) {
   const SpecialTokens& special = model.special_tokens();
@@ -27,6 +32,7 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
   if (sources <= 0) return results;
   auto state = model.start_decoding(encoded, 1, options.max_length);
   const Device device = state->device();
+  const bool pipelined = options.pipeline_steps.value_or(device == Device::CUDA);
 
   // The source each row decodes; -1: a finished row kept in the batch as padding, its result already reported.
   std::vector<int32_t> row_to_source(static_cast<size_t>(sources));
@@ -54,9 +60,10 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
     }
   };
 
-  uint64_t finished_before = 0;
-  for (int step = 0; step < options.max_length; ++step) {
-    // The argmax (first maximum) and the bookkeeping run on the model's device.
+  // Queues step `step` on the device: the model, the argmax (first maximum), the bookkeeping, and the copy of the
+  // finished flags into flags[step % 2] (pipelined, step + 1's copy is queued before the host reads step's).
+  HostReadback flags[2];
+  const auto queue_step = [&](int step) {
     Tensor logits = model.step(*state, tokens);
     if (step < options.min_length) ops::fill_column(logits, special.eos, -INFINITY);
     const int64_t rows = logits.dim(0);
@@ -64,49 +71,56 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
     Tensor best = Tensor::empty({rows, 1}, DType::I32, device);
     ops::topk(logits, 1, best_values, best);
     ops::greedy_advance(best.reshape({rows}), special.eos, special.pad, tokens, finished, lengths, history);
+    flags[step % 2].start(finished);
+  };
 
-    const std::vector<uint8_t> done = finished.to_vector<uint8_t>();
-    const auto done_count = static_cast<uint64_t>(std::count(done.begin(), done.end(), uint8_t{1}));
-    const bool last = done_count == done.size() || step + 1 == options.max_length;
-    if (!last && done_count == finished_before) continue;
-    finished_before = done_count;
+  queue_step(0);
+  for (int step = 0;; ++step) {
+    const bool more = step + 1 < options.max_length;  // the caches have max_length slots
+    if (pipelined && more) queue_step(step + 1);
+    const Tensor& step_flags = flags[step % 2].wait();
+    const uint8_t* flag = step_flags.data<uint8_t>();
+    const std::vector<uint8_t> done(flag, flag + step_flags.numel());
+    const bool last = !more || std::all_of(done.begin(), done.end(), [](uint8_t d) { return d != 0; });
     // The rows that finished since the last look (or every row still owing its result, at the end) report now;
     // a row that stays in the batch afterwards is padding (source -1).
     std::vector<int32_t> report;
     for (size_t r = 0; r < done.size(); ++r)
       if (row_to_source[r] >= 0 && (done[r] || last)) report.push_back(static_cast<int32_t>(r));
     collect(report);
-    if (last) break;
-    for (int32_t r : report) row_to_source[r] = -1;
-
-    const std::vector<int32_t> keep = entries_to_keep(done, options.prune_finished, device == Device::CUDA);
-    if (keep.empty()) {  // finished rows idle in the batch: no expert work, pad as input (transformers)
-      std::vector<uint8_t> active(done.size());
-      for (size_t r = 0; r < done.size(); ++r) active[r] = done[r] ? 0 : 1;
+    if (last) break;  // pipelined, step + 1 ran as well: it only fed the finished rows pad
+    if (!report.empty()) {
+      for (int32_t r : report) row_to_source[r] = -1;
+      // Finished rows idle in the batch: no expert work, pad as input (transformers); pruned, only those that pad it
+      // to its bucket stay.
+      std::vector<int32_t> keep = entries_to_keep(done, options.prune_finished, device == Device::CUDA);
+      if (!keep.empty()) {
+        state->select_rows(keep);
+        const auto kept = static_cast<int64_t>(keep.size());
+        const Tensor kept_rows = Tensor::from_vector(keep, {kept}, device);
+        const auto compact = [&](Tensor& t, const Shape& shape) {
+          Tensor out = Tensor::empty(shape, t.dtype(), device);
+          ops::gather_rows(t, kept_rows, out);
+          t = out;
+        };
+        compact(tokens, {kept});
+        compact(finished, {kept});
+        compact(lengths, {kept});
+        compact(history, {kept, options.max_length});
+        std::vector<int32_t> kept_sources;
+        for (int32_t r : keep) kept_sources.push_back(row_to_source[r]);
+        row_to_source = std::move(kept_sources);
+        // Pipelined, step + 1's flags are on their way in the old row order: the compacted ones replace them.
+        if (pipelined) flags[(step + 1) % 2].start(finished);
+      } else {
+        keep.resize(done.size());
+        std::iota(keep.begin(), keep.end(), 0);
+      }
+      std::vector<uint8_t> active;
+      for (int32_t r : keep) active.push_back(done[r] ? 0 : 1);
       state->set_active_rows(active);
-      continue;
     }
-    state->select_rows(keep);
-    const auto kept = static_cast<int64_t>(keep.size());
-    const Tensor kept_rows = Tensor::from_vector(keep, {kept}, device);
-    const auto compact = [&](Tensor& t, const Shape& shape) {
-      Tensor out = Tensor::empty(shape, t.dtype(), device);
-      ops::gather_rows(t, kept_rows, out);
-      t = out;
-    };
-    compact(tokens, {kept});
-    compact(finished, {kept});
-    compact(lengths, {kept});
-    compact(history, {kept, options.max_length});
-    std::vector<int32_t> kept_sources;
-    std::vector<uint8_t> active;
-    for (int32_t r : keep) {
-      kept_sources.push_back(row_to_source[r]);
-      active.push_back(done[r] ? 0 : 1);
-    }
-    row_to_source = std::move(kept_sources);
-    state->set_active_rows(active);
-    finished_before = keep.size() - (done.size() - done_count);  // every live row is kept: the rest is padding
+    if (!pipelined) queue_step(step + 1);
   }
   return results;
 }

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "models/encoder_decoder.h"
@@ -13,6 +14,11 @@ struct SearchOptions {
   int min_length = 0;           // EOS is not allowed before this many tokens (transformers' min_new_tokens)
   float length_penalty = 1.0f;  // finished beam scores are sum(log p) / length^length_penalty
   bool prune_finished = true;   // drop finished sources from the decoder batch
+  // Queue each step on the device before the host reads the previous step's finished flags, so that the device does
+  // not idle while they come back and the host decides: reporting, pruning and stopping then act a step late, and
+  // the step after the last sentence finished is computed for nothing. Unset: on CUDA only, where it hides the
+  // per-step round trip; the CPU computes synchronously and would only gain that extra step. Tokens are the same.
+  std::optional<bool> pipeline_steps;
 };
 
 // Generates a target for every encoded source. Each result holds the generated ids, ending with EOS when

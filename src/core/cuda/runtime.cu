@@ -133,6 +133,35 @@ void fill_zero(void* destination, size_t bytes) {
 
 void synchronize() { ELEPHANT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
+// For HostReadback: a copy to pinned host memory does not wait for the device, and an event after it lets the host
+// wait for that copy alone.
+void* allocate_pinned(size_t bytes) {
+  void* pointer = nullptr;
+  ELEPHANT_CUDA_CHECK(cudaMallocHost(&pointer, bytes));
+  return pointer;
+}
+
+void free_pinned(void* pointer) {
+  if (pointer) cudaFreeHost(pointer);  // from destructors: a failure shows at the next checked call
+}
+
+void* create_event() {
+  cudaEvent_t event = nullptr;
+  ELEPHANT_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  return event;
+}
+
+void destroy_event(void* event) {
+  if (event) cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+
+void copy_to_host_async(void* destination, const void* source, size_t bytes, void* event) {
+  if (bytes > 0) ELEPHANT_CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyDeviceToHost, stream()));
+  ELEPHANT_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event), stream()));
+}
+
+void wait_event(void* event) { ELEPHANT_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event))); }
+
 namespace {
 cudaMemPool_t default_pool() {
   int device = 0;
