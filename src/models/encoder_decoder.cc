@@ -15,6 +15,13 @@ Tensor EncoderDecoderModel::step(DecoderState& state, const Tensor& tokens) {
   const Shape logits_shape{rows, special_tokens().vocab_size};
   DecoderState::StepGraph& recorded = state.step_graph_;
   const bool graphs = device == Device::CUDA && options().cuda_graphs && rows > 0;
+  if (graphs && recorded.version != state.version() && state.steps_done() == 0) {
+    const std::lock_guard<std::mutex> lock(warmed_mutex_);
+    if (warmed_rows_.count(rows) != 0) {
+      recorded.graph = CudaGraph();
+      recorded.version = state.version();
+    }
+  }
   Tensor logits;
   if (graphs && recorded.version == state.version()) {
     if (recorded.graph.empty()) {
@@ -30,11 +37,16 @@ Tensor EncoderDecoderModel::step(DecoderState& state, const Tensor& tokens) {
     if (graphs) {
       // New rows or layouts: this step runs kernel by kernel and the next one is recorded, so that first-use work
       // (module loading, cuBLAS heuristics) never happens inside a capture and a layout used once is not recorded.
+      // A decode's first step is recorded at once when its row count has run before (warmed_rows_).
       recorded.graph = CudaGraph();
       recorded.version = state.version();
     }
     logits = Tensor::empty(logits_shape, DType::F32, device);
     compute_step(state, tokens, logits);
+    if (graphs) {
+      const std::lock_guard<std::mutex> lock(warmed_mutex_);
+      warmed_rows_.insert(rows);
+    }
   }
   state.finish_step();
   return logits;

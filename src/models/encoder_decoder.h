@@ -2,6 +2,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <vector>
 
 #include "core/cuda_graph.h"
@@ -153,6 +155,12 @@ class EncoderDecoderModel {
   // positions (state.advance_positions()). It must only queue work on the stream (no host copies or
   // synchronization, no allocation that outlives it) so that it can be recorded once and replayed.
   virtual void compute_step(DecoderState& state, const Tensor& tokens, Tensor& logits) = 0;
+
+ private:
+  // Row counts whose step has run kernel by kernel at least once on this model: a later decode's first step with
+  // as many rows is recorded at once instead of running uncaptured first (the first-use work is done).
+  std::mutex warmed_mutex_;
+  std::set<int64_t> warmed_rows_;
 };
 
 // Reads config.json's model_type and builds the matching architecture from the directory's checkpoint.

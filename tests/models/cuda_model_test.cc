@@ -97,6 +97,8 @@ INSTANTIATE_TEST_SUITE_P(Goldens, CudaGoldenTest, ::testing::ValuesIn(golden_nam
 // Step by step, through what invalidates a recorded step: rows selected (a new batch size), rows made inactive
 // (new flags in the same buffer: no new capture) and the first inactive row (the flags appear). Each step's logits
 // from the graph equal those of the same step launched kernel by kernel, bit for bit.
+// Two decodes on the same models: in the first, the replayed model runs its first step kernel by kernel and records
+// the second; in the second decode (a row count it has run before), the first step is recorded at once.
 TEST(CudaGraphSteps, ReplayedStepsEqualLaunchedSteps) {
   ELEPHANT_REQUIRE_CUDA();
   const Golden golden = load_golden(golden_names().front());
@@ -105,27 +107,30 @@ TEST(CudaGraphSteps, ReplayedStepsEqualLaunchedSteps) {
   const EncoderOutput encoded_replayed = replayed->encode(golden.sources);
   const EncoderOutput encoded_launched = launched->encode(golden.sources);
   const int max_steps = 12;
-  auto state_replayed = replayed->start_decoding(encoded_replayed, 2, max_steps);
-  auto state_launched = launched->start_decoding(encoded_launched, 2, max_steps);
   const int32_t vocab = replayed->special_tokens().vocab_size;
-  for (int step = 0; step < max_steps; ++step) {
-    const int64_t rows = state_replayed->rows();
-    std::vector<int32_t> tokens(static_cast<size_t>(rows));
-    for (int64_t r = 0; r < rows; ++r) tokens[r] = static_cast<int32_t>((7 * step + 13 * r + 3) % vocab);
-    const std::vector<float> a = replayed->step(*state_replayed, tokens).to_vector<float>();
-    const std::vector<float> b = launched->step(*state_launched, tokens).to_vector<float>();
-    ASSERT_EQ(a, b) << "step " << step << ", " << rows << " rows";
-    if (step == 4 || step == 8) {  // drop the first row and the last one, reorder the rest
-      std::vector<int32_t> keep;
-      for (int64_t r = rows - 2; r >= 1; --r) keep.push_back(static_cast<int32_t>(r));
-      state_replayed->select_rows(keep);
-      state_launched->select_rows(keep);
-    }
-    if (step == 5 || step == 6) {
-      std::vector<uint8_t> active(static_cast<size_t>(state_replayed->rows()), 1);
-      active[static_cast<size_t>(step - 5)] = 0;
-      state_replayed->set_active_rows(active);
-      state_launched->set_active_rows(active);
+  for (int decode = 0; decode < 2; ++decode) {
+    SCOPED_TRACE("decode " + std::to_string(decode));
+    auto state_replayed = replayed->start_decoding(encoded_replayed, 2, max_steps);
+    auto state_launched = launched->start_decoding(encoded_launched, 2, max_steps);
+    for (int step = 0; step < max_steps; ++step) {
+      const int64_t rows = state_replayed->rows();
+      std::vector<int32_t> tokens(static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) tokens[r] = static_cast<int32_t>((7 * step + 13 * r + 3 + decode) % vocab);
+      const std::vector<float> a = replayed->step(*state_replayed, tokens).to_vector<float>();
+      const std::vector<float> b = launched->step(*state_launched, tokens).to_vector<float>();
+      ASSERT_EQ(a, b) << "step " << step << ", " << rows << " rows";
+      if (step == 4 || step == 8) {  // drop the first row and the last one, reorder the rest
+        std::vector<int32_t> keep;
+        for (int64_t r = rows - 2; r >= 1; --r) keep.push_back(static_cast<int32_t>(r));
+        state_replayed->select_rows(keep);
+        state_launched->select_rows(keep);
+      }
+      if (step == 5 || step == 6) {
+        std::vector<uint8_t> active(static_cast<size_t>(state_replayed->rows()), 1);
+        active[static_cast<size_t>(step - 5)] = 0;
+        state_replayed->set_active_rows(active);
+        state_launched->set_active_rows(active);
+      }
     }
   }
 }
