@@ -1,11 +1,11 @@
 // One MoE FFN layer of the paper's shape on the GPU (issue 4, benchmark b): d_model 1024, d_ff 4096, 32 experts,
 // ReLU, fp16 or bf16, top-1. The routing is a fixed pseudo-random assignment (expert of token t =
 // splitmix64(1234 + t) % 32), the same as tools/bench/moe_layer_torch.py, so that torch._grouped_mm runs the
-// same problem. Timed the way decode steps run: the layer (sort by expert, gather, grouped GEMM wi + ReLU, grouped
-// GEMM wo, un-permute/scale/add) is captured in a CUDA graph and replayed; the graph holds kCopies layers with
-// their own weights, so the experts of one call are never in L2 from the previous one. Reported per layer: median
-// time (--benchmark_repetitions), experts hit, the HBM floor (bytes of the experts hit + x read + hidden read and
-// written, over 2.96 TB/s) and the fraction of it reached.
+// same problem. Timed the way decode steps run: the layer (sort by expert, grouped GEMM wi + ReLU reading the rows
+// in expert order, grouped GEMM wo, un-permute/scale/add) is captured in a CUDA graph and replayed; the graph holds
+// kCopies layers with their own weights, so the experts of one call are never in L2 from the previous one. Reported per
+// layer: median time (--benchmark_repetitions), experts hit, the HBM floor (bytes of the experts hit + x read + hidden
+// read and written, over 2.96 TB/s) and the fraction of it reached.
 //
 //   build/bin/bench_cuda_moe --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -17,7 +17,6 @@
 #include "bench_cuda.cuh"
 #include "core/cuda/runtime.cuh"
 #include "ops/elementwise.h"
-#include "ops/gather.h"
 #include "ops/moe.h"
 
 namespace elephant {
@@ -56,10 +55,11 @@ void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const 
   Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
   Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
   ops::sort_by_expert(expert, kExperts, sorted, offsets);
-  Tensor gathered = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
-  ops::gather_rows(x, sorted, gathered);
   Tensor inner = Tensor::empty({tokens, kFf}, x.dtype(), Device::CUDA);
-  ops::grouped_gemm(gathered, layer.wi, offsets, inner, {nullptr, ops::Activation::ReLU});
+  ops::GroupedGemmArgs wi_args;
+  wi_args.activation = ops::Activation::ReLU;
+  wi_args.a_rows = &sorted;
+  ops::grouped_gemm(x, layer.wi, offsets, inner, wi_args);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
   ops::grouped_gemm(inner, layer.wo, offsets, y);
   ops::scatter_scaled_add(y, sorted, probability, offsets, hidden);

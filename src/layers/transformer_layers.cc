@@ -28,9 +28,9 @@ void add_dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, cons
   ops::gemm(h, ffn.wo, hidden, kAddToOutput);
 }
 
-// Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix, and add the scaled
-// outputs back in row order. Nothing here reads device memory on the host: the per-expert row counts stay in
-// `offsets` on the device.
+// Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix (the first reading the rows
+// in expert order), and add the scaled outputs back in row order. Nothing here reads device memory on the host: the
+// per-expert row counts stay in `offsets` on the device.
 void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activation, const Tensor& x, Tensor& hidden,
                             const Tensor* active) {
   const int64_t tokens = x.dim(0);
@@ -42,10 +42,12 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
   Tensor sorted_rows = Tensor::empty({tokens}, DType::I32, device);
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
   ops::sort_by_expert(expert, experts, sorted_rows, offsets);
-  Tensor gathered = Tensor::empty(x.shape(), x.dtype(), device);
-  ops::gather_rows(x, sorted_rows, gathered);
+  // The wi GEMM reads x's rows in expert order itself (a_rows): no gathered copy.
   Tensor inner = Tensor::empty({tokens, moe.wi.dim(1)}, x.dtype(), device);
-  ops::grouped_gemm(gathered, moe.wi, offsets, inner, {nullptr, activation});
+  ops::GroupedGemmArgs wi_args;
+  wi_args.activation = activation;
+  wi_args.a_rows = &sorted_rows;
+  ops::grouped_gemm(x, moe.wi, offsets, inner, wi_args);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), device);
   ops::grouped_gemm(inner, moe.wo, offsets, y);
   ops::scatter_scaled_add(y, sorted_rows, probability, offsets, hidden);

@@ -363,14 +363,17 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
   check_dtype("grouped_gemm", offsets, DType::I32, "offsets");
   const std::string shapes = "a " + describe(a) + ", weights " + describe(weights) + ", offsets " + describe(offsets) +
                              ", out " + describe(out);
-  if (a.rank() != 2 || weights.rank() != 3 || out.rank() != 2 || weights.dim(2) != a.dim(1) || out.dim(0) != a.dim(0) ||
-      out.dim(1) != weights.dim(1) || offsets.shape() != Shape{weights.dim(0) + 1} || weights.dtype() != a.dtype() ||
-      out.dtype() != a.dtype())
+  if (a.rank() != 2 || weights.rank() != 3 || out.rank() != 2 || weights.dim(2) != a.dim(1) ||
+      (!args.a_rows && out.dim(0) != a.dim(0)) || out.dim(1) != weights.dim(1) ||
+      offsets.shape() != Shape{weights.dim(0) + 1} || weights.dtype() != a.dtype() || out.dtype() != a.dtype())
     fail("grouped_gemm", shapes);
+  if (args.a_rows && (args.a_rows->device() != a.device() || args.a_rows->dtype() != DType::I32 ||
+                      args.a_rows->shape() != Shape{out.dim(0)}))
+    fail("grouped_gemm", "a_rows " + describe(*args.a_rows) + " for " + shapes);
   if (args.bias && (args.bias->device() != a.device() || args.bias->dtype() != a.dtype() ||
                     args.bias->shape() != Shape{weights.dim(0), weights.dim(1)}))
     fail("grouped_gemm", "bias " + describe(*args.bias) + " for " + shapes);
-  if (a.dim(0) == 0) return;
+  if (out.dim(0) == 0) return;
   ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
 }
 

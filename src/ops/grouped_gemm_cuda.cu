@@ -151,9 +151,9 @@ struct SplitK {
 
 template <typename T, typename C, bool SPLIT>
 __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
-    grouped_gemm_mma_kernel(const T* __restrict__ a, const T* __restrict__ weights, const int32_t* __restrict__ offsets,
-                            const T* __restrict__ bias, T* __restrict__ out, int experts, int n, int k, int activation,
-                            bool vector_store, SplitK split) {
+    grouped_gemm_mma_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows, const T* __restrict__ weights,
+                            const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
+                            int experts, int n, int k, int activation, bool vector_store, SplitK split) {
   rt::await_previous_kernel();
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int chunk_prefix[kMaxMmaExperts + 1];
@@ -205,7 +205,15 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     const int rows = min(C::BM, __ldg(offsets + e + 1) - m0);
 
     const T* w_src = weights + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
-    const T* a_src = a + (static_cast<int64_t>(m0) + copy_row) * k + copy_chunk * 8;
+    // The rows this thread copies; with a_rows, sorted position i reads row a_rows[i] of a (the gather into expert
+    // order happens in these loads).
+    const T* a_src[C::A_ITERS];
+#pragma unroll
+    for (int j = 0; j < C::A_ITERS; ++j) {
+      const int r = copy_row + j * C::ROWS_PER_ITER;
+      const int64_t row = r >= rows ? 0 : a_rows != nullptr ? __ldg(a_rows + m0 + r) : m0 + r;
+      a_src[j] = a + row * k + copy_chunk * 8;
+    }
     auto load_stage = [&](int slot, int kt) {
       const int k_offset = kt * BK;
       const bool k_ok = k_offset + copy_chunk * 8 < k;
@@ -220,8 +228,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       for (int j = 0; j < C::A_ITERS; ++j) {
         const int r = copy_row + j * C::ROWS_PER_ITER;
         const bool ok = k_ok && r < rows;
-        cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + copy_swizzled),
-                    ok ? a_src + static_cast<int64_t>(j) * C::ROWS_PER_ITER * k + k_offset : a, ok);
+        cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + copy_swizzled), ok ? a_src[j] + k_offset : a, ok);
       }
     };
 
@@ -370,9 +377,22 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   }
 }
 
+// One grouped GEMM as the launchers see it (pointers into the op's tensors, see ops/moe.h).
+template <typename T>
+struct Problem {
+  const T* a;
+  const int32_t* a_rows;  // or null: sorted position i reads row i of a
+  const T* weights;
+  const int32_t* offsets;
+  const T* bias;  // or null
+  T* out;
+  int64_t rows;
+  int experts, n, k, activation;
+  bool vector_store;
+};
+
 template <typename T, typename C, bool SPLIT = false>
-void launch_mma(const T* a, const T* weights, const int32_t* offsets, const T* bias, T* out, int64_t rows, int experts,
-                int n, int k, int activation, bool vector_store, const SplitK& split = {}, int64_t most_units = 0) {
+void launch_mma(const Problem<T>& p, const SplitK& split = {}, int64_t most_units = 0) {
   // Host-only queries, once per instantiation: no synchronization, nothing recorded in a graph.
   static const int grid_limit = [] {
     ELEPHANT_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_mma_kernel<T, C, SPLIT>,
@@ -383,11 +403,11 @@ void launch_mma(const T* a, const T* weights, const int32_t* offsets, const T* b
     return std::max(per_sm, 1) * rt::device_properties().multiProcessorCount;
   }();
   // Sum over experts of ceil(rows_e / BM) is below rows / BM + experts.
-  const int64_t n_tiles = (n + C::BN - 1) / C::BN;
-  const int64_t most_items = n_tiles * ((rows + C::BM - 1) / C::BM + experts);
+  const int64_t n_tiles = (p.n + C::BN - 1) / C::BN;
+  const int64_t most_items = n_tiles * ((p.rows + C::BM - 1) / C::BM + p.experts);
   const auto grid = static_cast<unsigned>(std::min<int64_t>(SPLIT ? most_units : most_items, grid_limit));
-  rt::launch(grouped_gemm_mma_kernel<T, C, SPLIT>, grid, C::THREADS, C::SMEM_BYTES, a, weights, offsets, bias, out,
-             experts, n, k, activation, vector_store, split);
+  rt::launch(grouped_gemm_mma_kernel<T, C, SPLIT>, grid, C::THREADS, C::SMEM_BYTES, p.a, p.a_rows, p.weights, p.offsets,
+             p.bias, p.out, p.experts, p.n, p.k, p.activation, p.vector_store, split);
 }
 
 // Split-k arrival counters, zero between launches since each item's last block resets its own: made once per thread,
@@ -410,26 +430,25 @@ int* split_counters(int64_t count, Tensor& own) {
 // Decode: the host knows the rows, not how the device spreads them over experts; it counts the most items they can
 // make (one chunk per row at most) and splits k until items x slices reach about two blocks per SM.
 template <typename T>
-void launch_small_tiles(const T* a, const T* weights, const int32_t* offsets, const T* bias, T* out, int64_t rows,
-                        int experts, int n, int k, int activation, bool vector_store) {
+void launch_small_tiles(const Problem<T>& p) {
   using C = SmallTiles;
-  const int64_t n_tiles = (n + C::BN - 1) / C::BN;
-  const int64_t most_items = n_tiles * std::min<int64_t>(rows, (rows + C::BM - 1) / C::BM + experts);
+  const int64_t n_tiles = (p.n + C::BN - 1) / C::BN;
+  const int64_t most_items = n_tiles * std::min<int64_t>(p.rows, (p.rows + C::BM - 1) / C::BM + p.experts);
   const int64_t want = 2LL * rt::device_properties().multiProcessorCount;
-  const int64_t k_tiles = (k + C::BK - 1) / C::BK;
+  const int64_t k_tiles = (p.k + C::BK - 1) / C::BK;
   const int64_t slices =
       std::min({want / std::max<int64_t>(most_items, 1), k_tiles / kMinSliceTiles, int64_t{kMaxSlices}});
   // Items that fill half the SMs stream the weights at near full bandwidth already: measured at 8 tokens (wo, 128
   // items), a split of 2 cost 4% (57.3 against 55.1 us for the layer).
   if (slices < 2 || 4 * most_items > want || most_items > kSplitCounters) {
-    launch_mma<T, C>(a, weights, offsets, bias, out, rows, experts, n, k, activation, vector_store);
+    launch_mma<T, C>(p);
     return;
   }
-  Tensor partials = Tensor::empty({slices * rows * n_tiles * C::BN}, DType::F32, Device::CUDA);
+  Tensor partials = Tensor::empty(Shape{slices * p.rows * n_tiles * int64_t{C::BN}}, DType::F32, Device::CUDA);
   Tensor own_counters;
-  const SplitK split{static_cast<int>(slices), rows, partials.data<float>(), split_counters(most_items, own_counters)};
-  launch_mma<T, C, true>(a, weights, offsets, bias, out, rows, experts, n, k, activation, vector_store, split,
-                         most_items * slices);
+  const SplitK split{static_cast<int>(slices), p.rows, partials.data<float>(),
+                     split_counters(most_items, own_counters)};
+  launch_mma<T, C, true>(p, split, most_items * slices);
 }
 
 // ---- general path (float32, or half-precision shapes the tensor-core path cannot load) ------------------------
@@ -438,7 +457,7 @@ constexpr int kSimtTile = 16;
 
 template <typename T>
 __global__ void __launch_bounds__(kSimtTile* kSimtTile)
-    grouped_gemm_simt_kernel(const T* __restrict__ a, const T* __restrict__ weights,
+    grouped_gemm_simt_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows, const T* __restrict__ weights,
                              const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
                              int n, int k, int activation) {
   rt::await_previous_kernel();
@@ -451,9 +470,11 @@ __global__ void __launch_bounds__(kSimtTile* kSimtTile)
   const T* w = weights + static_cast<int64_t>(e) * n * k;
   for (int m0 = begin + blockIdx.z * kSimtTile; m0 < end; m0 += gridDim.z * kSimtTile) {
     float acc = 0.0f;
+    const bool row_ok = m0 + ty < end;
+    const int64_t a_row = !row_ok ? 0 : a_rows != nullptr ? a_rows[m0 + ty] : m0 + ty;
     for (int k0 = 0; k0 < k; k0 += kSimtTile) {
       const int kk = k0 + tx;
-      sa[ty][tx] = m0 + ty < end && kk < k ? rt::to_float(a[static_cast<int64_t>(m0 + ty) * k + kk]) : 0.0f;
+      sa[ty][tx] = row_ok && kk < k ? rt::to_float(a[a_row * k + kk]) : 0.0f;
       sw[ty][tx] = n0 + ty < n && kk < k ? rt::to_float(w[static_cast<int64_t>(n0 + ty) * k + kk]) : 0.0f;
       __syncthreads();
 #pragma unroll
@@ -469,15 +490,14 @@ __global__ void __launch_bounds__(kSimtTile* kSimtTile)
 }
 
 template <typename T>
-void launch_simt(const T* a, const T* weights, const int32_t* offsets, const T* bias, T* out, int64_t rows, int experts,
-                 int n, int k, int activation) {
-  const int64_t tiles = static_cast<int64_t>(rt::blocks_for(n, kSimtTile)) * experts;
+void launch_simt(const Problem<T>& p) {
+  const int64_t tiles = static_cast<int64_t>(rt::blocks_for(p.n, kSimtTile)) * p.experts;
   const int64_t want = 8LL * rt::device_properties().multiProcessorCount;
   const int64_t split = std::clamp<int64_t>(want / std::max<int64_t>(tiles, 1), 1,
-                                            std::min<int64_t>(rt::blocks_for(rows, kSimtTile), 65535));
-  const dim3 grid(rt::blocks_for(n, kSimtTile), static_cast<unsigned>(experts), static_cast<unsigned>(split));
-  rt::launch(grouped_gemm_simt_kernel<T>, grid, kSimtTile * kSimtTile, 0, a, weights, offsets, bias, out, n, k,
-             activation);
+                                            std::min<int64_t>(rt::blocks_for(p.rows, kSimtTile), 65535));
+  const dim3 grid(rt::blocks_for(p.n, kSimtTile), static_cast<unsigned>(p.experts), static_cast<unsigned>(split));
+  rt::launch(grouped_gemm_simt_kernel<T>, grid, kSimtTile * kSimtTile, 0, p.a, p.a_rows, p.weights, p.offsets, p.bias,
+             p.out, p.n, p.k, p.activation);
 }
 
 bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -486,7 +506,7 @@ bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0
 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
-  const int64_t rows = a.dim(0);
+  const int64_t rows = out.dim(0);
   const int experts = static_cast<int>(weights.dim(0));
   const int n = static_cast<int>(weights.dim(1));
   const int k = static_cast<int>(weights.dim(2));
@@ -495,30 +515,37 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
   const int activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
   rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
     using T = decltype(tag);
-    const T* pa = a.data<T>();
-    const T* pw = weights.data<T>();
-    const int32_t* po = offsets.data<int32_t>();
-    const T* pb = args.bias ? args.bias->data<T>() : nullptr;
-    T* po_out = out.data<T>();
+    Problem<T> p{a.data<T>(),
+                 args.a_rows ? args.a_rows->data<int32_t>() : nullptr,
+                 weights.data<T>(),
+                 offsets.data<int32_t>(),
+                 args.bias ? args.bias->data<T>() : nullptr,
+                 out.data<T>(),
+                 rows,
+                 experts,
+                 n,
+                 k,
+                 activation,
+                 false};
     if constexpr (!std::is_same_v<T, float>) {
       // 16-byte copies need rows of whole 16-byte chunks.
-      if (k % 8 == 0 && aligned_16(pa) && aligned_16(pw) && experts <= kMaxMmaExperts) {
-        const bool vector_store = n % 8 == 0 && aligned_16(po_out);
+      if (k % 8 == 0 && aligned_16(p.a) && aligned_16(p.weights) && experts <= kMaxMmaExperts) {
+        p.vector_store = n % 8 == 0 && aligned_16(p.out);
         const int64_t rows_per_expert = rows / experts;
         // The larger tiles need ~100 KB of shared memory a block: more than sm_86/sm_89 GPUs give (~99 KB).
         static const bool large_tiles_fit =
             rt::device_properties().sharedMemPerBlockOptin >= static_cast<size_t>(MediumTiles::SMEM_BYTES) + 8192;
         if (rows_per_expert <= 16 || !large_tiles_fit) {
-          launch_small_tiles<T>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);
+          launch_small_tiles<T>(p);
         } else if (rows_per_expert <= 64) {
-          launch_mma<T, MediumTiles>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);
+          launch_mma<T, MediumTiles>(p);
         } else {
-          launch_mma<T, LargeTiles>(pa, pw, po, pb, po_out, rows, experts, n, k, activation, vector_store);
+          launch_mma<T, LargeTiles>(p);
         }
         return;
       }
     }
-    launch_simt<T>(pa, pw, po, pb, po_out, rows, experts, n, k, activation);
+    launch_simt<T>(p);
   });
 }
 

@@ -25,11 +25,15 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
 struct GroupedGemmArgs {
   const Tensor* bias = nullptr;          // [experts, n] in the dtype of a, or null
   std::optional<Activation> activation;  // applied after the bias
+  // I32 [rows of out], or null: row i of the product reads row a_rows[i] of a instead of row i, so that the rows
+  // need not be gathered into expert order first (sort_by_expert's sorted_rows).
+  const Tensor* a_rows = nullptr;
 };
 
-// For every expert e and row i in [offsets[e], offsets[e + 1]): out[i] = act(a[i] · weights[e]^T + bias[e]).
-// a: [rows, k], weights: [experts, n, k] (each a Linear weight), out: [rows, n]; a, weights and out share one
-// dtype, accumulation is float32. Rows from offsets[experts] on are not touched. One launch for all experts.
+// For every expert e and row i in [offsets[e], offsets[e + 1]): out[i] = act(a[i] · weights[e]^T + bias[e]), with
+// a[a_rows[i]] for a[i] when a_rows is given. a: [rows, k], weights: [experts, n, k] (each a Linear weight), out:
+// [rows, n]; a, weights and out share one dtype, accumulation is float32. Rows from offsets[experts] on are not
+// touched. One launch for all experts.
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args = {});
 

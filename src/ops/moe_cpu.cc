@@ -66,13 +66,19 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
   const int64_t experts = weights.dim(0);
   const int64_t n = weights.dim(1);
   const int32_t* first = offsets.data<int32_t>();
+  Tensor gathered;
+  if (args.a_rows) {
+    gathered = Tensor::empty({args.a_rows->dim(0), a.dim(1)});
+    cpu::gather_rows(a, *args.a_rows, gathered);
+  }
+  const Tensor& rows = args.a_rows ? gathered : a;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t begin = first[e];
     const int64_t count = first[e + 1] - begin;
     if (count <= 0) continue;
     Tensor y = out.narrow(begin, count);
     const Tensor weight = weights.narrow(e, 1).reshape({n, weights.dim(2)});
-    ops::gemm(a.narrow(begin, count), weight, y);
+    ops::gemm(rows.narrow(begin, count), weight, y);
     if (args.bias) {
       const float* b = args.bias->data<float>() + e * n;
       float* data = y.data<float>();

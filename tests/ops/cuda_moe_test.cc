@@ -159,28 +159,36 @@ struct GemmCase {
   int64_t pruned;               // rows past the last expert
 };
 
-// runs > 1: the device runs again into a fresh poisoned output and must give the same bits.
+// runs > 1: the device runs again into a fresh poisoned output and must give the same bits. read_rows: the product
+// reads a's rows through a_rows, a reversed order over a with one extra row, on both backends.
 void expect_grouped_gemm_matches_cpu(const GemmCase& tc, DType dtype, bool with_bias,
-                                     std::optional<ops::Activation> activation, std::mt19937& rng, int runs = 1) {
+                                     std::optional<ops::Activation> activation, std::mt19937& rng, int runs = 1,
+                                     bool read_rows = false) {
   const auto experts = static_cast<int64_t>(tc.counts.size());
   const std::vector<int32_t> offsets = offsets_for(tc.counts);
   const int64_t active_rows = offsets.back();
   const int64_t rows = active_rows + tc.pruned;
   SCOPED_TRACE(name(dtype) + " k=" + std::to_string(tc.k) + " n=" + std::to_string(tc.n) +
                " experts=" + std::to_string(experts) + " rows=" + std::to_string(rows) + (with_bias ? " bias" : "") +
-               (activation ? " " + ops::activation_name(*activation) : ""));
-  const Tensor a = rounded_to(random_cpu({rows, tc.k}, rng), dtype);
+               (activation ? " " + ops::activation_name(*activation) : "") + (read_rows ? " a_rows" : ""));
+  const Tensor a = rounded_to(random_cpu({rows + (read_rows ? 1 : 0), tc.k}, rng), dtype);
+  std::vector<int32_t> reversed(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) reversed[i] = static_cast<int32_t>(rows - i);
   const Tensor w = rounded_to(random_cpu({experts, tc.n, tc.k}, rng, -0.2f, 0.2f), dtype);
   const Tensor bias = rounded_to(random_cpu({experts, tc.n}, rng), dtype);
   ops::GroupedGemmArgs cpu_args;
   cpu_args.bias = with_bias ? &bias : nullptr;
   cpu_args.activation = activation;
+  const Tensor a_rows = int_tensor(reversed, Device::CPU);
+  cpu_args.a_rows = read_rows ? &a_rows : nullptr;
   Tensor expected = poisoned({rows, tc.n}, DType::F32, Device::CPU);
   ops::grouped_gemm(a, w, int_tensor(offsets, Device::CPU), expected, cpu_args);
 
   const Tensor bias_cuda = to_cuda(bias, dtype);
   ops::GroupedGemmArgs args = cpu_args;
   args.bias = with_bias ? &bias_cuda : nullptr;
+  const Tensor a_rows_cuda = int_tensor(reversed, Device::CUDA);
+  args.a_rows = read_rows ? &a_rows_cuda : nullptr;
   const Tensor a_cuda = to_cuda(a, dtype), w_cuda = to_cuda(w, dtype), offsets_cuda = int_tensor(offsets, Device::CUDA);
   std::vector<float> first;
   for (int run = 0; run < runs; ++run) {
@@ -219,7 +227,8 @@ TEST(CudaMoe, GroupedGemmSmallShapesMatchCpu) {
         const auto& activation = activations[variant % activations.size()];
         const bool with_bias = variant % 3 != 0;
         ++variant;
-        expect_grouped_gemm_matches_cpu({k, n, counts, variant % 2 == 0 ? 0 : 3}, dtype, with_bias, activation, rng);
+        expect_grouped_gemm_matches_cpu({k, n, counts, variant % 2 == 0 ? 0 : 3}, dtype, with_bias, activation, rng, 1,
+                                        variant % 4 < 2);
       }
 }
 
@@ -246,7 +255,7 @@ TEST(CudaMoe, GroupedGemmPaperShapesMatchCpu) {
         const std::optional<ops::Activation> activation =
             variant % 3 == 0 ? std::nullopt : std::optional<ops::Activation>(ops::Activation::Gelu);
         ++variant;
-        expect_grouped_gemm_matches_cpu({k, n, counts, 5}, dtype, with_bias, activation, rng);
+        expect_grouped_gemm_matches_cpu({k, n, counts, 5}, dtype, with_bias, activation, rng, 1, variant % 2 == 0);
       }
 }
 
@@ -272,7 +281,7 @@ TEST(CudaMoe, GroupedGemmSplitKMatchesCpu) {
       const bool with_bias = variant % 2 == 1;
       const auto& activation = activations[variant / 2 % activations.size()];
       ++variant;
-      expect_grouped_gemm_matches_cpu(tc, dtype, with_bias, activation, rng, 2);
+      expect_grouped_gemm_matches_cpu(tc, dtype, with_bias, activation, rng, 2, variant % 3 == 0);
     }
 }
 

@@ -497,6 +497,34 @@ TEST(MoeTest, GroupedGemmRejectsMismatchedShapes) {
   ops::GroupedGemmArgs args;
   args.bias = &wrong_bias;
   EXPECT_THROW(ops::grouped_gemm(a, weights, offsets, out, args), std::invalid_argument);
+  for (const Tensor& wrong_rows : {Tensor::from_vector(std::vector<int32_t>{0, 1, 2}, {3}),
+                                   Tensor::from_vector(std::vector<float>{0, 1, 2, 3}, {4})}) {
+    ops::GroupedGemmArgs row_args;
+    row_args.a_rows = &wrong_rows;
+    EXPECT_THROW(ops::grouped_gemm(a, weights, offsets, out, row_args), std::invalid_argument);
+  }
+}
+
+// a_rows reads the rows in the given order: the same as gathering them first. a has more rows than the product
+// (rows that no position reads), and the last sorted position is past the last expert (pruned).
+TEST(MoeTest, GroupedGemmWithRowIndicesEqualsGatherThenGemm) {
+  std::mt19937 rng(715);
+  const Tensor a = random_tensor({7, 6}, rng);
+  const Tensor weights = random_tensor({3, 5, 6}, rng);
+  const Tensor offsets = Tensor::from_vector(std::vector<int32_t>{0, 2, 2, 4}, {4});
+  const Tensor rows = Tensor::from_vector(std::vector<int32_t>{5, 0, 6, 2, 3}, {5});
+  Tensor gathered = Tensor::empty({5, 6});
+  ops::gather_rows(a, rows, gathered);
+  Tensor expected = testref::filled_tensor({5, 5}, kNaN);
+  ops::grouped_gemm(gathered, weights, offsets, expected, {nullptr, Activation::Gelu});
+  Tensor out = testref::filled_tensor({5, 5}, kNaN);
+  ops::GroupedGemmArgs args;
+  args.activation = Activation::Gelu;
+  args.a_rows = &rows;
+  ops::grouped_gemm(a, weights, offsets, out, args);
+  const std::vector<float> got = out.to_vector<float>(), want = expected.to_vector<float>();
+  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(got[i], want[i]) << i;
+  for (size_t i = 20; i < 25; ++i) EXPECT_TRUE(std::isnan(got[i])) << "pruned element " << i;
 }
 
 TEST(MoeTest, GatherRowsCopiesRowsInTheGivenOrder) {
