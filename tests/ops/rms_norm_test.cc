@@ -167,5 +167,16 @@ TEST(RmsNormLinearTest, RejectsMismatchedArguments) {
   EXPECT_THROW(ops::rms_norm_linear(x, g, 1e-6f, w, y_wide), std::invalid_argument);
 }
 
+TEST(RmsNormLinearTest, LayerProjectsTheNormalizedRows) {
+  std::mt19937 rng(50);
+  const layers::RmsNorm norm{random_tensor({24}, rng), 1e-2f};
+  const Tensor x = random_tensor({3, 24}, rng, -0.1f, 0.1f);
+  const Tensor w = random_tensor({10, 24}, rng), stack = random_tensor({2, 10, 24}, rng);
+  EXPECT_TRUE(testref::bitwise_equal(norm.linear(x, w), testref::to_vector(ops::linear(norm(x), w))));
+  Tensor expected = Tensor::empty({2, 3, 10});
+  ops::linear_stack(norm(x), stack, expected);
+  EXPECT_TRUE(testref::bitwise_equal(norm.linear(x, stack), testref::to_vector(expected)));
+}
+
 }  // namespace
 }  // namespace elephant
