@@ -7,6 +7,7 @@
 //   build/bin/bench_cuda_decode --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <functional>
 #include <random>
 #include <string>
@@ -139,6 +140,33 @@ void BM_RmsNorm(benchmark::State& state) {
       state, kCopies, [&](int) { ops::rms_norm(x, weight, 1e-6f, y); }, 2.0 * (2 * rows + 1) * kModel);
 }
 
+// A sublayer's norm and first projection (1024x1024, or the q,k,v stack): ops::rms_norm_linear, one launch up to
+// kSmallMMaxRows rows, against rms_norm then the projection, two launches.
+void BM_RmsNormLinear(benchmark::State& state, int64_t count, bool fused) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(11);
+  const std::vector<Tensor> w = weights(count ? Shape{count, kModel, kModel} : Shape{kModel, kModel}, kCopies, rng);
+  const Tensor x = random_device({rows, kModel}, 1.0f, kDtype, rng);
+  const Tensor g = random_device({kModel}, 1.0f, kDtype, rng);
+  Tensor normalized = Tensor::empty(x.shape(), kDtype, Device::CUDA);
+  Tensor y = Tensor::empty(count ? Shape{count, rows, kModel} : Shape{rows, kModel}, kDtype, Device::CUDA);
+  const int64_t outputs = std::max<int64_t>(count, 1) * kModel;
+  time_calls(
+      state, kCopies,
+      [&](int c) {
+        if (fused) {
+          ops::rms_norm_linear(x, g, 1e-6f, w[c], y);
+          return;
+        }
+        ops::rms_norm(x, g, 1e-6f, normalized);
+        if (count)
+          ops::linear_stack(normalized, w[c], y);
+        else
+          ops::gemm(normalized, w[c], y, ops::GemmArgs{true, 1.0f, 0.0f, true});
+      },
+      2.0 * (outputs * kModel + kModel + rows * (kModel + outputs)));
+}
+
 void BM_AddInPlace(benchmark::State& state) {
   const int64_t rows = state.range(0);
   std::mt19937 rng(4);
@@ -227,6 +255,11 @@ void register_benchmarks() {
   }
   add("Logits/128000x1024", BM_Logits);
   add("RmsNorm", BM_RmsNorm);
+  for (bool fused : {true, false}) {
+    const std::string how = fused ? "/fused" : "/separate";
+    add(("RmsNormLinear/1024x1024" + how).c_str(), [=](benchmark::State& s) { BM_RmsNormLinear(s, 0, fused); });
+    add(("RmsNormLinear/3x1024x1024" + how).c_str(), [=](benchmark::State& s) { BM_RmsNormLinear(s, 3, fused); });
+  }
   add("AddInPlace", BM_AddInPlace);
   add("WriteCacheStep", BM_WriteCacheStep);
   add("Attention/40keys", BM_DecodeAttention);

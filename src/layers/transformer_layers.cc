@@ -17,13 +17,21 @@ Tensor RmsNorm::operator()(const Tensor& x) const {
   return y;
 }
 
+Tensor RmsNorm::linear(const Tensor& x, const Tensor& weights) const {
+  const Shape shape =
+      weights.rank() == 3 ? Shape{weights.dim(0), x.dim(0), weights.dim(1)} : Shape{x.dim(0), weights.dim(0)};
+  Tensor y = Tensor::empty(shape, x.dtype(), x.device());
+  ops::rms_norm_linear(x, weight, epsilon, weights, y);
+  return y;
+}
+
 namespace {
 
 // The residual adds ride in the output projections' GEMMs (beta = 1): no separate add kernel, no temporary.
 constexpr ops::GemmArgs kAddToOutput{true, 1.0f, 1.0f, true};
 
-void add_dense_ffn(const DenseFeedForward& ffn, ops::Activation activation, const Tensor& x, Tensor& hidden) {
-  Tensor h = ops::linear(x, ffn.wi);
+// hidden += wo(act(h)) for h = wi(x).
+void add_dense_ffn_output(const DenseFeedForward& ffn, ops::Activation activation, Tensor h, Tensor& hidden) {
   ops::activate(activation, h);
   ops::gemm(h, ffn.wo, hidden, kAddToOutput);
 }
@@ -59,13 +67,21 @@ void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, c
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, x, hidden, active);
   } else {
-    add_dense_ffn(*ffn.dense, ffn.activation, x, hidden);
+    add_dense_ffn_output(*ffn.dense, ffn.activation, ops::linear(x, ffn.dense->wi), hidden);
   }
 }
 
-void add_attention(const MultiHeadAttention& attention, const Tensor& x, const Tensor& keys, const Tensor& values,
+void add_feed_forward(const FeedForward& ffn, const RmsNorm& norm, Tensor& hidden, const Tensor* active) {
+  if (ffn.moe) {
+    add_mixture_of_experts(*ffn.moe, ffn.activation, norm(hidden), hidden, active);
+  } else {
+    add_dense_ffn_output(*ffn.dense, ffn.activation, norm.linear(hidden, ffn.dense->wi), hidden);
+  }
+}
+
+void add_attention(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& keys, const Tensor& values,
                    const ops::AttentionLayout& layout, const ops::AttentionArgs& args, Tensor& hidden) {
-  add_attention_output(attention, ops::linear(x, attention.q), keys, values, layout, args, hidden);
+  add_attention_output(attention, norm.linear(hidden, attention.q), keys, values, layout, args, hidden);
 }
 
 void add_attention_output(const MultiHeadAttention& attention, const Tensor& queries, const Tensor& keys,
@@ -76,11 +92,9 @@ void add_attention_output(const MultiHeadAttention& attention, const Tensor& que
   ops::gemm(context, attention.o, hidden, kAddToOutput);
 }
 
-Tensor project_qkv(const MultiHeadAttention& attention, const Tensor& x) {
+Tensor project_qkv(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& x) {
   if (!attention.qkv.defined()) throw std::logic_error("project_qkv: the attention has no stacked qkv weight");
-  Tensor out = Tensor::empty({3, x.dim(0), attention.qkv.dim(1)}, x.dtype(), x.device());
-  ops::linear_stack(x, attention.qkv, out);
-  return out;
+  return norm.linear(x, attention.qkv);
 }
 
 Tensor stacked(const Tensor& stack, int64_t i) { return stack.narrow(i, 1).reshape({stack.dim(1), stack.dim(2)}); }

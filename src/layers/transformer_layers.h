@@ -19,6 +19,10 @@ struct RmsNorm {
   float epsilon = 1e-6f;
 
   Tensor operator()(const Tensor& x) const;
+  // The projection of the normalized rows of x [rows, d_model], in x's dtype: by a Linear weight [n, d_model] into
+  // [rows, n], or by every weight of a stack [count, n, d_model] into [count, rows, n]. One launch on CUDA for a
+  // decode step's few rows (ops::rms_norm_linear).
+  Tensor linear(const Tensor& x, const Tensor& weights) const;
 };
 
 struct MultiHeadAttention {
@@ -54,17 +58,20 @@ struct FeedForward {
 // hidden += FFN(x). For a MoE FFN, rows whose `active` flag (U8 [rows]) is 0 are left untouched and cost no
 // expert work (batch pruning); no flags means every row is live.
 void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, const Tensor* active = nullptr);
+// hidden += FFN(norm(hidden)), the pre-norm sublayer. A dense FFN normalizes inside its first projection
+// (RmsNorm::linear); a MoE FFN normalizes first, since its router and its gather both read the normalized rows.
+void add_feed_forward(const FeedForward& ffn, const RmsNorm& norm, Tensor& hidden, const Tensor* active = nullptr);
 
-// hidden += o(attention(q(x), keys, values)): keys and values already projected (k(memory), v(memory)).
-void add_attention(const MultiHeadAttention& attention, const Tensor& x, const Tensor& keys, const Tensor& values,
+// hidden += o(attention(q(norm(hidden)), keys, values)): keys and values already projected (k(memory), v(memory)).
+void add_attention(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& keys, const Tensor& values,
                    const ops::AttentionLayout& layout, const ops::AttentionArgs& args, Tensor& hidden);
 // The same from projected queries.
 void add_attention_output(const MultiHeadAttention& attention, const Tensor& queries, const Tensor& keys,
                           const Tensor& values, const ops::AttentionLayout& layout, const ops::AttentionArgs& args,
                           Tensor& hidden);
 
-// Self-attention's three projections of x in one launch: [3, rows, heads * head_dim] (queries, keys, values).
-Tensor project_qkv(const MultiHeadAttention& attention, const Tensor& x);
+// Self-attention's three projections of norm(x) in one launch: [3, rows, heads * head_dim] (queries, keys, values).
+Tensor project_qkv(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& x);
 // Matrix i of a stack [count, rows, columns], as a [rows, columns] view.
 Tensor stacked(const Tensor& stack, int64_t i);
 

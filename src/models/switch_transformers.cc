@@ -7,7 +7,6 @@
 #include "elephant/error.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
-#include "ops/elementwise.h"
 #include "ops/gather.h"
 #include "ops/gemm.h"
 #include "ops/relative_position.h"
@@ -287,10 +286,10 @@ EncoderOutput SwitchTransformersModel::encode(const std::vector<std::vector<int3
 
   Tensor hidden = layers::embed(encoder_embedding_, layers::token_ids(tokens, config_.vocab_size, options_.device));
   for (const EncoderLayer& layer : encoder_layers_) {
-    const Tensor qkv = layers::project_qkv(layer.attention, layer.attention_norm(hidden));
+    const Tensor qkv = layers::project_qkv(layer.attention, layer.attention_norm, hidden);
     layers::add_attention_output(layer.attention, layers::stacked(qkv, 0), layers::stacked(qkv, 1),
                                  layers::stacked(qkv, 2), layout, args, hidden);
-    layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden);
+    layers::add_feed_forward(layer.ffn, layer.ffn_norm, hidden);
   }
   out.hidden = encoder_final_norm_(hidden);
   return out;
@@ -340,23 +339,19 @@ void SwitchTransformersModel::compute_step(DecoderState& state, const Tensor& to
     const DecoderLayer& layer = decoder_layers_[i];
     DecoderState::Layer& cache = state.layers()[i];
     const int64_t width = cache.self_keys.dim(2);
-    const Tensor qkv = layers::project_qkv(layer.self_attention, layer.self_attention_norm(hidden));
+    const Tensor qkv = layers::project_qkv(layer.self_attention, layer.self_attention_norm, hidden);
     state.store_step(cache, layers::stacked(qkv, 1), layers::stacked(qkv, 2));
     layers::add_attention_output(layer.self_attention, layers::stacked(qkv, 0), cache.self_keys.reshape({-1, width}),
                                  cache.self_values.reshape({-1, width}), self_layout, self_args, hidden);
-    layers::add_attention(layer.cross_attention, layer.cross_attention_norm(hidden), cache.cross_keys,
-                          cache.cross_values, cross_layout, cross_args, hidden);
-    layers::add_feed_forward(layer.ffn, layer.ffn_norm(hidden), hidden, state.active_rows());
-  }
-  Tensor output = decoder_final_norm_(hidden);
-  if (config_.tie_word_embeddings) {
-    // transformers rescales before the tied projection (Mesh TensorFlow's convention).
-    ops::scale_in_place(output, static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5)));
+    layers::add_attention(layer.cross_attention, layer.cross_attention_norm, cache.cross_keys, cache.cross_values,
+                          cross_layout, cross_args, hidden);
+    layers::add_feed_forward(layer.ffn, layer.ffn_norm, hidden, state.active_rows());
   }
   state.advance_positions();
-  ops::GemmArgs args;
-  args.b_is_weight = true;
-  ops::gemm(output, lm_head_, logits, args);
+  // transformers rescales before the tied projection (Mesh TensorFlow's convention).
+  const float scale =
+      config_.tie_word_embeddings ? static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5)) : 1.0f;
+  ops::rms_norm_linear(hidden, decoder_final_norm_.weight, decoder_final_norm_.epsilon, lm_head_, logits, scale);
 }
 
 }  // namespace elephant

@@ -107,6 +107,29 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
   ELEPHANT_DISPATCH(x.device(), linear_stack(x, weights, y));
 }
 
+void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
+                     float scale) {
+  same_device("rms_norm_linear", x, norm_weight);
+  same_device("rms_norm_linear", x, weights);
+  same_device("rms_norm_linear", x, y);
+  check_floating("rms_norm_linear", x);
+  const bool stack = weights.rank() == 3;
+  const bool shapes_match =
+      x.rank() == 2 && (weights.rank() == 2 || stack) && weights.dim(-1) == x.dim(1) &&
+      norm_weight.shape() == Shape{x.dim(1)} &&
+      y.shape() == (stack ? Shape{weights.dim(0), x.dim(0), weights.dim(1)} : Shape{x.dim(0), weights.dim(0)});
+  if (!shapes_match || norm_weight.dtype() != x.dtype() || weights.dtype() != x.dtype() ||
+      (y.dtype() != x.dtype() && (stack || y.dtype() != DType::F32)))
+    fail("rms_norm_linear", "x " + describe(x) + ", norm weight " + describe(norm_weight) + ", weights " +
+                                describe(weights) + ", y " + describe(y));
+  if (y.numel() == 0) return;
+  if (x.dim(1) == 0) {
+    device_fill_zero(y.raw(), y.device(), y.nbytes());
+    return;
+  }
+  ELEPHANT_DISPATCH(x.device(), rms_norm_linear(x, norm_weight, eps, weights, y, scale));
+}
+
 void add_in_place(Tensor& hidden, const Tensor& y) {
   same_device("add_in_place", hidden, y);
   check_floating("add_in_place", hidden);

@@ -26,4 +26,13 @@ Tensor linear(const Tensor& x, const Tensor& weight);
 // rows at once. Each y[i] equals linear(x, weights[i]) up to the GEMM's summation order.
 void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
 
+// The projection of RMS-normalized rows, a pre-norm sublayer's first step: x [rows, k] normalized as rms_norm does
+// (norm_weight [k], eps), times `scale` rounded as scale_in_place rounds it (the tied lm_head's rescale), then
+// projected by `weights` (model weights): a Linear weight [n, k] into y [rows, n] in x's dtype or F32, as gemm; or a
+// stack [count, n, k] into y [count, rows, n] in x's dtype, as linear_stack. CPU: those ops, one after the other.
+// CUDA: for 1-4 half-precision rows, one launch of the small-m kernel, which normalizes the rows itself (the same
+// bits as the ops it replaces); otherwise those ops.
+void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
+                     float scale = 1.0f);
+
 }  // namespace elephant::ops

@@ -2,8 +2,8 @@
 
 // The two CUDA paths behind ops::gemm and ops::linear_stack, named so that a benchmark can time them side by side:
 // cuBLAS, and the weight-streaming kernel for a few rows (small_m_gemm_cuda.cu). ops::cuda::gemm and
-// ops::cuda::linear_stack try the small-m kernel first and fall back to cuBLAS. Arguments as checked by
-// ops/dispatch.cc.
+// ops::cuda::linear_stack try the small-m kernel first and fall back to cuBLAS; ops::cuda::rms_norm_linear tries it
+// with the norm fused and falls back to the separate ops. Arguments as checked by ops/dispatch.cc.
 
 #include "core/tensor.h"
 #include "ops/gemm.h"
@@ -22,5 +22,9 @@ void linear_stack_cublas(const Tensor& x, const Tensor& weights, Tensor& y);
 // a and b 16-byte aligned): launches it and returns true. Otherwise returns false and does nothing.
 bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);
 bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
+// ops::rms_norm_linear in one launch, the norm inside the small-m kernel, when that kernel applies, k is at most 4096
+// and the norm weight is 16-byte aligned. Otherwise returns false and does nothing.
+bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
+                             float scale);
 
 }  // namespace elephant::ops::cuda

@@ -1,11 +1,11 @@
 // T5 layer norm: one block per row. Pass 1 sums squares in float32 (16-byte packs when aligned), a block
 // reduction gives the scale; pass 2 re-reads the row (from L1/L2) and writes w * round_T(x * scale).
 
-#include <algorithm>
 #include <cstdint>
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
+#include "ops/rms_norm_cuda.cuh"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -19,13 +19,12 @@ using rt::to_float;
 __device__ float block_sum(float value) {
   __shared__ float partial[32];
   __shared__ float total;
-  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  value = rms_norm_warp_sum(value);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) partial[warp] = value;
   __syncthreads();
   if (warp == 0) {
-    value = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : 0.0f;
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    value = rms_norm_warp_sum(lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : 0.0f);
     if (lane == 0) total = value;
   }
   __syncthreads();
@@ -46,16 +45,14 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w
   for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
     const P v = xr[i];
 #pragma unroll
-    for (int e = 0; e < N; ++e) sum += to_float(v.v[e]) * to_float(v.v[e]);
+    for (int e = 0; e < N; ++e) sum = add_square(to_float(v.v[e]), sum);
   }
-  const float scale = 1.0f / sqrtf(block_sum(sum) / static_cast<float>(d) + eps);
+  const float scale = rms_scale(block_sum(sum), d, eps);
   for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
     const P v = xr[i], g = w[i];
     P out;
-    // transformers casts the normalized hidden state to the weight's dtype before the multiply.
 #pragma unroll
-    for (int e = 0; e < N; ++e)
-      out.v[e] = from_float<T>(to_float(g.v[e]) * to_float(from_float<T>(to_float(v.v[e]) * scale)));
+    for (int e = 0; e < N; ++e) out.v[e] = rms_normalized<T>(to_float(v.v[e]), to_float(g.v[e]), scale);
     yr[i] = out;
   }
 }
@@ -74,7 +71,7 @@ void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
     T* out = y.data<T>();
     const bool vector = d % N == 0 && rt::is_aligned(in) && rt::is_aligned(w) && rt::is_aligned(out);
     const int64_t packs = vector ? d / N : d;
-    const int threads = static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, 1024));
+    const int threads = rms_norm_threads(packs);
     const auto grid = static_cast<unsigned>(rows);
     if (vector) {
       rt::launch(rms_norm_kernel<T, N>, grid, threads, 0, in, w, out, d, eps);

@@ -9,6 +9,10 @@
 // 16-byte loads) before the first use. Weights bypass L1 (read once); the m rows of a are read through L1, where
 // every warp of the SM shares them. float32 accumulation; lanes reduce by shuffles and the warps of a group through
 // shared memory, in a fixed order: the result does not depend on timing.
+//
+// For ops::rms_norm_linear the kernel normalizes a itself (kNorm): every block computes the rows' RMS norm as the
+// norm kernel does, bit for bit, into shared memory, and reads a from there. A decode step saves the norm's launch
+// and its round trip through memory before most projections.
 
 #include <algorithm>
 #include <cstdint>
@@ -17,6 +21,7 @@
 
 #include "core/cuda/runtime.cuh"
 #include "ops/gemm_cuda.h"
+#include "ops/rms_norm_cuda.cuh"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -29,6 +34,11 @@ constexpr int kRows = 2;           // weight rows per warp group: each a-chunk l
 constexpr int kUnroll = 4;         // 16-byte chunks per lane and row loaded before the first is used
 constexpr int kMaxGroupWarps = 4;  // k >= 4096: a row's 512 chunks are one pass of 4 warps
 constexpr unsigned kFullMask = 0xffffffffu;
+// The normalized rows of a fused norm live in shared memory: at most 4 rows x 4096 halves (32 KiB of the 48 KiB a
+// launch gets without opting in), and at most 512 16-byte chunks a row, so that the norm kernel gives every thread
+// at most one chunk (rms_norm_threads) and this block's thread t stands in for its threads t + i * kThreads.
+constexpr int64_t kNormMaxK = 4096;
+constexpr int kNormPasses = kNormMaxK / 8 / kThreads;
 
 // 16 bytes of weights, read once: not kept in L1, so that the rows of a stay there. volatile: the compiler must not
 // move it across await_previous_kernel().
@@ -60,15 +70,91 @@ __device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
   }
 }
 
+template <typename T>
+struct RowNorm {
+  const T* weight;  // [k]
+  float eps;
+  float scale;  // applied to the normalized rows, rounded again
+};
+
+// Thread t's chunks of the norm weight: t + p * kThreads for each pass p.
+template <typename T>
+__device__ __forceinline__ void load_norm_weight(const T* weight, int chunks, uint4 (&g)[kNormPasses]) {
+#pragma unroll
+  for (int p = 0; p < kNormPasses; ++p) {
+    const int chunk = threadIdx.x + p * kThreads;
+    g[p] = chunk < chunks ? __ldg(reinterpret_cast<const uint4*>(weight) + chunk) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// a's M rows [M, k] normalized into `out` ([M, k / 8] chunks of shared memory) exactly as the norm kernel, launched
+// on them, would write them, then times norm.scale as scale_in_place rounds it. That kernel's block has
+// rms_norm_threads(chunks) threads, each summing the squares of its chunk (k <= kNormMaxK), and adds them by a
+// butterfly in each warp, then the warps' sums by a second butterfly; its warp w is warp w % kWarps of pass
+// w / kWarps here. Ends with a barrier.
+template <typename T, int M>
+__device__ void normalize_rows(const T* a, int k, const RowNorm<T>& norm, const uint4 (&g)[kNormPasses], uint4* out) {
+  static_assert(M <= kWarps, "one warp per row adds the warps' sums");
+  __shared__ float warp_sums[M][32];
+  __shared__ float scales[M];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunks = k / 8;
+  const int norm_threads = rms_norm_threads(chunks);
+  const auto* rows = reinterpret_cast<const uint4*>(a);
+#pragma unroll
+  for (int p = 0; p < kNormPasses; ++p) {
+    const int chunk = threadIdx.x + p * kThreads;
+    if (chunk >= norm_threads) break;  // whole warps: norm_threads is a multiple of 32
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      float sum = 0.0f;
+      if (chunk < chunks) {
+        float f[8];
+        to_float8<T>(__ldg(rows + r * chunks + chunk), f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sum = add_square(f[e], sum);
+      }
+      sum = rms_norm_warp_sum(sum);
+      if (lane == 0) warp_sums[r][chunk / 32] = sum;
+    }
+  }
+  __syncthreads();
+  if (warp < M) {
+    const float sum = rms_norm_warp_sum(lane < norm_threads / 32 ? warp_sums[warp][lane] : 0.0f);
+    if (lane == 0) scales[warp] = rms_scale(sum, k, norm.eps);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int p = 0; p < kNormPasses; ++p) {
+    const int chunk = threadIdx.x + p * kThreads;
+    if (chunk >= chunks) break;
+    float gf[8];
+    to_float8<T>(g[p], gf);
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      float xf[8];
+      to_float8<T>(__ldg(rows + r * chunks + chunk), xf);
+      rt::Pack<T, 8> normalized;
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        normalized.v[e] = rt::from_float<T>(rt::to_float(rms_normalized<T>(xf[e], gf[e], scales[r])) * norm.scale);
+      reinterpret_cast<rt::Pack<T, 8>*>(out)[r * chunks + chunk] = normalized;
+    }
+  }
+  __syncthreads();
+}
+
 // blockIdx.y selects one weight of a stack (w and c advance by their batch strides). a: [M, k], w: [n, k],
 // c: [M, n]; k a multiple of 8, a and w 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks
-// resident at once) cap registers at 128; without the cap ptxas picked 80 and spilled at M = 8.
-template <typename T, typename CT, int M>
+// resident at once) cap registers at 128; without the cap ptxas picked 80 and spilled at M = 8. kNorm: a is
+// normalized first (k <= kNormMaxK, the norm weight 16-byte aligned, M * k halves of dynamic shared memory).
+template <typename T, typename CT, int M, bool kNorm>
 __global__ void __launch_bounds__(kThreads, 4)
     small_m_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w, CT* __restrict__ c, int n, int k,
                         int group_warps, int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta,
-                        bool w_is_weight) {
+                        bool w_is_weight, RowNorm<T> norm) {
   __shared__ float partial[kWarps][kRows * M];
+  extern __shared__ uint4 normalized_a[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_lane = (warp % group_warps) * 32 + lane;
   const int group_threads = group_warps * 32;
@@ -93,12 +179,22 @@ __global__ void __launch_bounds__(kThreads, 4)
         wv[j][u] = chunk < chunks ? load_streaming(w_row[j] + static_cast<int64_t>(chunk) * 8) : make_uint4(0, 0, 0, 0);
     }
   };
-  // A weight is never written by a kernel: its first pass (the whole row up to k = 4096) streams in while the
-  // previous kernel finishes. a (and c) are that kernel's output.
+  // A weight is never written by a kernel: its first pass (the whole row up to k = 4096), and the norm weight, stream
+  // in while the previous kernel finishes. a (and c) are that kernel's output.
   const int pass = group_threads * kUnroll;
+  uint4 g[kNormPasses];
+  if constexpr (kNorm) load_norm_weight(norm.weight, chunks, g);
   if (w_is_weight) load_pass(group_lane);
   rt::await_previous_kernel();
   if (!w_is_weight) load_pass(group_lane);
+  if constexpr (kNorm) normalize_rows<T, M>(a, k, norm, g, normalized_a);
+  const auto load_a = [&](int r, int chunk) {
+    if constexpr (kNorm) {
+      return normalized_a[r * chunks + chunk];
+    } else {
+      return __ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(r) * k) + chunk);
+    }
+  };
 
   float acc[kRows][M] = {};
   for (int base = group_lane; base < chunks; base += pass) {
@@ -112,7 +208,7 @@ __global__ void __launch_bounds__(kThreads, 4)
 #pragma unroll
       for (int r = 0; r < M; ++r) {
         float af[8];
-        to_float8<T>(__ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(r) * k) + chunk), af);
+        to_float8<T>(load_a(r, chunk), af);
 #pragma unroll
         for (int j = 0; j < kRows; ++j)
 #pragma unroll
@@ -166,31 +262,41 @@ struct Problem {
   int64_t count = 1, w_stride = 0, c_stride = 0;
   float alpha = 1.0f, beta = 0.0f;
   bool w_is_weight = false;
+  RowNorm<T> norm{};  // a normalized first when norm.weight is set
 };
 
-template <typename T, typename CT>
-void launch(const Problem<T, CT>& p) {
+template <typename T, typename CT, bool kNorm>
+void launch_variant(const Problem<T, CT>& p) {
   const int group_warps = group_warps_for(p.k);
   const int rows_per_block = kRows * (kWarps / group_warps);
   const dim3 grid(rt::blocks_for(p.n, rows_per_block), static_cast<unsigned>(p.count));
+  const size_t shared_bytes = kNorm ? static_cast<size_t>(p.m * p.k) * sizeof(T) : 0;
   const auto run = [&](auto kernel) {
-    rt::launch(kernel, grid, kThreads, 0, p.a, p.w, p.c, static_cast<int>(p.n), static_cast<int>(p.k), group_warps,
-               p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight);
+    rt::launch(kernel, grid, kThreads, shared_bytes, p.a, p.w, p.c, static_cast<int>(p.n), static_cast<int>(p.k),
+               group_warps, p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight, p.norm);
   };
   switch (p.m) {
     case 1:
-      run(small_m_gemm_kernel<T, CT, 1>);
+      run(small_m_gemm_kernel<T, CT, 1, kNorm>);
       break;
     case 2:
-      run(small_m_gemm_kernel<T, CT, 2>);
+      run(small_m_gemm_kernel<T, CT, 2, kNorm>);
       break;
     case 3:
-      run(small_m_gemm_kernel<T, CT, 3>);
+      run(small_m_gemm_kernel<T, CT, 3, kNorm>);
       break;
     default:
-      run(small_m_gemm_kernel<T, CT, 4>);
+      run(small_m_gemm_kernel<T, CT, 4, kNorm>);
       break;
   }
+}
+
+template <typename T, typename CT>
+void launch(const Problem<T, CT>& p) {
+  if (p.norm.weight)
+    launch_variant<T, CT, true>(p);
+  else
+    launch_variant<T, CT, false>(p);
 }
 
 // What every caller needs: half precision, 1..kSmallMMaxRows rows, whole 16-byte chunks per row, aligned starts, int
@@ -240,6 +346,33 @@ bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
       p.c_stride = rows * n;
       p.w_is_weight = true;  // linear_stack's contract: a stack of Linear weights
       launch(p);
+    }
+  });
+  return true;
+}
+
+bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
+                             float scale) {
+  const bool stack = weights.rank() == 3;
+  const int64_t rows = x.dim(0), k = x.dim(1), n = weights.dim(-2), count = stack ? weights.dim(0) : 1;
+  if (!applies(x, weights, n, count) || k > kNormMaxK || !rt::is_aligned(norm_weight.raw())) return false;
+  rt::dispatch_floating(x.dtype(), "rms_norm_linear", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {
+      const auto run = [&](auto* out) {
+        using CT = std::remove_pointer_t<decltype(out)>;
+        Problem<T, CT> p{x.data<T>(), weights.data<T>(), out, rows, n, k};
+        p.count = count;
+        p.w_stride = n * k;
+        p.c_stride = rows * n;
+        p.w_is_weight = true;
+        p.norm = {norm_weight.data<T>(), eps, scale};
+        launch(p);
+      };
+      if (y.dtype() == DType::F32)
+        run(y.data<float>());
+      else
+        run(y.data<T>());
     }
   });
   return true;

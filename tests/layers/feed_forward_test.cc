@@ -358,6 +358,27 @@ std::vector<double> naive_attention_layer(const layers::MultiHeadAttention& attn
   return out;
 }
 
+// The pre-norm form, hidden += FFN(norm(hidden)), is the FFN of the normalized rows: the same bits on the CPU,
+// the dense FFN's norm inside its wi projection and the MoE FFN's before its router.
+TEST(FeedForwardTest, NormalizingFormEqualsFfnOfNormalizedRows) {
+  std::mt19937 rng(907);
+  const int64_t tokens = 5, d_model = 16, d_ff = 24;
+  const layers::RmsNorm norm{random_tensor({d_model}, rng, 0.5f, 1.5f), 1e-6f};
+  for (bool sparse : {false, true}) {
+    SCOPED_TRACE(sparse ? "MoE" : "dense");
+    layers::FeedForward ffn;
+    if (sparse)
+      ffn.moe = random_moe({4, tokens, d_model, d_ff, false}, rng);
+    else
+      ffn.dense = random_dense(d_model, d_ff, rng);
+    Tensor hidden = random_tensor({tokens, d_model}, rng, -2.0f, 2.0f);
+    Tensor expected = hidden.clone();
+    layers::add_feed_forward(ffn, norm(expected), expected);
+    layers::add_feed_forward(ffn, norm, hidden);
+    EXPECT_TRUE(testref::bitwise_equal(hidden, testref::to_vector(expected)));
+  }
+}
+
 TEST(FeedForwardTest, AddAttentionMatchesNaive) {
   std::mt19937 rng(904);
   const int64_t d_model = 20;
@@ -380,7 +401,9 @@ TEST(FeedForwardTest, AddAttentionMatchesNaive) {
       layout.key_begin = {0, 5, 6};
       layout.key_length = {5, 1, 9};
       layout.query_position = {0, 0, 0};
-      const Tensor x = random_tensor({15, d_model}, rng, -2.0f, 2.0f);
+      Tensor hidden = random_tensor({15, d_model}, rng, -2.0f, 2.0f);
+      const layers::RmsNorm norm{random_tensor({d_model}, rng, 0.5f, 1.5f), 1e-6f};
+      const Tensor x = norm(hidden);  // the queries' input; the memory here too
       const Tensor keys = ops::linear(x, attn.k);
       const Tensor values = ops::linear(x, attn.v);
       const Tensor bias = random_tensor({heads, 2 * 8 + 1}, rng, -2.0f, 2.0f);
@@ -390,9 +413,8 @@ TEST(FeedForwardTest, AddAttentionMatchesNaive) {
       args.causal = causal;
       args.position_bias = &bias;
       args.bias_max_offset = 8;
-      Tensor hidden = random_tensor({15, d_model}, rng);
       const std::vector<double> ref = naive_attention_layer(attn, x, keys, values, layout, args, hidden);
-      layers::add_attention(attn, x, keys, values, layout.build(), args, hidden);
+      layers::add_attention(attn, norm, keys, values, layout.build(), args, hidden);
       EXPECT_TRUE(testref::close_to_reference(hidden, ref, kRelTolerance));
     }
   }
@@ -420,10 +442,10 @@ TEST(FeedForwardTest, AddAttentionCrossAttentionToOtherMemory) {
   ops::AttentionArgs args;
   args.num_heads = static_cast<int>(heads);
   args.head_dim = static_cast<int>(head_dim);
-  const Tensor x = random_tensor({3, d_model}, rng);
   Tensor hidden = random_tensor({3, d_model}, rng);
-  const std::vector<double> ref = naive_attention_layer(attn, x, keys, values, layout, args, hidden);
-  layers::add_attention(attn, x, keys, values, layout.build(), args, hidden);
+  const layers::RmsNorm norm{random_tensor({d_model}, rng, 0.5f, 1.5f), 1e-6f};
+  const std::vector<double> ref = naive_attention_layer(attn, norm(hidden), keys, values, layout, args, hidden);
+  layers::add_attention(attn, norm, keys, values, layout.build(), args, hidden);
   EXPECT_TRUE(testref::close_to_reference(hidden, ref, kRelTolerance));
 }
 

@@ -219,6 +219,124 @@ TEST(CudaDenseOps, CudaSmallMLinearStackMatchesCpu) {
     }
 }
 
+// ops::rms_norm_linear's cases: `count` 0 for a Linear weight [n, k], else a stack [count, n, k].
+struct NormLinearCase {
+  int64_t rows, n, k, count;
+};
+
+// 1-4 half-precision rows with k a multiple of 8 up to 4096 take the fused kernel; 5 rows, k = 4104 (past the fused
+// bound, still the small-m GEMM), k = 12 (not whole chunks) and F32 take rms_norm and the projection. k = 40 and 8
+// leave most of the norm's warp sums zero; n = 1 and 7 a warp's second weight row past n.
+const std::vector<NormLinearCase> kNormLinearCases = {
+    {1, 1024, 1024, 0}, {4, 1024, 1024, 0}, {2, 1000, 1024, 0}, {3, 7, 1024, 0}, {1, 1, 1024, 0}, {4, 1024, 4096, 0},
+    {2, 64, 4104, 0},   {5, 1024, 1024, 0}, {3, 64, 40, 0},     {4, 33, 8, 0},   {2, 16, 12, 0},  {1, 1024, 1024, 3},
+    {4, 1024, 1024, 3}, {3, 1000, 1024, 1}, {5, 64, 1024, 3},   {2, 7, 4096, 3}, {3, 64, 12, 3}};
+
+Shape norm_linear_output(const NormLinearCase& c) { return c.count ? Shape{c.count, c.rows, c.n} : Shape{c.rows, c.n}; }
+
+// x's dtype, and F32 (the lm_head's logits) from half rows into a Linear weight.
+std::vector<DType> norm_linear_output_dtypes(const NormLinearCase& c, DType dtype) {
+  if (c.count || dtype == DType::F32) return {dtype};
+  return {dtype, DType::F32};
+}
+
+std::string describe(const NormLinearCase& c, DType dtype, DType y_dtype, float scale) {
+  return name(dtype) + " -> " + name(y_dtype) + " rows=" + std::to_string(c.rows) + " n=" + std::to_string(c.n) +
+         " k=" + std::to_string(c.k) + " count=" + std::to_string(c.count) + " scale=" + std::to_string(scale);
+}
+
+TEST(CudaDenseOps, CudaRmsNormLinearMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const NormLinearCase& c : kNormLinearCases)
+      for (DType y_dtype : norm_linear_output_dtypes(c, dtype)) {
+        for (float scale : {1.0f, 0.03125f}) {
+          SCOPED_TRACE(describe(c, dtype, y_dtype, scale));
+          const Tensor x = rounded_to(random_cpu({c.rows, c.k}, rng, -2.0f, 2.0f), dtype);
+          const Tensor g = rounded_to(random_cpu({c.k}, rng, 0.5f, 1.5f), dtype);
+          const Tensor w = rounded_to(random_cpu(c.count ? Shape{c.count, c.n, c.k} : Shape{c.n, c.k}, rng), dtype);
+          Tensor expected = Tensor::empty(norm_linear_output(c));
+          ops::rms_norm_linear(x, g, 1e-6f, w, expected, scale);
+          Tensor y = poisoned(norm_linear_output(c), y_dtype, Device::CUDA);
+          ops::rms_norm_linear(to_cuda(x, dtype), to_cuda(g, dtype), 1e-6f, to_cuda(w, dtype), y, scale);
+          EXPECT_EQ(y.dtype(), y_dtype);
+          EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(dtype)));
+        }
+      }
+}
+
+// The fused kernel normalizes exactly as rms_norm (and scale_in_place) round, and sums the squares in the norm
+// kernel's order: the same bits as the separate ops on the same device, in every case.
+TEST(CudaDenseOps, CudaRmsNormLinearEqualsSeparateOpsBitwise) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(24);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const NormLinearCase& c : kNormLinearCases)
+      for (DType y_dtype : norm_linear_output_dtypes(c, dtype)) {
+        const float scale = 0.03125f;
+        SCOPED_TRACE(describe(c, dtype, y_dtype, scale));
+        const Tensor x = to_cuda(random_cpu({c.rows, c.k}, rng, -2.0f, 2.0f), dtype);
+        const Tensor g = to_cuda(random_cpu({c.k}, rng, 0.5f, 1.5f), dtype);
+        const Tensor w = to_cuda(random_cpu(c.count ? Shape{c.count, c.n, c.k} : Shape{c.n, c.k}, rng), dtype);
+        Tensor normalized = Tensor::empty({c.rows, c.k}, dtype, Device::CUDA);
+        ops::rms_norm(x, g, 1e-6f, normalized);
+        ops::scale_in_place(normalized, scale);
+        Tensor expected = poisoned(norm_linear_output(c), y_dtype, Device::CUDA);
+        if (c.count)
+          ops::linear_stack(normalized, w, expected);
+        else
+          ops::gemm(normalized, w, expected, ops::GemmArgs{true, 1.0f, 0.0f, true});
+        Tensor y = poisoned(norm_linear_output(c), y_dtype, Device::CUDA);
+        ops::rms_norm_linear(x, g, 1e-6f, w, y, scale);
+        EXPECT_EQ(host(y).to_vector<float>(), host(expected).to_vector<float>());
+      }
+}
+
+TEST(CudaDenseOps, CudaRmsNormLinearIsDeterministic) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    const Tensor x = to_cuda(random_cpu({4, 4096}, rng), dtype);
+    const Tensor g = to_cuda(random_cpu({4096}, rng), dtype);
+    const Tensor w = to_cuda(random_cpu({1000, 4096}, rng), dtype);
+    Tensor y1 = poisoned({4, 1000}, DType::F32, Device::CUDA), y2 = poisoned({4, 1000}, DType::F32, Device::CUDA);
+    ops::rms_norm_linear(x, g, 1e-6f, w, y1);
+    ops::rms_norm_linear(x, g, 1e-6f, w, y2);
+    EXPECT_EQ(host(y1).to_vector<float>(), host(y2).to_vector<float>());
+  }
+}
+
+// x, the weights or the norm weight one element into its storage (not 16-byte aligned): the separate ops take
+// them, with the same result.
+TEST(CudaDenseOps, CudaRmsNormLinearUnalignedFallsBack) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(26);
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (const NormLinearCase& c : {NormLinearCase{1, 64, 1024, 0}, {4, 1000, 512, 0}, {2, 64, 1024, 3}})
+      for (int unaligned = 1; unaligned < 8; ++unaligned) {  // bits: x, weights, norm weight
+        SCOPED_TRACE(describe(c, dtype, dtype, 1.0f) + " unaligned=" + std::to_string(unaligned));
+        const Tensor x = rounded_to(random_cpu({c.rows, c.k}, rng, -2.0f, 2.0f), dtype);
+        const Tensor g = rounded_to(random_cpu({c.k}, rng, 0.5f, 1.5f), dtype);
+        const Shape w_shape = c.count ? Shape{c.count, c.n, c.k} : Shape{c.n, c.k};
+        const Tensor w = rounded_to(random_cpu(w_shape, rng), dtype);
+        Tensor expected = Tensor::empty(norm_linear_output(c));
+        ops::rms_norm_linear(x, g, 1e-6f, w, expected);
+        const auto place = [&](const Tensor& t, bool shift) {
+          if (!shift) return to_cuda(t, dtype);
+          Tensor flat = Tensor::empty({t.numel() + 1});
+          flat.data<float>()[0] = 1.0f;
+          std::copy(t.data<float>(), t.data<float>() + t.numel(), flat.data<float>() + 1);
+          return to_cuda(flat, dtype).narrow(1, t.numel()).reshape(t.shape());
+        };
+        const Tensor x_dev = place(x, unaligned & 1), w_dev = place(w, unaligned & 2), g_dev = place(g, unaligned & 4);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(g_dev.raw()) % 16 != 0, (unaligned & 4) != 0);
+        Tensor y = poisoned(norm_linear_output(c), dtype, Device::CUDA);
+        ops::rms_norm_linear(x_dev, g_dev, 1e-6f, w_dev, y);
+        EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(dtype)));
+      }
+}
+
 TEST(CudaDenseOps, AddInPlaceMatchesCpu) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(21);

@@ -2,12 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 #include <stdexcept>
 #include <vector>
 
 #include "layers/transformer_layers.h"
+#include "ops/elementwise.h"
+#include "ops/gemm.h"
 #include "ops/reference_helpers.h"
 
 namespace elephant {
@@ -111,6 +114,68 @@ TEST(RmsNormTest, LayerWrapperUsesItsWeightAndEpsilon) {
   const Tensor y = norm(x);
   ASSERT_EQ(y.shape(), x.shape());
   EXPECT_TRUE(check(y, reference_rms_norm(x, norm.weight, 1e-2), 21));
+}
+
+// The CPU op is rms_norm, scale_in_place and the projection, one after the other: the same bits.
+TEST(RmsNormLinearTest, CpuIsRmsNormThenProjection) {
+  std::mt19937 rng(48);
+  for (const auto& [rows, k, n, count] : std::vector<std::array<int64_t, 4>>{
+           {1, 8, 1, 0}, {3, 21, 7, 0}, {4, 64, 100, 0}, {6, 32, 5, 1}, {2, 40, 16, 3}, {0, 8, 4, 0}}) {
+    for (float scale : {1.0f, 0.125f, -0.37f}) {
+      SCOPED_TRACE(::testing::Message() << rows << " rows, k " << k << ", n " << n << ", stack of " << count
+                                        << ", scale " << scale);
+      const Tensor x = random_tensor({rows, k}, rng, -3.0f, 3.0f);
+      const Tensor g = random_tensor({k}, rng);
+      const Tensor weights = count ? random_tensor({count, n, k}, rng) : random_tensor({n, k}, rng);
+      Tensor normalized = Tensor::empty({rows, k});
+      ops::rms_norm(x, g, 1e-6f, normalized);
+      ops::scale_in_place(normalized, scale);
+      const Shape y_shape = count ? Shape{count, rows, n} : Shape{rows, n};
+      Tensor expected = Tensor::empty(y_shape);
+      if (count)
+        ops::linear_stack(normalized, weights, expected);
+      else
+        ops::gemm(normalized, weights, expected);
+      Tensor y = Tensor::empty(y_shape);
+      ops::rms_norm_linear(x, g, 1e-6f, weights, y, scale);
+      EXPECT_TRUE(testref::bitwise_equal(y, testref::to_vector(expected)));
+    }
+  }
+}
+
+TEST(RmsNormLinearTest, ZeroWidthRowsGiveZeros) {
+  const Tensor x = Tensor::empty({2, 0});
+  Tensor y = Tensor::from_vector(std::vector<float>(6, 1.0f), {2, 3});
+  ops::rms_norm_linear(x, Tensor::empty({0}), 1e-6f, Tensor::empty({3, 0}), y);
+  EXPECT_EQ(y.to_vector<float>(), std::vector<float>(6, 0.0f));
+}
+
+TEST(RmsNormLinearTest, RejectsMismatchedArguments) {
+  std::mt19937 rng(49);
+  const Tensor x = random_tensor({2, 8}, rng), g = random_tensor({8}, rng);
+  const Tensor w = random_tensor({5, 8}, rng), stack = random_tensor({3, 5, 8}, rng);
+  Tensor y = Tensor::empty({2, 5}), y_stack = Tensor::empty({3, 2, 5});
+  EXPECT_NO_THROW(ops::rms_norm_linear(x, g, 1e-6f, w, y));
+  EXPECT_NO_THROW(ops::rms_norm_linear(x, g, 1e-6f, stack, y_stack));
+  EXPECT_THROW(ops::rms_norm_linear(x, random_tensor({7}, rng), 1e-6f, w, y), std::invalid_argument);
+  EXPECT_THROW(ops::rms_norm_linear(x, g, 1e-6f, random_tensor({5, 7}, rng), y), std::invalid_argument);
+  EXPECT_THROW(ops::rms_norm_linear(x, g, 1e-6f, stack, y), std::invalid_argument);
+  EXPECT_THROW(ops::rms_norm_linear(x, g, 1e-6f, w, y_stack), std::invalid_argument);
+  EXPECT_THROW(ops::rms_norm_linear(x.reshape({16}), g, 1e-6f, w, y), std::invalid_argument);
+  EXPECT_THROW(ops::rms_norm_linear(x, g, 1e-6f, random_tensor({8}, rng), y), std::invalid_argument);
+  Tensor y_wide = Tensor::empty({2, 6});
+  EXPECT_THROW(ops::rms_norm_linear(x, g, 1e-6f, w, y_wide), std::invalid_argument);
+}
+
+TEST(RmsNormLinearTest, LayerProjectsTheNormalizedRows) {
+  std::mt19937 rng(50);
+  const layers::RmsNorm norm{random_tensor({24}, rng), 1e-2f};
+  const Tensor x = random_tensor({3, 24}, rng, -0.1f, 0.1f);
+  const Tensor w = random_tensor({10, 24}, rng), stack = random_tensor({2, 10, 24}, rng);
+  EXPECT_TRUE(testref::bitwise_equal(norm.linear(x, w), testref::to_vector(ops::linear(norm(x), w))));
+  Tensor expected = Tensor::empty({2, 3, 10});
+  ops::linear_stack(norm(x), stack, expected);
+  EXPECT_TRUE(testref::bitwise_equal(norm.linear(x, stack), testref::to_vector(expected)));
 }
 
 }  // namespace
