@@ -11,8 +11,9 @@
 #   gpu      only the GPU suites (ctest -R Cuda): the quick check after a CUDA change
 #   memcheck compute-sanitizer memcheck over the GPU suites (elephant_tests --gtest_filter=*Cuda*)
 #   bench    bench_cuda_moe (one MoE layer, fp16/bf16) next to tools/bench/moe_layer_torch.py (torch._grouped_mm)
-#   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine,
-#            and again with ELEPHANT_PDL=0) next to tools/bench/hf_generate_bench.py (transformers fp16 generate)
+#   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine, and
+#            again without one feature, TABLE3_ABLATION: no-pdl (default), no-pipeline or no-graphs) next to
+#            tools/bench/hf_generate_bench.py (transformers fp16 generate)
 #   cpu      bench_cpu
 #   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1): API calls, kernels
@@ -122,24 +123,32 @@ if [[ $stages == *" table3 "* ]]; then
   [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
   build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --json "$logs/table3_engine.json" \
     >"$logs/table3_engine.txt" 2>&1 || status=1
-  # The same without programmatic dependent launch (graphs kept): what the overlapped kernel starts bring.
-  ELEPHANT_PDL=0 build-device/bin/bench_translate "$model" --device cuda --dtype fp16 \
-    --json "$logs/table3_engine_no_pdl.json" >"$logs/table3_engine_no_pdl.txt" 2>&1 || status=1
+  # The engine again without one of its decode features (TABLE3_ABLATION): what that feature brings.
+  ablation=${TABLE3_ABLATION:-no-pdl}
+  case $ablation in
+    no-pdl) ablated=(env ELEPHANT_PDL=0 build-device/bin/bench_translate) ;;
+    no-pipeline) ablated=(build-device/bin/bench_translate --no-pipeline) ;;
+    no-graphs) ablated=(build-device/bin/bench_translate --no-cuda-graphs) ;;
+    *) echo "unknown TABLE3_ABLATION $ablation" >&2; exit 2 ;;
+  esac
+  "${ablated[@]}" "$model" --device cuda --dtype fp16 --json "$logs/table3_engine_ablated.json" \
+    >"$logs/table3_engine_ablated.txt" 2>&1 || status=1
   python3 tools/bench/hf_generate_bench.py "$model" --json "$logs/table3_hf.json" >"$logs/table3_hf.txt" 2>&1 ||
     status=1
   echo "== Table 3 (input tokens/s, 40 in / 40 out forced, fp16)"
-  python3 - "$logs/table3_engine.json" "$logs/table3_engine_no_pdl.json" "$logs/table3_hf.json" <<'PY' || status=1
+  python3 - "$logs/table3_engine.json" "$logs/table3_engine_ablated.json" "$logs/table3_hf.json" "$ablation" \
+    <<'PY' || status=1
 import json, sys
-graphs, no_pdl, hf = (json.load(open(p))["rows"] for p in sys.argv[1:4])
+graphs, ablated, hf = (json.load(open(p))["rows"] for p in sys.argv[1:4])
 key = lambda r: (r["batch"], r.get("beam", r.get("beams")))
-no_pdl, hf = {key(r): r for r in no_pdl}, {key(r): r for r in hf}
-print("| batch | beam | transformers | elephant | ratio | elephant without PDL | peak GPU GiB |")
+ablated, hf = {key(r): r for r in ablated}, {key(r): r for r in hf}
+print(f"| batch | beam | transformers | elephant | ratio | elephant {sys.argv[4]} | peak GPU GiB |")
 print("|---|---|---|---|---|---|---|")
 for r in graphs:
     t = hf[key(r)]["input_tokens_per_s"]
     e = r["input_tokens_per_s"]
     print(f"| {r['batch']} | {key(r)[1]} | {t:,.1f} | {e:,.0f} | {e / t:.1f}x | "
-          f"{no_pdl[key(r)]['input_tokens_per_s']:,.0f} | {r['peak_gpu_bytes'] / 2**30:.2f} |")
+          f"{ablated[key(r)]['input_tokens_per_s']:,.0f} | {r['peak_gpu_bytes'] / 2**30:.2f} |")
 PY
 fi
 

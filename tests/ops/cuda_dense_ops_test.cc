@@ -256,8 +256,29 @@ TEST(CudaDenseOps, CudaRmsNormLinearMatchesCpu) {
           const Tensor x = rounded_to(random_cpu({c.rows, c.k}, rng, -2.0f, 2.0f), dtype);
           const Tensor g = rounded_to(random_cpu({c.k}, rng, 0.5f, 1.5f), dtype);
           const Tensor w = rounded_to(random_cpu(c.count ? Shape{c.count, c.n, c.k} : Shape{c.n, c.k}, rng), dtype);
+          // The device rounds the normalized rows as transformers does (x * rms to the dtype, times g to the
+          // dtype, times scale to the dtype); the reference does the same, so that even a single output (n = 1)
+          // differs only by float32 summation order and the output's rounding.
+          Tensor normalized = Tensor::empty({c.rows, c.k});
+          for (int64_t r = 0; r < c.rows; ++r) {
+            const float* xr = x.data<float>() + r * c.k;
+            double sum = 0.0;
+            for (int64_t i = 0; i < c.k; ++i) sum += static_cast<double>(xr[i]) * xr[i];
+            const float rms = 1.0f / std::sqrt(static_cast<float>(sum / static_cast<double>(c.k)) + 1e-6f);
+            for (int64_t i = 0; i < c.k; ++i) normalized.data<float>()[r * c.k + i] = xr[i] * rms;
+          }
+          normalized = rounded_to(normalized, dtype);
+          for (int64_t i = 0; i < normalized.numel(); ++i) normalized.data<float>()[i] *= g.data<float>()[i % c.k];
+          normalized = rounded_to(normalized, dtype);
+          if (scale != 1.0f) {
+            ops::scale_in_place(normalized, scale);
+            normalized = rounded_to(normalized, dtype);
+          }
           Tensor expected = Tensor::empty(norm_linear_output(c));
-          ops::rms_norm_linear(x, g, 1e-6f, w, expected, scale);
+          if (c.count)
+            ops::linear_stack(normalized, w, expected);
+          else
+            ops::gemm(normalized, w, expected);
           Tensor y = poisoned(norm_linear_output(c), y_dtype, Device::CUDA);
           ops::rms_norm_linear(to_cuda(x, dtype), to_cuda(g, dtype), 1e-6f, to_cuda(w, dtype), y, scale);
           EXPECT_EQ(y.dtype(), y_dtype);
