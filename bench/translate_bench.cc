@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed);
   app.add_option("--json", json_path);
   app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
-  app.add_flag("--no-pipeline", no_pipeline, "each step waits for the last one's finished flags (the comparison)");
+  app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -116,7 +116,7 @@ Runner add_translate_command(CLI::App& app) {
   cmd->add_flag("--no-cuda-graphs", flags->no_cuda_graphs,
                 "Launch each decode step kernel by kernel instead of replaying CUDA graphs (for testing)");
   cmd->add_flag("--no-pipeline", flags->no_pipeline,
-                "Wait for each decode step's finished flags before queuing the next step (for testing)");
+                "Wait for each beam-search step's flags before queuing the next step (for testing)");
   return [flags] { return run_translate(*flags); };
 }
 

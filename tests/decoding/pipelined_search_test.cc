@@ -80,7 +80,7 @@ TEST_P(PipelinedSearchTest, LengthLimitsMatchStepByStep) {
 INSTANTIATE_TEST_SUITE_P(Goldens, PipelinedSearchTest, ::testing::ValuesIn(golden_names()),
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
-// On the GPU, with and without CUDA graphs: the pipelined default against the step-by-step order in float32.
+// On the GPU, with and without CUDA graphs: the pipelined order against the step-by-step one, in float32.
 TEST(PipelinedSearchCuda, TokensMatchStepByStep) {
   ELEPHANT_REQUIRE_CUDA();
   for (const std::string& name : golden_names()) {
