@@ -75,14 +75,10 @@ void BM_LinearStack(benchmark::State& state) {
 
 // The two CUDA paths of ops::gemm and ops::linear_stack side by side on the same weights and output buffer:
 // cuBLAS, and the small-m kernel that the ops pick for 1 to kSmallMMaxRows half-precision rows (every hand-written
-// kernel is timed against the library).
-void BM_GemmPath(benchmark::State& state, int64_t out, int64_t in, bool library) {
-  const int64_t rows = state.range(0);
-  std::mt19937 rng(9);
-  const std::vector<Tensor> w = weights({out, in}, kCopies, rng);
-  const Tensor x = random_device({rows, in}, 1.0f, kDtype, rng);
-  Tensor y = Tensor::empty({rows, out}, kDtype, Device::CUDA);
-  if (!library && !ops::cuda::small_m_gemm(x, w[0], y, {})) {
+// kernel is timed against the library). small_m(c) launches the kernel on copy c and says whether it applied.
+template <typename Library, typename SmallM>
+void time_path(benchmark::State& state, bool library, Library&& cublas, SmallM&& small_m, double bytes) {
+  if (!library && !small_m(0)) {
     state.SkipWithError("the small-m kernel does not apply");
     return;
   }
@@ -90,11 +86,22 @@ void BM_GemmPath(benchmark::State& state, int64_t out, int64_t in, bool library)
       state, kCopies,
       [&](int c) {
         if (library)
-          ops::cuda::gemm_cublas(x, w[c], y, {});
+          cublas(c);
         else
-          ops::cuda::small_m_gemm(x, w[c], y, {});
+          small_m(c);
       },
-      2.0 * (out * in + rows * (in + out)));
+      bytes);
+}
+
+void BM_GemmPath(benchmark::State& state, int64_t out, int64_t in, bool library) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(9);
+  const std::vector<Tensor> w = weights({out, in}, kCopies, rng);
+  const Tensor x = random_device({rows, in}, 1.0f, kDtype, rng);
+  Tensor y = Tensor::empty({rows, out}, kDtype, Device::CUDA);
+  time_path(
+      state, library, [&](int c) { ops::cuda::gemm_cublas(x, w[c], y, {}); },
+      [&](int c) { return ops::cuda::small_m_gemm(x, w[c], y, {}); }, 2.0 * (out * in + rows * (in + out)));
 }
 
 void BM_LinearStackPath(benchmark::State& state, bool library) {
@@ -103,18 +110,9 @@ void BM_LinearStackPath(benchmark::State& state, bool library) {
   const std::vector<Tensor> w = weights({3, kModel, kModel}, kCopies, rng);
   const Tensor x = random_device({rows, kModel}, 1.0f, kDtype, rng);
   Tensor y = Tensor::empty({3, rows, kModel}, kDtype, Device::CUDA);
-  if (!library && !ops::cuda::small_m_linear_stack(x, w[0], y)) {
-    state.SkipWithError("the small-m kernel does not apply");
-    return;
-  }
-  time_calls(
-      state, kCopies,
-      [&](int c) {
-        if (library)
-          ops::cuda::linear_stack_cublas(x, w[c], y);
-        else
-          ops::cuda::small_m_linear_stack(x, w[c], y);
-      },
+  time_path(
+      state, library, [&](int c) { ops::cuda::linear_stack_cublas(x, w[c], y); },
+      [&](int c) { return ops::cuda::small_m_linear_stack(x, w[c], y); },
       2.0 * (3 * kModel * kModel + 4 * rows * kModel));
 }
 

@@ -16,8 +16,6 @@
 #define ELEPHANT_BACKEND_OPS                                                                                           \
   void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);                                        \
   void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);                                                \
-  void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,        \
-                       float scale);                                                                                   \
   void add_in_place(Tensor& hidden, const Tensor& y);                                                                  \
   void scale_in_place(Tensor& x, float factor);                                                                        \
   void add_scalar(Tensor& x, int32_t value);                                                                           \

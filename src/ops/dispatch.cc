@@ -10,6 +10,7 @@
 #include "ops/backends.h"
 #include "ops/elementwise.h"
 #include "ops/gather.h"
+#include "ops/gemm_cuda.h"
 #include "ops/rms_norm.h"
 #include "ops/softmax.h"
 
@@ -127,7 +128,20 @@ void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, cons
     device_fill_zero(y.raw(), y.device(), y.nbytes());
     return;
   }
-  ELEPHANT_DISPATCH(x.device(), rms_norm_linear(x, norm_weight, eps, weights, y, scale));
+#ifdef ELEPHANT_WITH_CUDA
+  if (x.device() == Device::CUDA && cuda::small_m_rms_norm_linear(x, norm_weight, eps, weights, y, scale)) return;
+#endif
+  // Everywhere else the separate ops, whose rounding the fused kernel reproduces.
+  Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
+  rms_norm(x, norm_weight, eps, normalized);
+  if (scale != 1.0f) scale_in_place(normalized, scale);
+  if (stack) {
+    linear_stack(normalized, weights, y);
+  } else {
+    GemmArgs args;
+    args.b_is_weight = true;
+    gemm(normalized, weights, y, args);
+  }
 }
 
 void add_in_place(Tensor& hidden, const Tensor& y) {

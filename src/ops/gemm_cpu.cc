@@ -21,15 +21,4 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
                 weights.data<float>() + i * n * k, k, 0.0f, y.data<float>() + i * m * n, n);
 }
 
-void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
-                     float scale) {
-  Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
-  rms_norm(x, norm_weight, eps, normalized);
-  if (scale != 1.0f) scale_in_place(normalized, scale);
-  if (weights.rank() == 3)
-    linear_stack(normalized, weights, y);
-  else
-    cpu::gemm(normalized, weights, y, GemmArgs{true, 1.0f, 0.0f, true});
-}
-
 }  // namespace elephant::ops::cpu

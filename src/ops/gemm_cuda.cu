@@ -1,5 +1,5 @@
 // c = alpha * a·op(b) + beta * c: the small-m kernel (small_m_gemm_cuda.cu) for a few half-precision rows against
-// a Linear weight, cuBLAS for everything else; and rms_norm_linear, fused into the small-m kernel where it applies.
+// a Linear weight, cuBLAS for everything else.
 // cuBLAS is column-major: a row-major [r, c] matrix is its column-major transpose, so row-major c = a·op(b) is computed
 // as column-major c^T = op(b)^T · a^T.
 
@@ -69,18 +69,6 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
 
 void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
   if (!small_m_linear_stack(x, weights, y)) linear_stack_cublas(x, weights, y);
-}
-
-void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
-                     float scale) {
-  if (small_m_rms_norm_linear(x, norm_weight, eps, weights, y, scale)) return;
-  Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
-  rms_norm(x, norm_weight, eps, normalized);
-  if (scale != 1.0f) scale_in_place(normalized, scale);
-  if (weights.rank() == 3)
-    linear_stack(normalized, weights, y);
-  else
-    cuda::gemm(normalized, weights, y, GemmArgs{true, 1.0f, 0.0f, true});
 }
 
 }  // namespace elephant::ops::cuda

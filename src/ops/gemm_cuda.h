@@ -2,8 +2,8 @@
 
 // The two CUDA paths behind ops::gemm and ops::linear_stack, named so that a benchmark can time them side by side:
 // cuBLAS, and the weight-streaming kernel for a few rows (small_m_gemm_cuda.cu). ops::cuda::gemm and
-// ops::cuda::linear_stack try the small-m kernel first and fall back to cuBLAS; ops::cuda::rms_norm_linear tries it
-// with the norm fused and falls back to the separate ops. Arguments as checked by ops/dispatch.cc.
+// ops::cuda::linear_stack try the small-m kernel first and fall back to cuBLAS; ops::rms_norm_linear (dispatch.cc)
+// tries it with the norm fused and falls back to the separate ops. Arguments as checked by ops/dispatch.cc.
 
 #include "core/tensor.h"
 #include "ops/gemm.h"

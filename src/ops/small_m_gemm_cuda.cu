@@ -299,6 +299,21 @@ void launch(const Problem<T, CT>& p) {
     launch_variant<T, CT, false>(p);
 }
 
+// Launches the problem `setup` fills in, with c's element type: T, or float (the lm_head's float32 logits).
+template <typename T, typename Setup>
+void launch_into(Tensor& c, const Setup& setup) {
+  const auto run = [&](auto* out) {
+    Problem<T, std::remove_pointer_t<decltype(out)>> p{};
+    p.c = out;
+    setup(p);
+    launch(p);
+  };
+  if (c.dtype() == DType::F32)
+    run(c.data<float>());
+  else
+    run(c.data<T>());
+}
+
 // What every caller needs: half precision, 1..kSmallMMaxRows rows, whole 16-byte chunks per row, aligned starts, int
 // sizes.
 bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
@@ -316,18 +331,16 @@ bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& a
   rt::dispatch_floating(a.dtype(), "gemm", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      const auto run = [&](auto* out) {
-        using CT = std::remove_pointer_t<decltype(out)>;
-        Problem<T, CT> p{a.data<T>(), b.data<T>(), out, m, n, k};
+      launch_into<T>(c, [&](auto& p) {
+        p.a = a.data<T>();
+        p.w = b.data<T>();
+        p.m = m;
+        p.n = n;
+        p.k = k;
         p.alpha = args.alpha;
         p.beta = args.beta;
         p.w_is_weight = args.b_is_weight;
-        launch(p);
-      };
-      if (c.dtype() == DType::F32)
-        run(c.data<float>());
-      else
-        run(c.data<T>());
+      });
     }
   });
   return true;
@@ -359,20 +372,18 @@ bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float e
   rt::dispatch_floating(x.dtype(), "rms_norm_linear", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      const auto run = [&](auto* out) {
-        using CT = std::remove_pointer_t<decltype(out)>;
-        Problem<T, CT> p{x.data<T>(), weights.data<T>(), out, rows, n, k};
+      launch_into<T>(y, [&](auto& p) {
+        p.a = x.data<T>();
+        p.w = weights.data<T>();
+        p.m = rows;
+        p.n = n;
+        p.k = k;
         p.count = count;
         p.w_stride = n * k;
         p.c_stride = rows * n;
         p.w_is_weight = true;
         p.norm = {norm_weight.data<T>(), eps, scale};
-        launch(p);
-      };
-      if (y.dtype() == DType::F32)
-        run(y.data<float>());
-      else
-        run(y.data<T>());
+      });
     }
   });
   return true;

@@ -1,4 +1,4 @@
-// Pipelined search (the next step queued before the host reads this step's finished flags, the default on CUDA)
+// Pipelined search (the next step queued before the host reads this step's flags; beam search's default on CUDA)
 // against the step-by-step order on the golden checkpoints: the same tokens, with and without pruning, whatever the
 // batch, in greedy and beam search. On the CPU both orders run; the CUDA test is SKIPPED without a GPU.
 #include <gtest/gtest.h>
@@ -17,18 +17,10 @@ std::vector<std::vector<int32_t>> run(EncoderDecoderModel& model, const Golden& 
                                       bool pipelined, size_t batch_size = 0, int min_length = 0) {
   SearchOptions options;
   options.beam_size = beam_size;
-  options.max_length = golden.max_new_tokens;
   options.min_length = min_length;
   options.prune_finished = prune;
   options.pipeline_steps = pipelined;
-  if (batch_size == 0) batch_size = golden.sources.size();
-  std::vector<std::vector<int32_t>> all;
-  for (size_t begin = 0; begin < golden.sources.size(); begin += batch_size) {
-    const auto end = golden.sources.begin() + std::min(golden.sources.size(), begin + batch_size);
-    const std::vector<std::vector<int32_t>> batch(golden.sources.begin() + begin, end);
-    for (auto& result : generate(model, model.encode(batch), options)) all.push_back(std::move(result));
-  }
-  return all;
+  return generate_all(model, golden, options, batch_size);
 }
 
 class PipelinedSearchTest : public ::testing::TestWithParam<std::string> {

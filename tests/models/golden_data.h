@@ -110,13 +110,11 @@ inline void expect_first_step_logits_match(const Golden& golden, const Tensor& l
         << "source " << b;
 }
 
-// Greedy (beam_size 1) or beam search over the golden's sources, in batches of batch_size (0: one batch).
-inline std::vector<std::vector<int32_t>> generate_all(EncoderDecoderModel& model, const Golden& golden, int beam_size,
-                                                      bool prune, size_t batch_size = 0) {
-  SearchOptions options;
-  options.beam_size = beam_size;
+// A search with `options` (max_length: the golden's) over the golden's sources, in batches of batch_size (0: one
+// batch).
+inline std::vector<std::vector<int32_t>> generate_all(EncoderDecoderModel& model, const Golden& golden,
+                                                      SearchOptions options, size_t batch_size = 0) {
   options.max_length = golden.max_new_tokens;
-  options.prune_finished = prune;
   if (batch_size == 0) batch_size = golden.sources.size();
   std::vector<std::vector<int32_t>> all;
   for (size_t begin = 0; begin < golden.sources.size(); begin += batch_size) {
@@ -125,6 +123,15 @@ inline std::vector<std::vector<int32_t>> generate_all(EncoderDecoderModel& model
     for (auto& result : generate(model, model.encode(batch), options)) all.push_back(std::move(result));
   }
   return all;
+}
+
+// Greedy (beam_size 1) or beam search over the golden's sources, in batches of batch_size (0: one batch).
+inline std::vector<std::vector<int32_t>> generate_all(EncoderDecoderModel& model, const Golden& golden, int beam_size,
+                                                      bool prune, size_t batch_size = 0) {
+  SearchOptions options;
+  options.beam_size = beam_size;
+  options.prune_finished = prune;
+  return generate_all(model, golden, options, batch_size);
 }
 
 }  // namespace elephant
