@@ -2,10 +2,10 @@
 // ReLU, fp16 or bf16, top-1. The routing is a fixed pseudo-random assignment (expert of token t =
 // splitmix64(1234 + t) % 32), the same as tools/bench/moe_layer_torch.py, so that torch._grouped_mm runs the
 // same problem. Timed the way decode steps run: the layer (sort by expert, grouped GEMM wi + ReLU reading the rows
-// in expert order, grouped GEMM wo, un-permute/scale/add) is captured in a CUDA graph and replayed; the graph holds
-// kCopies layers with their own weights, so the experts of one call are never in L2 from the previous one. Reported per
-// layer: median time (--benchmark_repetitions), experts hit, the HBM floor (bytes of the experts hit + x read + hidden
-// read and written, over 2.96 TB/s) and the fraction of it reached.
+// in expert order, grouped GEMM wo adding its scaled rows to the residual) is captured in a CUDA graph and
+// replayed; the graph holds kCopies layers with their own weights, so the experts of one call are never in L2 from
+// the previous one. Reported per layer: median time (--benchmark_repetitions), experts hit, the HBM floor (bytes of
+// the experts hit + x read + hidden read and written, over 2.96 TB/s) and the fraction of it reached.
 //
 //   build/bin/bench_cuda_moe --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -60,9 +60,10 @@ void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const 
   wi_args.activation = ops::Activation::ReLU;
   wi_args.a_rows = &sorted;
   ops::grouped_gemm(x, layer.wi, offsets, inner, wi_args);
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::CUDA);
-  ops::grouped_gemm(inner, layer.wo, offsets, y);
-  ops::scatter_scaled_add(y, sorted, probability, offsets, hidden);
+  ops::GroupedGemmArgs wo_args;
+  wo_args.out_rows = &sorted;
+  wo_args.out_scale = &probability;
+  ops::grouped_gemm(inner, layer.wo, offsets, hidden, wo_args);
 }
 
 void BM_MoeLayer(benchmark::State& state, DType dtype) {

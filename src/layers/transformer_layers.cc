@@ -37,8 +37,8 @@ void add_dense_ffn_output(const DenseFeedForward& ffn, ops::Activation activatio
 }
 
 // Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix (the first reading the rows
-// in expert order), and add the scaled outputs back in row order. Nothing here reads device memory on the host: the
-// per-expert row counts stay in `offsets` on the device.
+// in expert order, the second adding its scaled outputs back to the rows they came from). Nothing here reads device
+// memory on the host: the per-expert row counts stay in `offsets` on the device.
 void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activation, const Tensor& x, Tensor& hidden,
                             const Tensor* active) {
   const int64_t tokens = x.dim(0);
@@ -56,9 +56,11 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
   wi_args.activation = activation;
   wi_args.a_rows = &sorted_rows;
   ops::grouped_gemm(x, moe.wi, offsets, inner, wi_args);
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), device);
-  ops::grouped_gemm(inner, moe.wo, offsets, y);
-  ops::scatter_scaled_add(y, sorted_rows, probability, offsets, hidden);
+  // The wo GEMM adds its rows, scaled by the router probability, to the residual rows they came from.
+  ops::GroupedGemmArgs wo_args;
+  wo_args.out_rows = &sorted_rows;
+  wo_args.out_scale = &probability;
+  ops::grouped_gemm(inner, moe.wo, offsets, hidden, wo_args);
 }
 
 }  // namespace

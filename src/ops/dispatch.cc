@@ -400,45 +400,42 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
   check_dtype("grouped_gemm", offsets, DType::I32, "offsets");
   const std::string shapes = "a " + describe(a) + ", weights " + describe(weights) + ", offsets " + describe(offsets) +
                              ", out " + describe(out);
-  if (a.rank() != 2 || weights.rank() != 3 || out.rank() != 2 || weights.dim(2) != a.dim(1) ||
-      (!args.a_rows && out.dim(0) != a.dim(0)) || out.dim(1) != weights.dim(1) ||
+  if (a.rank() != 2 || weights.rank() != 3 || out.rank() != 2) fail("grouped_gemm", shapes);
+  // The product's rows: a's, or as many as a_rows names; out's rows, or as many as out_rows names.
+  const int64_t product_rows = args.a_rows ? args.a_rows->dim(0) : a.dim(0);
+  const int64_t out_rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
+  if (weights.dim(2) != a.dim(1) || product_rows != out_rows || out.dim(1) != weights.dim(1) ||
       offsets.shape() != Shape{weights.dim(0) + 1} || weights.dtype() != a.dtype() || out.dtype() != a.dtype())
     fail("grouped_gemm", shapes);
-  if (args.a_rows && (args.a_rows->device() != a.device() || args.a_rows->dtype() != DType::I32 ||
-                      args.a_rows->shape() != Shape{out.dim(0)}))
-    fail("grouped_gemm", "a_rows " + describe(*args.a_rows) + " for " + shapes);
+  const auto check_rows = [&](const Tensor* rows, const char* name) {
+    if (rows && (rows->device() != a.device() || rows->dtype() != DType::I32 || rows->rank() != 1))
+      fail("grouped_gemm", std::string(name) + " " + describe(*rows) + " for " + shapes);
+  };
+  check_rows(args.a_rows, "a_rows");
+  check_rows(args.out_rows, "out_rows");
+  if (!args.out_rows != !args.out_scale ||
+      (args.out_scale && (args.out_scale->device() != a.device() || args.out_scale->dtype() != DType::F32 ||
+                          args.out_scale->shape() != Shape{out.dim(0)})))
+    fail("grouped_gemm", "out_rows and out_scale (F32 [rows of out]) go together; got out_scale " +
+                             (args.out_scale ? describe(*args.out_scale) : std::string("none")) + " for " + shapes);
   if (args.bias && (args.bias->device() != a.device() || args.bias->dtype() != a.dtype() ||
                     args.bias->shape() != Shape{weights.dim(0), weights.dim(1)}))
     fail("grouped_gemm", "bias " + describe(*args.bias) + " for " + shapes);
-  if (out.dim(0) == 0) return;
-  ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
-}
-
-void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability, const Tensor& offsets,
-                        Tensor& hidden) {
-  for (const Tensor* t : {&sorted_rows, &probability, &offsets, static_cast<const Tensor*>(&hidden)})
-    same_device("scatter_scaled_add", y, *t);
-  check_floating("scatter_scaled_add", y);
-  check_dtype("scatter_scaled_add", sorted_rows, DType::I32, "sorted_rows");
-  check_dtype("scatter_scaled_add", probability, DType::F32, "probability");
-  check_dtype("scatter_scaled_add", offsets, DType::I32, "offsets");
-  if (y.rank() != 2 || hidden.rank() != 2 || y.shape() != hidden.shape() || y.dtype() != hidden.dtype() ||
-      sorted_rows.shape() != Shape{y.dim(0)} || probability.shape() != Shape{y.dim(0)} || offsets.rank() != 1 ||
-      offsets.dim(0) < 1)
-    fail("scatter_scaled_add", "y " + describe(y) + ", sorted_rows " + describe(sorted_rows) + ", probability " +
-                                   describe(probability) + ", offsets " + describe(offsets) + ", hidden " +
-                                   describe(hidden));
-  if (y.dim(0) == 0) return;
-  if (y.device() == Device::CPU) {  // on a device the indices are trusted: reading them would synchronize
+  if (product_rows == 0) return;
+  if (a.device() == Device::CPU) {  // on a device the indices are trusted: reading them would synchronize
     const int64_t count = offsets.data<int32_t>()[offsets.dim(0) - 1];
-    if (count < 0 || count > y.dim(0))
-      fail("scatter_scaled_add",
-           "offsets end at " + std::to_string(count) + " of " + std::to_string(y.dim(0)) + " rows");
-    if (const int64_t bad = first_index_outside(sorted_rows, count, y.dim(0)); bad >= 0)
-      fail("scatter_scaled_add",
-           "row " + std::to_string(sorted_rows.data<int32_t>()[bad]) + " out of range of " + describe(hidden));
+    if (count < 0 || count > product_rows)
+      fail("grouped_gemm", "offsets end at " + std::to_string(count) + " of " + std::to_string(product_rows) + " rows");
+    if (args.a_rows)
+      if (const int64_t bad = first_index_outside(*args.a_rows, count, a.dim(0)); bad >= 0)
+        fail("grouped_gemm",
+             "a_rows names row " + std::to_string(args.a_rows->data<int32_t>()[bad]) + " of " + describe(a));
+    if (args.out_rows)
+      if (const int64_t bad = first_index_outside(*args.out_rows, count, out.dim(0)); bad >= 0)
+        fail("grouped_gemm",
+             "out_rows names row " + std::to_string(args.out_rows->data<int32_t>()[bad]) + " of " + describe(out));
   }
-  ELEPHANT_DISPATCH(y.device(), scatter_scaled_add(y, sorted_rows, probability, offsets, hidden));
+  ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
 }
 
 void topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {

@@ -149,11 +149,47 @@ struct SplitK {
   int* counters = nullptr;  // one per item, zero at launch; the item's last block leaves it zero again
 };
 
+// Stores 8 results (already rounded to T) of product row `row`, columns col .. col + 7 (those < n): into out[row], or,
+// with out_rows, added to out[out_rows[row]] scaled by out_scale of that row, rounded once more (the un-permute,
+// the router probability and the residual add of a MoE layer). vector: 16-byte aligned rows of whole 8-packs.
+template <typename T>
+__device__ __forceinline__ void store_8(const rt::Pack<T, 8>& v, T* __restrict__ out,
+                                        const int32_t* __restrict__ out_rows, const float* __restrict__ out_scale,
+                                        int64_t row, int col, int n, bool vector) {
+  const int valid = min(8, n - col);
+  if (out_rows == nullptr) {
+    T* dst = out + row * n + col;
+    if (vector) {
+      *reinterpret_cast<rt::Pack<T, 8>*>(dst) = v;
+    } else {
+      for (int j = 0; j < valid; ++j) dst[j] = v.v[j];
+    }
+    return;
+  }
+  const int64_t target = out_rows[row];
+  const float scale = out_scale[target];
+  T* dst = out + target * n + col;
+  rt::Pack<T, 8> h{};
+  if (vector) {
+    h = *reinterpret_cast<const rt::Pack<T, 8>*>(dst);
+  } else {
+    for (int j = 0; j < valid; ++j) h.v[j] = dst[j];
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) h.v[j] = rt::from_float<T>(rt::to_float(h.v[j]) + scale * rt::to_float(v.v[j]));
+  if (vector) {
+    *reinterpret_cast<rt::Pack<T, 8>*>(dst) = h;
+  } else {
+    for (int j = 0; j < valid; ++j) dst[j] = h.v[j];
+  }
+}
+
 template <typename T, typename C, bool SPLIT>
 __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     grouped_gemm_mma_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows, const T* __restrict__ weights,
                             const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
-                            int experts, int n, int k, int activation, bool vector_store, SplitK split) {
+                            const int32_t* __restrict__ out_rows, const float* __restrict__ out_scale, int experts,
+                            int n, int k, int activation, bool vector_store, SplitK split) {
   rt::await_previous_kernel();
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int chunk_prefix[kMaxMmaExperts + 1];
@@ -333,12 +369,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
               bias != nullptr && n0 + c + j < n ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + c + j]) : 0.0f;
           o.v[j] = rt::from_float<T>(apply_activation(activation, v[j] + b));
         }
-        T* dst = out + static_cast<int64_t>(m0 + r) * n + n0 + c;
-        if (vector_store) {
-          *reinterpret_cast<rt::Pack<T, 8>*>(dst) = o;
-        } else {
-          for (int j = 0; j < 8 && n0 + c + j < n; ++j) dst[j] = o.v[j];
-        }
+        store_8(o, out, out_rows, out_scale, m0 + r, n0 + c, n, vector_store);
       }
     } else {
       // Accumulator (mi, ni, c) holds weight row warp_n*WTN + mi*16 + lane/4 (+8 for c >= 2) and token
@@ -364,13 +395,8 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         const int r = i / (C::BN / 8);
         const int c = (i % (C::BN / 8)) * 8;
         if (r >= rows || n0 + c >= n) continue;
-        T* dst = out + static_cast<int64_t>(m0 + r) * n + n0 + c;
-        const T* src = sc + r * C::C_STRIDE + c;
-        if (vector_store) {
-          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-        } else {
-          for (int j = 0; j < 8 && n0 + c + j < n; ++j) dst[j] = src[j];
-        }
+        store_8(*reinterpret_cast<const rt::Pack<T, 8>*>(sc + r * C::C_STRIDE + c), out, out_rows, out_scale, m0 + r,
+                n0 + c, n, vector_store);
       }
       __syncthreads();  // the next item's prologue overwrites the tile
     }
@@ -386,6 +412,8 @@ struct Problem {
   const int32_t* offsets;
   const T* bias;  // or null
   T* out;
+  const int32_t* out_rows;  // or null: row i of the product is row i of out
+  const float* out_scale;
   int64_t rows;
   int experts, n, k, activation;
   bool vector_store;
@@ -407,7 +435,7 @@ void launch_mma(const Problem<T>& p, const SplitK& split = {}, int64_t most_unit
   const int64_t most_items = n_tiles * ((p.rows + C::BM - 1) / C::BM + p.experts);
   const auto grid = static_cast<unsigned>(std::min<int64_t>(SPLIT ? most_units : most_items, grid_limit));
   rt::launch(grouped_gemm_mma_kernel<T, C, SPLIT>, grid, C::THREADS, C::SMEM_BYTES, p.a, p.a_rows, p.weights, p.offsets,
-             p.bias, p.out, p.experts, p.n, p.k, p.activation, p.vector_store, split);
+             p.bias, p.out, p.out_rows, p.out_scale, p.experts, p.n, p.k, p.activation, p.vector_store, split);
 }
 
 // Split-k arrival counters, zero between launches since each item's last block resets its own: made once per thread,
@@ -459,7 +487,8 @@ template <typename T>
 __global__ void __launch_bounds__(kSimtTile* kSimtTile)
     grouped_gemm_simt_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows, const T* __restrict__ weights,
                              const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
-                             int n, int k, int activation) {
+                             const int32_t* __restrict__ out_rows, const float* __restrict__ out_scale, int n, int k,
+                             int activation) {
   rt::await_previous_kernel();
   __shared__ float sa[kSimtTile][kSimtTile + 1];  // [token][k]
   __shared__ float sw[kSimtTile][kSimtTile + 1];  // [n][k]
@@ -484,7 +513,14 @@ __global__ void __launch_bounds__(kSimtTile* kSimtTile)
     const int col = n0 + tx;
     if (m0 + ty < end && col < n) {
       const float b = bias != nullptr ? rt::to_float(bias[static_cast<int64_t>(e) * n + col]) : 0.0f;
-      out[static_cast<int64_t>(m0 + ty) * n + col] = rt::from_float<T>(apply_activation(activation, acc + b));
+      const T value = rt::from_float<T>(apply_activation(activation, acc + b));
+      if (out_rows == nullptr) {
+        out[static_cast<int64_t>(m0 + ty) * n + col] = value;
+      } else {
+        const int64_t target = out_rows[m0 + ty];
+        T& h = out[target * n + col];
+        h = rt::from_float<T>(rt::to_float(h) + out_scale[target] * rt::to_float(value));
+      }
     }
   }
 }
@@ -497,7 +533,7 @@ void launch_simt(const Problem<T>& p) {
                                             std::min<int64_t>(rt::blocks_for(p.rows, kSimtTile), 65535));
   const dim3 grid(rt::blocks_for(p.n, kSimtTile), static_cast<unsigned>(p.experts), static_cast<unsigned>(split));
   rt::launch(grouped_gemm_simt_kernel<T>, grid, kSimtTile * kSimtTile, 0, p.a, p.a_rows, p.weights, p.offsets, p.bias,
-             p.out, p.n, p.k, p.activation);
+             p.out, p.out_rows, p.out_scale, p.n, p.k, p.activation);
 }
 
 bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -506,7 +542,7 @@ bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0
 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
-  const int64_t rows = out.dim(0);
+  const int64_t rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
   const int experts = static_cast<int>(weights.dim(0));
   const int n = static_cast<int>(weights.dim(1));
   const int k = static_cast<int>(weights.dim(2));
@@ -521,6 +557,8 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
                  offsets.data<int32_t>(),
                  args.bias ? args.bias->data<T>() : nullptr,
                  out.data<T>(),
+                 args.out_rows ? args.out_rows->data<int32_t>() : nullptr,
+                 args.out_scale ? args.out_scale->data<float>() : nullptr,
                  rows,
                  experts,
                  n,

@@ -25,21 +25,22 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
 struct GroupedGemmArgs {
   const Tensor* bias = nullptr;          // [experts, n] in the dtype of a, or null
   std::optional<Activation> activation;  // applied after the bias
-  // I32 [rows of out], or null: row i of the product reads row a_rows[i] of a instead of row i, so that the rows
-  // need not be gathered into expert order first (sort_by_expert's sorted_rows).
+  // I32 [rows of the product], or null: row i of the product reads row a_rows[i] of a instead of row i, so that the
+  // rows need not be gathered into expert order first (sort_by_expert's sorted_rows).
   const Tensor* a_rows = nullptr;
+  // I32 [rows of the product] and F32 [rows of out], or both null: instead of being written to out[i], row i of the
+  // product is added to out[out_rows[i]], scaled by out_scale[out_rows[i]] (the un-permute, the router probability
+  // and the residual add of a MoE layer, in the GEMM's epilogue). The out_rows of computed rows must be distinct.
+  const Tensor* out_rows = nullptr;
+  const Tensor* out_scale = nullptr;
 };
 
 // For every expert e and row i in [offsets[e], offsets[e + 1]): out[i] = act(a[i] · weights[e]^T + bias[e]), with
-// a[a_rows[i]] for a[i] when a_rows is given. a: [rows, k], weights: [experts, n, k] (each a Linear weight), out:
-// [rows, n]; a, weights and out share one dtype, accumulation is float32. Rows from offsets[experts] on are not
-// touched. One launch for all experts.
+// a[a_rows[i]] for a[i] and out[out_rows[i]] += out_scale[out_rows[i]] * ... for out[i] = ... when given. a: [rows,
+// k], weights: [experts, n, k] (each a Linear weight), out: [rows, n]; a, weights and out share one dtype,
+// accumulation is float32 (with out_rows the product row is rounded to the dtype before it is scaled and added, and
+// the sum rounded once). Rows from offsets[experts] on are not touched. One launch for all experts.
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args = {});
-
-// hidden[sorted_rows[i]] += probability[sorted_rows[i]] * y[i] for i < offsets[experts]: un-permute the expert
-// outputs, scale them by the router probability and add them to the residual stream, in one pass.
-void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability, const Tensor& offsets,
-                        Tensor& hidden);
 
 }  // namespace elephant::ops

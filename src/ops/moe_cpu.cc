@@ -72,11 +72,13 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
     cpu::gather_rows(a, *args.a_rows, gathered);
   }
   const Tensor& rows = args.a_rows ? gathered : a;
+  // With out_rows the product goes to a buffer first, then is scaled and added to out's rows.
+  Tensor product = args.out_rows ? Tensor::empty({args.out_rows->dim(0), n}) : out;
   for (int64_t e = 0; e < experts; ++e) {
     const int64_t begin = first[e];
     const int64_t count = first[e + 1] - begin;
     if (count <= 0) continue;
-    Tensor y = out.narrow(begin, count);
+    Tensor y = product.narrow(begin, count);
     const Tensor weight = weights.narrow(e, 1).reshape({n, weights.dim(2)});
     ops::gemm(rows.narrow(begin, count), weight, y);
     if (args.bias) {
@@ -87,21 +89,17 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
     }
     if (args.activation) cpu::activate(*args.activation, y);
   }
-}
-
-void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability, const Tensor& offsets,
-                        Tensor& hidden) {
-  const int64_t count = offsets.data<int32_t>()[offsets.dim(0) - 1];
-  const int64_t d = hidden.dim(1);
-  const float* in = y.data<float>();
-  const int32_t* rows = sorted_rows.data<int32_t>();
-  const float* scale = probability.data<float>();
-  float* out = hidden.data<float>();
-#pragma omp parallel for if (count * d > 65536)
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t row = rows[i];
+  if (!args.out_rows) return;
+  const int64_t computed = first[experts];
+  const float* in = product.data<float>();
+  const int32_t* target = args.out_rows->data<int32_t>();
+  const float* scale = args.out_scale->data<float>();
+  float* hidden = out.data<float>();
+#pragma omp parallel for if (computed * n > 65536)
+  for (int64_t i = 0; i < computed; ++i) {
+    const int64_t row = target[i];
     const float s = scale[row];
-    for (int64_t j = 0; j < d; ++j) out[row * d + j] += in[i * d + j] * s;
+    for (int64_t j = 0; j < n; ++j) hidden[row * n + j] += in[i * n + j] * s;
   }
 }
 

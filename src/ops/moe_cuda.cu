@@ -272,36 +272,6 @@ __global__ void expert_offsets_kernel(const uint32_t* __restrict__ sorted_keys, 
   offsets[e] = lo;
 }
 
-// ---- scatter_scaled_add -----------------------------------------------------------------------------------------
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-// Block (i, column range): hidden[rows[i]] += probability[rows[i]] * y[i], in float32, rounded once. The sorted rows
-// are distinct, so no two blocks write one element.
-template <typename T, int V>
-__global__ void scatter_scaled_add_kernel(const T* __restrict__ y, const int32_t* __restrict__ sorted_rows,
-                                          const float* __restrict__ probability, const int32_t* __restrict__ count,
-                                          int64_t width, T* __restrict__ hidden) {
-  rt::await_previous_kernel();
-  const int64_t i = blockIdx.x;
-  if (i >= *count) return;
-  const int64_t row = sorted_rows[i];
-  const float scale = probability[row];
-  const auto* in = reinterpret_cast<const Pack<T, V>*>(y + i * width);
-  auto* out = reinterpret_cast<Pack<T, V>*>(hidden + row * width);
-  for (int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; c < width / V;
-       c += int64_t(gridDim.y) * blockDim.x) {
-    const Pack<T, V> a = in[c];
-    Pack<T, V> h = out[c];
-#pragma unroll
-    for (int j = 0; j < V; ++j) h.v[j] = rt::from_float<T>(rt::to_float(h.v[j]) + scale * rt::to_float(a.v[j]));
-    out[c] = h;
-  }
-}
-
 }  // namespace
 
 void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert,
@@ -349,35 +319,6 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
                                                       end_bit, rt::stream()));
   rt::launch(expert_offsets_kernel, rt::blocks_for(num_experts + 1, 128), 128, 0, keys_out, rows, num_experts,
              offsets.data<int32_t>());
-}
-
-void scatter_scaled_add(const Tensor& y, const Tensor& sorted_rows, const Tensor& probability, const Tensor& offsets,
-                        Tensor& hidden) {
-  const int64_t rows = y.dim(0);
-  const int64_t width = y.dim(1);
-  if (width == 0) return;
-  if (rows > INT32_MAX) throw Error("scatter_scaled_add: more than 2^31 - 1 rows");
-  const int32_t* count = offsets.data<int32_t>() + (offsets.dim(0) - 1);
-  rt::dispatch_floating(y.dtype(), "scatter_scaled_add", [&](auto tag) {
-    using T = decltype(tag);
-    constexpr int kVector = 16 / sizeof(T);
-    auto launch = [&](auto vector) {
-      constexpr int V = decltype(vector)::value;
-      const int64_t packs = width / V;
-      const int threads = static_cast<int>(std::min<int64_t>(256, (packs + 31) / 32 * 32));
-      const dim3 grid(static_cast<unsigned>(rows),
-                      static_cast<unsigned>(std::min<int64_t>(rt::blocks_for(packs, threads), 65535)));
-      rt::launch(scatter_scaled_add_kernel<T, V>, grid, threads, 0, y.data<T>(), sorted_rows.data<int32_t>(),
-                 probability.data<float>(), count, width, hidden.data<T>());
-    };
-    const bool vectors = width % kVector == 0 && reinterpret_cast<uintptr_t>(y.raw()) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(hidden.raw()) % 16 == 0;
-    if (vectors) {
-      launch(std::integral_constant<int, kVector>{});
-    } else {
-      launch(std::integral_constant<int, 1>{});
-    }
-  });
 }
 
 }  // namespace elephant::ops::cuda

@@ -18,7 +18,6 @@
 #include "core/cuda_graph.h"
 #include "ops/activation.h"
 #include "ops/device_helpers.h"
-#include "ops/gather.h"
 #include "ops/moe.h"
 
 namespace elephant {
@@ -375,38 +374,62 @@ TEST(CudaMoe, GroupedGemmSplitKReplaysInCudaGraph) {
   thread.join();
 }
 
-TEST(CudaMoe, ScatterScaledAddMatchesCpu) {
+// out_rows / out_scale: the wo GEMM adds its rows, scaled, to the residual rows they came from (the un-permute in the
+// epilogue), on the split-k, tensor-core and general paths. Destination rows of pruned positions keep their values.
+TEST(CudaMoe, GroupedGemmAddToRowsMatchesCpu) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(26);
+  const std::vector<GemmCase> cases = {
+      {4096, 1024, {0, 1, 0, 0}, 1},        // one token, the paper's wo (split-k)
+      {1024, 1024, {2, 0, 3, 1, 0, 2}, 3},  // a few tokens (split-k)
+      {512, 1024, {40, 0, 90, 30}, 5},      // medium and large tiles
+      {520, 200, {3, 0, 5, 8}, 0},          // n a multiple of 8, not of the tile
+      {1096, 100, {1, 0, 2, 0, 1}, 1},      // n without 16-byte rows
+      {30, 36, {3, 0, 9, 1}, 2},            // k without 16-byte rows: the general path
+  };
   for (DType dtype : testdev::cuda_dtypes())
-    for (int64_t rows : {1, 7, 40, 333})
-      for (int64_t d : {40, 1024, 30}) {
-        SCOPED_TRACE(name(dtype) + " rows=" + std::to_string(rows) + " d=" + std::to_string(d));
-        const int experts = 5;
-        std::uniform_int_distribution<int32_t> pick(0, experts);
-        std::vector<int32_t> ids(rows);
-        for (auto& id : ids) id = pick(rng);
-        Tensor sorted_rows = Tensor::empty({rows}, DType::I32);
-        Tensor offsets = Tensor::empty({experts + 1}, DType::I32);
-        ops::sort_by_expert(int_tensor(ids, Device::CPU), experts, sorted_rows, offsets);
-        const Tensor y = rounded_to(random_cpu({rows, d}, rng), dtype);
-        const Tensor probability = random_cpu({rows}, rng, 0.05f, 1.0f);
-        const Tensor hidden0 = rounded_to(random_cpu({rows, d}, rng), dtype);
+    for (const GemmCase& tc : cases) {
+      const auto experts = static_cast<int64_t>(tc.counts.size());
+      const std::vector<int32_t> offsets = offsets_for(tc.counts);
+      const int64_t rows = offsets.back() + tc.pruned;
+      SCOPED_TRACE(name(dtype) + " k=" + std::to_string(tc.k) + " n=" + std::to_string(tc.n) +
+                   " rows=" + std::to_string(rows));
+      const Tensor a = rounded_to(random_cpu({rows, tc.k}, rng), dtype);
+      const Tensor w = rounded_to(random_cpu({experts, tc.n, tc.k}, rng, -0.05f, 0.05f), dtype);
+      const Tensor hidden0 = rounded_to(random_cpu({rows, tc.n}, rng), dtype);
+      std::vector<int32_t> targets(static_cast<size_t>(rows));
+      std::iota(targets.begin(), targets.end(), 0);
+      std::shuffle(targets.begin(), targets.end(), rng);
+      const Tensor scale = random_cpu({rows}, rng, 0.05f, 1.0f);
 
-        Tensor expected = hidden0.clone();
-        ops::scatter_scaled_add(y, sorted_rows, probability, offsets, expected);
-        Tensor hidden = to_cuda(hidden0, dtype);
-        ops::scatter_scaled_add(to_cuda(y, dtype), sorted_rows.to(Device::CUDA), probability.to(Device::CUDA),
-                                offsets.to(Device::CUDA), hidden);
-        EXPECT_TRUE(relative_l2_within(hidden, expected, tolerance_for(dtype)));
-      }
+      Tensor expected = hidden0.clone();
+      const Tensor targets_cpu = int_tensor(targets, Device::CPU);
+      ops::GroupedGemmArgs cpu_args;
+      cpu_args.out_rows = &targets_cpu;
+      cpu_args.out_scale = &scale;
+      ops::grouped_gemm(a, w, int_tensor(offsets, Device::CPU), expected, cpu_args);
+
+      Tensor hidden = to_cuda(hidden0, dtype);
+      const Tensor targets_cuda = int_tensor(targets, Device::CUDA), scale_cuda = scale.to(Device::CUDA);
+      ops::GroupedGemmArgs args;
+      args.out_rows = &targets_cuda;
+      args.out_scale = &scale_cuda;
+      ops::grouped_gemm(to_cuda(a, dtype), to_cuda(w, dtype), int_tensor(offsets, Device::CUDA), hidden, args);
+      const Tensor got = to_cpu_float(hidden);
+      EXPECT_TRUE(relative_l2_within(got, expected, tolerance_for(dtype)));
+      for (int64_t i = offsets.back(); i < rows; ++i)
+        for (int64_t j = 0; j < tc.n; ++j)
+          ASSERT_EQ(got.data<float>()[targets[i] * tc.n + j], hidden0.data<float>()[targets[i] * tc.n + j])
+              << "untouched row " << targets[i];
+    }
 }
 
-// route, sort, gather, expert FFN (wi + activation, wo), scatter: one MoE layer, all on the device.
+// route, sort, expert FFN (wi + activation reading the rows in expert order, wo adding to the rows they came from):
+// one MoE layer, all on the device.
 Tensor moe_layer(const Tensor& x, const Tensor& router, const Tensor& active, const Tensor& wi, const Tensor& wo,
                  ops::Activation activation) {
   const Device device = x.device();
-  const int64_t tokens = x.dim(0), d = x.dim(1), d_ff = wi.dim(1);
+  const int64_t tokens = x.dim(0), d_ff = wi.dim(1);
   const int experts = static_cast<int>(router.dim(0));
   Tensor expert = Tensor::empty({tokens}, DType::I32, device);
   Tensor probability = Tensor::empty({tokens}, DType::F32, device);
@@ -414,16 +437,16 @@ Tensor moe_layer(const Tensor& x, const Tensor& router, const Tensor& active, co
   Tensor sorted_rows = Tensor::empty({tokens}, DType::I32, device);
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
   ops::sort_by_expert(expert, experts, sorted_rows, offsets);
-  Tensor grouped = Tensor::empty({tokens, d}, x.dtype(), device);
-  ops::gather_rows(x, sorted_rows, grouped);
   Tensor inner = Tensor::empty({tokens, d_ff}, x.dtype(), device);
-  ops::GroupedGemmArgs args;
-  args.activation = activation;
-  ops::grouped_gemm(grouped, wi, offsets, inner, args);
-  Tensor y = Tensor::empty({tokens, d}, x.dtype(), device);
-  ops::grouped_gemm(inner, wo, offsets, y, {});
+  ops::GroupedGemmArgs wi_args;
+  wi_args.activation = activation;
+  wi_args.a_rows = &sorted_rows;
+  ops::grouped_gemm(x, wi, offsets, inner, wi_args);
   Tensor hidden = x.clone();
-  ops::scatter_scaled_add(y, sorted_rows, probability, offsets, hidden);
+  ops::GroupedGemmArgs wo_args;
+  wo_args.out_rows = &sorted_rows;
+  wo_args.out_scale = &probability;
+  ops::grouped_gemm(inner, wo, offsets, hidden, wo_args);
   return hidden;
 }
 

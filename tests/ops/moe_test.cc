@@ -572,73 +572,97 @@ TEST(MoeTest, GatherRowsRejectsASmallOrNarrowOutput) {
   EXPECT_NO_THROW(ops::gather_rows(x, rows, fits));
 }
 
-// y rows past offsets[experts] are pruned rows: they hold NaN here and must not be read; their destination rows
-// (the last ones of sorted_rows) stay as they were.
-TEST(MoeTest, ScatterScaledAddMatchesReference) {
+// out_rows: product row i is added to out[out_rows[i]], scaled by out_scale of that row. Rows past
+// offsets[experts] are pruned: a's rows there hold NaN and must not be read, and their destination rows stay as
+// they were.
+TEST(MoeTest, GroupedGemmAddsScaledRowsToOutRows) {
   std::mt19937 rng(707);
-  for (int64_t d : {1, 7, 64, 2050}) {  // 2050 * 40 rows crosses the parallel threshold
-    SCOPED_TRACE(::testing::Message() << "width " << d);
-    const int64_t total_rows = 50, active = 40;
+  for (int64_t n : {1, 7, 64, 2050}) {  // 2050 * 40 rows crosses the parallel threshold
+    SCOPED_TRACE(::testing::Message() << "width " << n);
+    const int64_t total_rows = 50, active = 40, k = 5;
     std::vector<int32_t> all(total_rows);
     std::iota(all.begin(), all.end(), 0);
     std::shuffle(all.begin(), all.end(), rng);  // distinct, shuffled; the last 10 rows are pruned
-    Tensor y = random_tensor({total_rows, d}, rng);
-    y.narrow(active, total_rows - active).copy_from(testref::filled_tensor({total_rows - active, d}, kNaN));
+    Tensor a = random_tensor({total_rows, k}, rng);
+    a.narrow(active, total_rows - active).copy_from(testref::filled_tensor({total_rows - active, k}, kNaN));
+    const Tensor weights = random_tensor({3, n, k}, rng);
+    const Tensor offsets = Tensor::from_vector(std::vector<int32_t>{0, 13, 13, static_cast<int32_t>(active)}, {4});
+    Tensor product = Tensor::empty({total_rows, n});
+    ops::grouped_gemm(a, weights, offsets, product);
     std::vector<float> scale(total_rows);
     std::uniform_real_distribution<float> dist(0.0f, 1.0f);
-    for (float& s : scale) s = dist(rng);
-    Tensor out = random_tensor({total_rows, d}, rng);
+    for (float& v : scale) v = dist(rng);
+    Tensor out = random_tensor({total_rows, n}, rng);
     const std::vector<float> before = testref::to_vector(out);
-    const Tensor offsets = Tensor::from_vector(std::vector<int32_t>{0, 13, 13, static_cast<int32_t>(active)}, {4});
-    ops::scatter_scaled_add(y, Tensor::from_vector(all, {total_rows}), Tensor::from_vector(scale, {total_rows}),
-                            offsets, out);
+    const Tensor rows = Tensor::from_vector(all, {total_rows}), scales = Tensor::from_vector(scale, {total_rows});
+    ops::GroupedGemmArgs args;
+    args.out_rows = &rows;
+    args.out_scale = &scales;
+    ops::grouped_gemm(a, weights, offsets, out, args);
 
     std::vector<double> ref(before.begin(), before.end());
     for (int64_t i = 0; i < active; ++i)
-      for (int64_t j = 0; j < d; ++j)
-        ref[all[i] * d + j] += static_cast<double>(scale[all[i]]) * y.data<float>()[i * d + j];
-    // One product and one sum, each correctly rounded: |err| <= 2u * (|out| + |scale y|) <= 2u * 2.
-    EXPECT_TRUE(testref::close_elementwise(out, ref, [](size_t) { return 4.0 * testref::kFloatEps; }));
+      for (int64_t j = 0; j < n; ++j)
+        ref[all[i] * n + j] += static_cast<double>(scale[all[i]]) * product.data<float>()[i * n + j];
+    // The same product (the same GEMM calls), then one product and one sum, each correctly rounded.
+    EXPECT_TRUE(testref::close_elementwise(
+        out, ref, [&](size_t i) { return 4.0 * testref::kFloatEps * (1.0 + std::abs(ref[i])); }));
     for (int64_t i = active; i < total_rows; ++i)
-      for (int64_t j = 0; j < d; ++j)
-        ASSERT_EQ(out.data<float>()[all[i] * d + j], before[all[i] * d + j]) << "untouched row " << all[i];
+      for (int64_t j = 0; j < n; ++j)
+        ASSERT_EQ(out.data<float>()[all[i] * n + j], before[all[i] * n + j]) << "untouched row " << all[i];
   }
 }
 
-TEST(MoeTest, ScatterScaledAddUsesTheScaleOfTheDestinationRow) {
-  // y row i goes to out row sorted_rows[i] and is scaled by probability[sorted_rows[i]], not probability[i].
-  const Tensor y = Tensor::from_vector(std::vector<float>{1.0f, 2.0f, 10.0f, 20.0f, kNaN, kNaN}, {3, 2});
+TEST(MoeTest, GroupedGemmOutRowsUseTheScaleOfTheDestinationRow) {
+  // Product row i (here a's row i: the weight is the identity) goes to out row out_rows[i] and is scaled by
+  // out_scale[out_rows[i]], not out_scale[i].
+  const Tensor a = Tensor::from_vector(std::vector<float>{1.0f, 2.0f, 10.0f, 20.0f, kNaN, kNaN}, {3, 2});
+  const Tensor identity = Tensor::from_vector(std::vector<float>{1.0f, 0.0f, 0.0f, 1.0f}, {1, 2, 2});
   Tensor out = Tensor::zeros({3, 2});
   const Tensor rows = Tensor::from_vector(std::vector<int32_t>{2, 0, 1}, {3});  // row 1 is pruned
   const Tensor scale = Tensor::from_vector(std::vector<float>{0.5f, 100.0f, 3.0f}, {3});
   const Tensor offsets = Tensor::from_vector(std::vector<int32_t>{0, 2}, {2});
-  ops::scatter_scaled_add(y, rows, scale, offsets, out);
+  ops::GroupedGemmArgs args;
+  args.out_rows = &rows;
+  args.out_scale = &scale;
+  ops::grouped_gemm(a, identity, offsets, out, args);
   EXPECT_EQ(testref::to_vector(out), (std::vector<float>{5.0f, 10.0f, 0.0f, 0.0f, 3.0f, 6.0f}));
 }
 
-TEST(MoeTest, ScatterScaledAddRejectsMismatchedShapes) {
+TEST(MoeTest, GroupedGemmRejectsBadOutRows) {
   std::mt19937 rng(708);
-  Tensor out = Tensor::zeros({4, 3});
-  const Tensor rows = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3}, {4});
-  const Tensor scale = testref::filled_tensor({4}, 1.0f);
+  const Tensor a = random_tensor({4, 3}, rng);
+  const Tensor weights = random_tensor({1, 3, 3}, rng);
   const Tensor offsets = Tensor::from_vector(std::vector<int32_t>{0, 3}, {2});
-  EXPECT_THROW(ops::scatter_scaled_add(random_tensor({2, 3}, rng), rows, scale, offsets, out), std::invalid_argument);
-  EXPECT_THROW(ops::scatter_scaled_add(random_tensor({4, 4}, rng), rows, scale, offsets, out), std::invalid_argument);
-  const Tensor y = random_tensor({4, 3}, rng);
-  EXPECT_THROW(ops::scatter_scaled_add(y, Tensor::from_vector(std::vector<int32_t>{0, 1, 2}, {3}), scale, offsets, out),
-               std::invalid_argument);
-  EXPECT_THROW(ops::scatter_scaled_add(y, rows, testref::filled_tensor({3}, 1.0f), offsets, out),
-               std::invalid_argument);
-  EXPECT_THROW(ops::scatter_scaled_add(y, rows, Tensor::from_vector(std::vector<int32_t>(4, 1), {4}), offsets, out),
-               std::invalid_argument);
-  EXPECT_THROW(ops::scatter_scaled_add(y, rows, scale, Tensor::from_vector(std::vector<int32_t>{}, {0}), out),
-               std::invalid_argument);
-  EXPECT_NO_THROW(ops::scatter_scaled_add(y, rows, scale, offsets, out));
+  Tensor out = Tensor::zeros({5, 3});
+  const Tensor rows = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3}, {4});
+  const Tensor scale = testref::filled_tensor({5}, 1.0f);
+  const auto call = [&](const Tensor* out_rows, const Tensor* out_scale, const Tensor& offs) {
+    ops::GroupedGemmArgs args;
+    args.out_rows = out_rows;
+    args.out_scale = out_scale;
+    ops::grouped_gemm(a, weights, offs, out, args);
+  };
+  EXPECT_NO_THROW(call(&rows, &scale, offsets));
+  EXPECT_THROW(call(&rows, nullptr, offsets), std::invalid_argument);
+  EXPECT_THROW(call(nullptr, &scale, offsets), std::invalid_argument);
+  const Tensor short_rows = Tensor::from_vector(std::vector<int32_t>{0, 1, 2}, {3});
+  EXPECT_THROW(call(&short_rows, &scale, offsets), std::invalid_argument);
+  const Tensor float_rows = testref::filled_tensor({4}, 1.0f);
+  EXPECT_THROW(call(&float_rows, &scale, offsets), std::invalid_argument);
+  const Tensor short_scale = testref::filled_tensor({4}, 1.0f);
+  EXPECT_THROW(call(&rows, &short_scale, offsets), std::invalid_argument);
+  const Tensor int_scale = Tensor::from_vector(std::vector<int32_t>(5, 1), {5});
+  EXPECT_THROW(call(&rows, &int_scale, offsets), std::invalid_argument);
+  const Tensor outside = Tensor::from_vector(std::vector<int32_t>{0, 5, 1, 2}, {4});
+  EXPECT_THROW(call(&outside, &scale, offsets), std::invalid_argument);
+  const Tensor past_the_rows = Tensor::from_vector(std::vector<int32_t>{0, 5}, {2});
+  EXPECT_THROW(call(&rows, &scale, past_the_rows), std::invalid_argument);
 }
 
-// The four steps as the MoE layer chains them, on rows of which some are pruned: route, sort, gather, grouped
-// GEMM, scatter. Checked against a per-row double reference (the hidden += p * act(x W1^T) W2^T of the chosen
-// expert, nothing for pruned rows).
+// The steps as the MoE layer chains them, on rows of which some are pruned: route, sort, the grouped GEMM wi reading
+// the rows in expert order, the grouped GEMM wo adding to the rows they came from. Checked against a per-row double
+// reference (the hidden += p * act(x W1^T) W2^T of the chosen expert, nothing for pruned rows).
 TEST(MoeTest, StepsComposeToATop1Layer) {
   std::mt19937 rng(715);
   const int64_t tokens = 21, d = 8, d_ff = 12;
@@ -660,13 +684,15 @@ TEST(MoeTest, StepsComposeToATop1Layer) {
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32);
   ops::sort_by_expert(expert, experts, sorted_rows, offsets);
   EXPECT_EQ(offsets.to_vector<int32_t>().back(), tokens - 4);
-  Tensor gathered = Tensor::empty({tokens, d});
-  ops::gather_rows(x, sorted_rows, gathered);
   Tensor inner = Tensor::empty({tokens, d_ff});
-  ops::grouped_gemm(gathered, wi, offsets, inner, {nullptr, Activation::ReLU});
-  Tensor y = Tensor::empty({tokens, d});
-  ops::grouped_gemm(inner, wo, offsets, y);
-  ops::scatter_scaled_add(y, sorted_rows, probability, offsets, hidden);
+  ops::GroupedGemmArgs wi_args;
+  wi_args.activation = Activation::ReLU;
+  wi_args.a_rows = &sorted_rows;
+  ops::grouped_gemm(x, wi, offsets, inner, wi_args);
+  ops::GroupedGemmArgs wo_args;
+  wo_args.out_rows = &sorted_rows;
+  wo_args.out_scale = &probability;
+  ops::grouped_gemm(inner, wo, offsets, hidden, wo_args);
 
   const std::vector<double> xv = to_double(x), rv = to_double(router), wiv = to_double(wi), wov = to_double(wo);
   std::vector<double> ref = before;
