@@ -44,12 +44,11 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
   const int64_t tokens = x.dim(0);
   const Device device = x.device();
   const int experts = moe.num_experts();
-  Tensor expert = Tensor::empty({tokens}, DType::I32, device);
   Tensor probability = Tensor::empty({tokens}, DType::F32, device);
-  ops::route_top1(x, moe.router, moe.router_bias.defined() ? &moe.router_bias : nullptr, active, expert, probability);
   Tensor sorted_rows = Tensor::empty({tokens}, DType::I32, device);
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
-  ops::sort_by_expert(expert, experts, sorted_rows, offsets);
+  ops::route_and_sort_top1(x, moe.router, moe.router_bias.defined() ? &moe.router_bias : nullptr, active, probability,
+                           sorted_rows, offsets);
   // The wi GEMM reads x's rows in expert order itself (a_rows): no gathered copy.
   Tensor inner = Tensor::empty({tokens, moe.wi.dim(1)}, x.dtype(), device);
   ops::GroupedGemmArgs wi_args;

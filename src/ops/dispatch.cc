@@ -11,6 +11,7 @@
 #include "ops/elementwise.h"
 #include "ops/gather.h"
 #include "ops/gemm_cuda.h"
+#include "ops/moe_cuda.h"
 #include "ops/rms_norm.h"
 #include "ops/softmax.h"
 
@@ -356,26 +357,56 @@ void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, 
   ELEPHANT_DISPATCH(queries.device(), attention(queries, keys, values, layout, args, out));
 }
 
+namespace {
+
+// What both routing ops take: x [tokens, d] (floating), the F32 router weight [experts, d], an optional F32 bias
+// [experts] and U8 activity flags [tokens], and the F32 probability [tokens] they write.
+void check_routing(const char* op, const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active,
+                   const Tensor& probability) {
+  same_device(op, x, weight);
+  same_device(op, x, probability);
+  check_floating(op, x);
+  check_dtype(op, weight, DType::F32, "the router weight");
+  check_dtype(op, probability, DType::F32, "probability");
+  const int64_t tokens = x.rank() == 2 ? x.dim(0) : -1;
+  if (tokens < 0 || weight.rank() != 2 || weight.dim(1) != x.dim(1) || probability.shape() != Shape{tokens})
+    fail(op, "x " + describe(x) + ", weight " + describe(weight) + ", probability " + describe(probability));
+  if (bias && (bias->device() != x.device() || bias->dtype() != DType::F32 || bias->shape() != Shape{weight.dim(0)}))
+    fail(op, "bias " + describe(*bias) + " for " + std::to_string(weight.dim(0)) + " experts");
+  if (active && (active->device() != x.device() || active->dtype() != DType::U8 || active->shape() != Shape{tokens}))
+    fail(op, "activity flags " + describe(*active) + " for " + std::to_string(tokens) + " tokens");
+}
+
+}  // namespace
+
 void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert,
                 Tensor& probability) {
-  same_device("route_top1", x, weight);
+  check_routing("route_top1", x, weight, bias, active, probability);
   same_device("route_top1", x, expert);
-  same_device("route_top1", x, probability);
-  check_floating("route_top1", x);
-  check_dtype("route_top1", weight, DType::F32, "the router weight");
   check_dtype("route_top1", expert, DType::I32, "expert");
-  check_dtype("route_top1", probability, DType::F32, "probability");
-  const int64_t tokens = x.rank() == 2 ? x.dim(0) : -1;
-  if (tokens < 0 || weight.rank() != 2 || weight.dim(1) != x.dim(1) || expert.shape() != Shape{tokens} ||
-      probability.shape() != Shape{tokens})
-    fail("route_top1", "x " + describe(x) + ", weight " + describe(weight) + ", expert " + describe(expert) +
-                           ", probability " + describe(probability));
-  if (bias && (bias->device() != x.device() || bias->dtype() != DType::F32 || bias->shape() != Shape{weight.dim(0)}))
-    fail("route_top1", "bias " + describe(*bias) + " for " + std::to_string(weight.dim(0)) + " experts");
-  if (active && (active->device() != x.device() || active->dtype() != DType::U8 || active->shape() != Shape{tokens}))
-    fail("route_top1", "activity flags " + describe(*active) + " for " + std::to_string(tokens) + " tokens");
-  if (tokens == 0) return;
+  if (expert.shape() != Shape{x.dim(0)}) fail("route_top1", "expert " + describe(expert) + " for x " + describe(x));
+  if (x.dim(0) == 0) return;
   ELEPHANT_DISPATCH(x.device(), route_top1(x, weight, bias, active, expert, probability));
+}
+
+void route_and_sort_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active,
+                         Tensor& probability, Tensor& sorted_rows, Tensor& offsets) {
+  check_routing("route_and_sort_top1", x, weight, bias, active, probability);
+  same_device("route_and_sort_top1", x, sorted_rows);
+  same_device("route_and_sort_top1", x, offsets);
+  check_dtype("route_and_sort_top1", sorted_rows, DType::I32, "sorted_rows");
+  check_dtype("route_and_sort_top1", offsets, DType::I32, "offsets");
+  if (sorted_rows.shape() != Shape{x.dim(0)} || offsets.shape() != Shape{weight.dim(0) + 1})
+    fail("route_and_sort_top1", "sorted_rows " + describe(sorted_rows) + ", offsets " + describe(offsets) + " for x " +
+                                    describe(x) + " and " + std::to_string(weight.dim(0)) + " experts");
+#ifdef ELEPHANT_WITH_CUDA
+  if (x.device() == Device::CUDA &&
+      cuda::route_and_sort_top1(x, weight, bias, active, probability, sorted_rows, offsets))
+    return;
+#endif
+  Tensor expert = Tensor::empty({x.dim(0)}, DType::I32, x.device());
+  route_top1(x, weight, bias, active, expert, probability);
+  sort_by_expert(expert, static_cast<int>(weight.dim(0)), sorted_rows, offsets);
 }
 
 void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets) {

@@ -22,6 +22,11 @@ void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const
 // owns sorted positions [offsets[e], offsets[e + 1]); offsets[experts] is the number of active rows.
 void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets);
 
+// route_top1, then sort_by_expert of the chosen experts, for the layer that needs only their results: on CUDA one
+// launch for a decode-sized batch.
+void route_and_sort_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active,
+                         Tensor& probability, Tensor& sorted_rows, Tensor& offsets);
+
 struct GroupedGemmArgs {
   const Tensor* bias = nullptr;          // [experts, n] in the dtype of a, or null
   std::optional<Activation> activation;  // applied after the bias

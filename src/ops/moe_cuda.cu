@@ -11,6 +11,7 @@
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
+#include "ops/moe_cuda.h"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -18,6 +19,57 @@ namespace {
 namespace rt = elephant::cuda;
 
 constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---- sorting by expert ------------------------------------------------------------------------------------------
+
+constexpr int kWarpSortMaxRows = 1024;
+
+// Decode-sized inputs: one warp does a stable counting sort in two passes over the rows, 32 at a time; rows with the
+// same expert in one step are ranked by __match_any_sync, so order within an expert is row order. next: shared
+// [experts + 1], the counts, then the next free position of each expert. Called by one whole warp.
+__device__ void warp_counting_sort(const int32_t* expert, int rows, int experts, int32_t* __restrict__ sorted_rows,
+                                   int32_t* __restrict__ offsets, int* next) {
+  const int lane = threadIdx.x % 32;
+  const unsigned below = (1u << lane) - 1;
+  for (int e = lane; e <= experts; e += 32) next[e] = 0;
+  __syncwarp();
+  for (int base = 0; base < rows; base += 32) {
+    const int row = base + lane;
+    const int key = row < rows ? (expert[row] < 0 || expert[row] > experts ? experts : expert[row]) : -1;
+    const unsigned peers = __match_any_sync(kFullMask, key);
+    if (key >= 0 && (peers & below) == 0) next[key] += __popc(peers);
+    __syncwarp();
+  }
+  int carry = 0;
+  for (int base = 0; base <= experts; base += 32) {
+    const int e = base + lane;
+    const int count = e <= experts ? next[e] : 0;
+    int sum = count;
+#pragma unroll
+    for (int s = 1; s < 32; s <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, sum, s);
+      if (lane >= s) sum += y;
+    }
+    if (e <= experts) {
+      next[e] = carry + sum - count;
+      offsets[e] = carry + sum - count;
+    }
+    carry += __shfl_sync(kFullMask, sum, 31);
+  }
+  __syncwarp();
+  for (int base = 0; base < rows; base += 32) {
+    const int row = base + lane;
+    const int key = row < rows ? (expert[row] < 0 || expert[row] > experts ? experts : expert[row]) : -1;
+    const unsigned peers = __match_any_sync(kFullMask, key);
+    const int first = key >= 0 ? next[key] : 0;
+    __syncwarp();
+    if (key >= 0) {
+      sorted_rows[first + __popc(peers & below)] = row;
+      if ((peers & below) == 0) next[key] = first + __popc(peers);
+    }
+    __syncwarp();
+  }
+}
 
 // ---- route_top1 -------------------------------------------------------------------------------------------------
 
@@ -91,15 +143,20 @@ __device__ void select_top1(const float* logits, int experts, int lane, int32_t&
 // A block routes TOKENS tokens: their x rows staged in shared memory as float32, each warp computes groups of 4
 // experts' dot products with every staged token (the weights are read once per block, 16 bytes per lane), then a
 // warp per token takes the softmax and the top-1. V = 4 when d allows 16-byte weight loads, else 1.
-template <typename T, int TOKENS, int V>
+// SORT: the block holds every token (one block), keeps the chosen experts in shared memory instead of `expert`, and
+// its first warp sorts them (sort_by_expert's outputs): routing and sorting in one launch for decode-sized batches.
+template <typename T, int TOKENS, int V, bool SORT>
 __global__ void __launch_bounds__(kRouteThreads, 2)
     route_top1_kernel(const T* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
                       const uint8_t* __restrict__ active, int tokens, int experts, int d, int32_t* __restrict__ expert,
-                      float* __restrict__ probability) {
+                      float* __restrict__ probability, int32_t* __restrict__ sorted_rows,
+                      int32_t* __restrict__ offsets) {
   rt::await_previous_kernel();
   extern __shared__ __align__(16) float route_smem[];
-  float* const xs = route_smem;                                         // [TOKENS][d]
-  float* const logits = route_smem + static_cast<int64_t>(TOKENS) * d;  // [TOKENS][experts]
+  float* const xs = route_smem;                                                   // [TOKENS][d]
+  float* const logits = route_smem + static_cast<int64_t>(TOKENS) * d;            // [TOKENS][experts]
+  int* const chosen_experts = reinterpret_cast<int*>(logits + TOKENS * experts);  // [TOKENS] (SORT)
+  int* const next = chosen_experts + TOKENS;                                      // [experts + 1] (SORT)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int t0 = blockIdx.x * TOKENS;
 
@@ -157,19 +214,41 @@ __global__ void __launch_bounds__(kRouteThreads, 2)
     float p = 0.0f;
     if (active == nullptr || active[t] != 0) select_top1(logits + r * experts, experts, lane, chosen, p);
     if (lane == 0) {
-      expert[t] = chosen;
+      if constexpr (SORT) {
+        chosen_experts[r] = chosen;
+      } else {
+        expert[t] = chosen;
+      }
       probability[t] = p;
     }
   }
+  if constexpr (SORT) {
+    __syncthreads();
+    if (warp == 0) warp_counting_sort(chosen_experts, tokens, experts, sorted_rows, offsets, next);
+  }
 }
 
-template <typename T, int TOKENS>
-void launch_route(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert,
-                  Tensor& probability) {
+// Outputs of one routing launch: the expert per token, or (sort) the sorted rows and offsets instead.
+struct RouteOutputs {
+  int32_t* expert = nullptr;
+  float* probability = nullptr;
+  int32_t* sorted_rows = nullptr;
+  int32_t* offsets = nullptr;
+};
+
+template <int TOKENS>
+size_t route_shared_bytes(int64_t d, int64_t experts, bool sort) {
+  return (static_cast<size_t>(TOKENS) * d + static_cast<size_t>(TOKENS) * experts) * sizeof(float) +
+         (sort ? (TOKENS + experts + 1) * sizeof(int) : 0);
+}
+
+template <typename T, int TOKENS, bool SORT>
+void launch_route(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active,
+                  const RouteOutputs& out) {
   const int tokens = static_cast<int>(x.dim(0));
   const int d = static_cast<int>(x.dim(1));
   const int experts = static_cast<int>(weight.dim(0));
-  const size_t smem = (static_cast<size_t>(TOKENS) * d + static_cast<size_t>(TOKENS) * experts) * sizeof(float);
+  const size_t smem = route_shared_bytes<TOKENS>(d, experts, SORT);
   if (smem > rt::device_properties().sharedMemPerBlockOptin)
     throw Error("route_top1: " + std::to_string(experts) + " experts of width " + std::to_string(d) +
                 " do not fit in shared memory");
@@ -183,66 +262,35 @@ void launch_route(const Tensor& x, const Tensor& weight, const Tensor* bias, con
     });
     rt::launch(kernel, rt::blocks_for(tokens, TOKENS), kRouteThreads, smem, x.data<T>(), weight.data<float>(),
                bias ? bias->data<float>() : nullptr, active ? active->data<uint8_t>() : nullptr, tokens, experts, d,
-               expert.data<int32_t>(), probability.data<float>());
+               out.expert, out.probability, out.sorted_rows, out.offsets);
   };
   if (vectors) {
-    launch(route_top1_kernel<T, TOKENS, 4>);
+    launch(route_top1_kernel<T, TOKENS, 4, SORT>);
   } else {
-    launch(route_top1_kernel<T, TOKENS, 1>);
+    launch(route_top1_kernel<T, TOKENS, 1, SORT>);
+  }
+}
+
+// As many tokens per routing block as the staged rows allow (the weights are read once per block).
+template <typename F>
+void with_route_tokens(int64_t d, F&& f) {
+  if (16 * d * 4 <= kRouteMaxXBytes) {
+    f(std::integral_constant<int, 16>{});
+  } else if (8 * d * 4 <= kRouteMaxXBytes) {
+    f(std::integral_constant<int, 8>{});
+  } else {
+    f(std::integral_constant<int, 4>{});
   }
 }
 
 // ---- sort_by_expert ---------------------------------------------------------------------------------------------
 
-constexpr int kWarpSortMaxRows = 1024;
-
-// Decode-sized inputs: one warp does a stable counting sort in two passes over the rows, 32 at a time; rows with the
-// same expert in one step are ranked by __match_any_sync, so order within an expert is row order.
 __global__ void __launch_bounds__(32)
     warp_sort_kernel(const int32_t* __restrict__ expert, int rows, int experts, int32_t* __restrict__ sorted_rows,
                      int32_t* __restrict__ offsets) {
   rt::await_previous_kernel();
-  extern __shared__ int next[];  // [experts + 1]: counts, then the next free position of each expert
-  const int lane = threadIdx.x;
-  const unsigned below = (1u << lane) - 1;
-  for (int e = lane; e <= experts; e += 32) next[e] = 0;
-  __syncwarp();
-  for (int base = 0; base < rows; base += 32) {
-    const int row = base + lane;
-    const int key = row < rows ? (expert[row] < 0 || expert[row] > experts ? experts : expert[row]) : -1;
-    const unsigned peers = __match_any_sync(kFullMask, key);
-    if (key >= 0 && (peers & below) == 0) next[key] += __popc(peers);
-    __syncwarp();
-  }
-  int carry = 0;
-  for (int base = 0; base <= experts; base += 32) {
-    const int e = base + lane;
-    const int count = e <= experts ? next[e] : 0;
-    int sum = count;
-#pragma unroll
-    for (int s = 1; s < 32; s <<= 1) {
-      const int y = __shfl_up_sync(kFullMask, sum, s);
-      if (lane >= s) sum += y;
-    }
-    if (e <= experts) {
-      next[e] = carry + sum - count;
-      offsets[e] = carry + sum - count;
-    }
-    carry += __shfl_sync(kFullMask, sum, 31);
-  }
-  __syncwarp();
-  for (int base = 0; base < rows; base += 32) {
-    const int row = base + lane;
-    const int key = row < rows ? (expert[row] < 0 || expert[row] > experts ? experts : expert[row]) : -1;
-    const unsigned peers = __match_any_sync(kFullMask, key);
-    const int first = key >= 0 ? next[key] : 0;
-    __syncwarp();
-    if (key >= 0) {
-      sorted_rows[first + __popc(peers & below)] = row;
-      if ((peers & below) == 0) next[key] = first + __popc(peers);
-    }
-    __syncwarp();
-  }
+  extern __shared__ int next[];
+  warp_counting_sort(expert, rows, experts, sorted_rows, offsets, next);
 }
 
 __global__ void sort_keys_kernel(const int32_t* __restrict__ expert, int rows, int experts, uint32_t* __restrict__ keys,
@@ -276,19 +324,37 @@ __global__ void expert_offsets_kernel(const uint32_t* __restrict__ sorted_keys, 
 
 void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert,
                 Tensor& probability) {
-  const int64_t d = x.dim(1);
   if (weight.dim(0) == 0) throw Error("route_top1: no experts");
   rt::dispatch_floating(x.dtype(), "route_top1", [&](auto tag) {
     using T = decltype(tag);
-    // As many tokens per block as the staged rows allow: the weights are read once per block.
-    if (16 * d * 4 <= kRouteMaxXBytes) {
-      launch_route<T, 16>(x, weight, bias, active, expert, probability);
-    } else if (8 * d * 4 <= kRouteMaxXBytes) {
-      launch_route<T, 8>(x, weight, bias, active, expert, probability);
-    } else {
-      launch_route<T, 4>(x, weight, bias, active, expert, probability);
-    }
+    with_route_tokens(x.dim(1), [&](auto tokens_per_block) {
+      launch_route<T, decltype(tokens_per_block)::value, false>(x, weight, bias, active,
+                                                                {expert.data<int32_t>(), probability.data<float>()});
+    });
   });
+}
+
+bool route_and_sort_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active,
+                         Tensor& probability, Tensor& sorted_rows, Tensor& offsets) {
+  const int64_t tokens = x.dim(0), d = x.dim(1), experts = weight.dim(0);
+  if (experts == 0 || tokens == 0) return false;
+  bool fused = false;
+  rt::dispatch_floating(x.dtype(), "route_and_sort_top1", [&](auto tag) {
+    using T = decltype(tag);
+    with_route_tokens(d, [&](auto tokens_per_block) {
+      constexpr int kTokens = decltype(tokens_per_block)::value;
+      if (tokens > kTokens ||
+          route_shared_bytes<kTokens>(d, experts, true) > rt::device_properties().sharedMemPerBlockOptin)
+        return;
+      RouteOutputs out;
+      out.probability = probability.data<float>();
+      out.sorted_rows = sorted_rows.data<int32_t>();
+      out.offsets = offsets.data<int32_t>();
+      launch_route<T, kTokens, true>(x, weight, bias, active, out);
+      fused = true;
+    });
+  });
+  return fused;
 }
 
 void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets) {

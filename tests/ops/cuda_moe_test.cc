@@ -152,6 +152,47 @@ TEST(CudaMoe, SortByExpertOfNoRows) {
   expect_sort_matches_cpu({}, 4);
 }
 
+// The one-launch routing and sort (every token in one routing block) against route_top1 + sort_by_expert on the same
+// device: the same bits; also past the block's tokens (17 at d 1024, 9 at d 2048), where the op runs the two.
+TEST(CudaMoe, RouteAndSortEqualsRouteThenSort) {
+  ELEPHANT_REQUIRE_CUDA();
+  struct Case {
+    int64_t tokens, experts, d;
+  };
+  const std::vector<Case> cases = {{1, 32, 1024}, {7, 5, 96},    {16, 128, 1024}, {17, 32, 1024}, {8, 32, 2048},
+                                   {9, 8, 2048},  {4, 32, 4096}, {3, 6, 30},      {16, 1, 96},    {12, 200, 512}};
+  std::mt19937 rng(29);
+  int variant = 0;
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const Case& tc : cases) {
+      const bool with_bias = variant % 2 == 1, with_active = variant / 2 % 2 == 0;
+      ++variant;
+      SCOPED_TRACE(name(dtype) + " tokens=" + std::to_string(tc.tokens) + " experts=" + std::to_string(tc.experts) +
+                   " d=" + std::to_string(tc.d) + (with_bias ? " bias" : "") + (with_active ? " active" : ""));
+      const Tensor x = to_cuda(rounded_to(random_cpu({tc.tokens, tc.d}, rng), dtype), dtype);
+      const Tensor w = random_cpu({tc.experts, tc.d}, rng).to(Device::CUDA);
+      const Tensor bias = random_cpu({tc.experts}, rng, -0.5f, 0.5f).to(Device::CUDA);
+      const Tensor active = Tensor::from_vector(random_flags(tc.tokens, rng), {tc.tokens}).to(Device::CUDA);
+      const Tensor* b = with_bias ? &bias : nullptr;
+      const Tensor* a = with_active ? &active : nullptr;
+
+      Tensor expert = Tensor::empty({tc.tokens}, DType::I32, Device::CUDA);
+      Tensor expected_probability = poisoned({tc.tokens}, DType::F32, Device::CUDA);
+      ops::route_top1(x, w, b, a, expert, expected_probability);
+      Tensor expected_rows = Tensor::empty({tc.tokens}, DType::I32, Device::CUDA);
+      Tensor expected_offsets = Tensor::empty({tc.experts + 1}, DType::I32, Device::CUDA);
+      ops::sort_by_expert(expert, static_cast<int>(tc.experts), expected_rows, expected_offsets);
+
+      Tensor probability = poisoned({tc.tokens}, DType::F32, Device::CUDA);
+      Tensor rows = int_tensor(std::vector<int32_t>(tc.tokens, -7), Device::CUDA);
+      Tensor offsets = int_tensor(std::vector<int32_t>(tc.experts + 1, -7), Device::CUDA);
+      ops::route_and_sort_top1(x, w, b, a, probability, rows, offsets);
+      EXPECT_EQ(probability.to_vector<float>(), expected_probability.to_vector<float>());
+      EXPECT_EQ(rows.to_vector<int32_t>(), expected_rows.to_vector<int32_t>());
+      EXPECT_EQ(offsets.to_vector<int32_t>(), expected_offsets.to_vector<int32_t>());
+    }
+}
+
 struct GemmCase {
   int64_t k, n;
   std::vector<int32_t> counts;  // rows per expert
@@ -424,19 +465,17 @@ TEST(CudaMoe, GroupedGemmAddToRowsMatchesCpu) {
     }
 }
 
-// route, sort, expert FFN (wi + activation reading the rows in expert order, wo adding to the rows they came from):
-// one MoE layer, all on the device.
+// route and sort (one op), expert FFN (wi + activation reading the rows in expert order, wo adding to the rows they
+// came from): one MoE layer, all on the device.
 Tensor moe_layer(const Tensor& x, const Tensor& router, const Tensor& active, const Tensor& wi, const Tensor& wo,
                  ops::Activation activation) {
   const Device device = x.device();
   const int64_t tokens = x.dim(0), d_ff = wi.dim(1);
   const int experts = static_cast<int>(router.dim(0));
-  Tensor expert = Tensor::empty({tokens}, DType::I32, device);
   Tensor probability = Tensor::empty({tokens}, DType::F32, device);
-  ops::route_top1(x, router, nullptr, &active, expert, probability);
   Tensor sorted_rows = Tensor::empty({tokens}, DType::I32, device);
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
-  ops::sort_by_expert(expert, experts, sorted_rows, offsets);
+  ops::route_and_sort_top1(x, router, nullptr, &active, probability, sorted_rows, offsets);
   Tensor inner = Tensor::empty({tokens, d_ff}, x.dtype(), device);
   ops::GroupedGemmArgs wi_args;
   wi_args.activation = activation;

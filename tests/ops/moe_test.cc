@@ -301,6 +301,54 @@ TEST(MoeTest, RouteTop1RejectsMismatchedActiveFlags) {
   EXPECT_THROW(ops::route_top1(logits, eye, nullptr, &i32_flags, expert, probability), std::invalid_argument);
 }
 
+// route_and_sort_top1 is route_top1 then sort_by_expert of the chosen experts, inactive rows last.
+TEST(MoeTest, RouteAndSortEqualsRouteThenSort) {
+  std::mt19937 rng(716);
+  for (int64_t tokens : {0, 1, 9, 40}) {
+    SCOPED_TRACE(::testing::Message() << tokens << " tokens");
+    const Tensor x = random_tensor({tokens, 6}, rng);
+    const Tensor weight = random_tensor({5, 6}, rng, -2.0f, 2.0f);
+    const Tensor bias = random_tensor({5}, rng);
+    std::vector<uint8_t> live(static_cast<size_t>(tokens), 1);
+    for (size_t t = 0; t < live.size(); t += 3) live[t] = 0;
+    const Tensor active = flags(live);
+    Tensor expert = Tensor::empty({tokens}, DType::I32);
+    Tensor expected_probability = Tensor::empty({tokens});
+    ops::route_top1(x, weight, &bias, &active, expert, expected_probability);
+    Tensor expected_rows = Tensor::empty({tokens}, DType::I32), expected_offsets = Tensor::empty({6}, DType::I32);
+    ops::sort_by_expert(expert, 5, expected_rows, expected_offsets);
+
+    Tensor probability = Tensor::empty({tokens});
+    Tensor rows = Tensor::empty({tokens}, DType::I32), offsets = Tensor::empty({6}, DType::I32);
+    ops::route_and_sort_top1(x, weight, &bias, &active, probability, rows, offsets);
+    EXPECT_EQ(probability.to_vector<float>(), expected_probability.to_vector<float>());
+    EXPECT_EQ(rows.to_vector<int32_t>(), expected_rows.to_vector<int32_t>());
+    EXPECT_EQ(offsets.to_vector<int32_t>(), expected_offsets.to_vector<int32_t>());
+  }
+}
+
+TEST(MoeTest, RouteAndSortRejectsMismatchedArguments) {
+  std::mt19937 rng(717);
+  const Tensor x = random_tensor({4, 6}, rng);
+  const Tensor weight = random_tensor({3, 6}, rng);
+  Tensor probability = Tensor::empty({4});
+  Tensor rows = Tensor::empty({4}, DType::I32), offsets = Tensor::empty({4}, DType::I32);
+  EXPECT_NO_THROW(ops::route_and_sort_top1(x, weight, nullptr, nullptr, probability, rows, offsets));
+  Tensor short_rows = Tensor::empty({3}, DType::I32), float_rows = Tensor::empty({4});
+  EXPECT_THROW(ops::route_and_sort_top1(x, weight, nullptr, nullptr, probability, short_rows, offsets),
+               std::invalid_argument);
+  EXPECT_THROW(ops::route_and_sort_top1(x, weight, nullptr, nullptr, probability, float_rows, offsets),
+               std::invalid_argument);
+  Tensor short_offsets = Tensor::empty({3}, DType::I32);
+  EXPECT_THROW(ops::route_and_sort_top1(x, weight, nullptr, nullptr, probability, rows, short_offsets),
+               std::invalid_argument);
+  EXPECT_THROW(ops::route_and_sort_top1(x, random_tensor({3, 5}, rng), nullptr, nullptr, probability, rows, offsets),
+               std::invalid_argument);
+  Tensor short_probability = Tensor::empty({5});
+  EXPECT_THROW(ops::route_and_sort_top1(x, weight, nullptr, nullptr, short_probability, rows, offsets),
+               std::invalid_argument);
+}
+
 TEST(MoeTest, RouteTop1RejectsMismatchedArguments) {
   std::mt19937 rng(711);
   const Tensor x = random_tensor({4, 6}, rng);
