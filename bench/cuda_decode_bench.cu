@@ -215,6 +215,47 @@ void BM_DecodeAttention(benchmark::State& state) {
       2.0 * (2 * rows * inner + 2 * rows * kKeys * inner));
 }
 
+// A decode step's self-attention: one query per row against its kKeys cache slots, the last of which is this step's
+// key and value. Separate: write_cache_step for keys and values, then attention (three launches, as the decoder ran
+// before ops::attention_with_append); fused: attention_with_append (one).
+void BM_SelfAttentionStep(benchmark::State& state, bool fused) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(12);
+  const int64_t inner = kHeads * kHeadDim;
+  const Tensor queries = random_device({rows, inner}, 1.0f, kDtype, rng);
+  const Tensor new_keys = random_device({rows, inner}, 1.0f, kDtype, rng);
+  const Tensor new_values = random_device({rows, inner}, 1.0f, kDtype, rng);
+  Tensor key_cache = random_device({rows, kKeys, inner}, 1.0f, kDtype, rng);
+  Tensor value_cache = random_device({rows, kKeys, inner}, 1.0f, kDtype, rng);
+  Tensor keys = key_cache.reshape({-1, inner}), values = value_cache.reshape({-1, inner});
+  std::vector<int32_t> query_begin, key_begin, key_length, position;
+  for (int64_t r = 0; r < rows; ++r) {
+    query_begin.push_back(static_cast<int32_t>(r));
+    key_begin.push_back(static_cast<int32_t>(r * kKeys));
+    key_length.push_back(static_cast<int32_t>(kKeys));
+    position.push_back(static_cast<int32_t>(kKeys - 1));
+  }
+  query_begin.push_back(static_cast<int32_t>(rows));
+  const ops::AttentionLayout layout =
+      ops::AttentionLayout::from_host(query_begin, key_begin, key_length, position, Device::CUDA);
+  ops::AttentionArgs args;
+  args.num_heads = kHeads;
+  args.head_dim = kHeadDim;
+  Tensor out = Tensor::empty(queries.shape(), kDtype, Device::CUDA);
+  time_calls(
+      state, kCopies,
+      [&](int) {
+        if (fused) {
+          ops::attention_with_append(queries, new_keys, new_values, keys, values, layout, args, out);
+          return;
+        }
+        ops::write_cache_step(new_keys, layout.query_position, key_cache);
+        ops::write_cache_step(new_values, layout.query_position, value_cache);
+        ops::attention(queries, keys, values, layout, args, out);
+      },
+      2.0 * (6 * rows * inner + 2 * rows * (kKeys - 1) * inner));
+}
+
 // Greedy's argmax over the vocabulary (outside the step's graph in the search, timed here the same way).
 void BM_Argmax(benchmark::State& state) {
   const int64_t rows = state.range(0);
@@ -261,6 +302,10 @@ void register_benchmarks() {
   add("AddInPlace", BM_AddInPlace);
   add("WriteCacheStep", BM_WriteCacheStep);
   add("Attention/40keys", BM_DecodeAttention);
+  for (bool fused : {true, false}) {
+    const std::string how = fused ? "/fused" : "/separate";
+    add(("SelfAttentionStep/40keys" + how).c_str(), [=](benchmark::State& s) { BM_SelfAttentionStep(s, fused); });
+  }
   add("Argmax/128000", BM_Argmax);
 }
 

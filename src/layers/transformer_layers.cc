@@ -90,6 +90,10 @@ void add_attention_output(const MultiHeadAttention& attention, const Tensor& que
                           Tensor& hidden) {
   Tensor context = Tensor::empty(queries.shape(), queries.dtype(), queries.device());
   ops::attention(queries, keys, values, layout, args, context);
+  add_attention_projection(attention, context, hidden);
+}
+
+void add_attention_projection(const MultiHeadAttention& attention, const Tensor& context, Tensor& hidden) {
   ops::gemm(context, attention.o, hidden, kAddToOutput);
 }
 

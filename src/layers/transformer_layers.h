@@ -69,6 +69,8 @@ void add_attention(const MultiHeadAttention& attention, const RmsNorm& norm, con
 void add_attention_output(const MultiHeadAttention& attention, const Tensor& queries, const Tensor& keys,
                           const Tensor& values, const ops::AttentionLayout& layout, const ops::AttentionArgs& args,
                           Tensor& hidden);
+// hidden += o(context), context being an attention's output for hidden's rows.
+void add_attention_projection(const MultiHeadAttention& attention, const Tensor& context, Tensor& hidden);
 
 // Self-attention's three projections of norm(x) in one launch: [3, rows, heads * head_dim] (queries, keys, values).
 Tensor project_qkv(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& x);

@@ -133,15 +133,20 @@ void DecoderState::prepare_step() {
   cross_attention_layout();
 }
 
-void DecoderState::store_step(Layer& layer, const Tensor& keys, const Tensor& values) {
-  const Tensor& slots = self_attention_layout().query_position;
-  for (auto [step, cache] :
-       {std::pair<const Tensor*, Tensor*>{&keys, &layer.self_keys}, {&values, &layer.self_values}}) {
-    if (steps_done_ >= cache->dim(1) || step->shape() != Shape{rows(), cache->dim(2)})
-      throw std::invalid_argument("DecoderState::store_step: " + shape_string(step->shape()) + " into slot " +
-                                  std::to_string(steps_done_) + " of " + shape_string(cache->shape()));
-    ops::write_cache_step(*step, slots, *cache);
-  }
+void DecoderState::attend_self(Layer& layer, const Tensor& queries, const Tensor& keys, const Tensor& values,
+                               const ops::AttentionArgs& args, Tensor& out) {
+  // On a device the layout's slot is not checked: the host's steps_done is.
+  const int64_t width = layer.self_keys.dim(2);
+  const Shape step{rows(), width};
+  if (steps_done_ >= layer.self_keys.dim(1) || queries.shape() != step || keys.shape() != step ||
+      values.shape() != step)
+    throw std::invalid_argument("DecoderState::attend_self: queries " + shape_string(queries.shape()) + ", keys " +
+                                shape_string(keys.shape()) + ", values " + shape_string(values.shape()) +
+                                " into slot " + std::to_string(steps_done_) + " of " +
+                                shape_string(layer.self_keys.shape()));
+  Tensor key_cache = layer.self_keys.reshape({-1, width});
+  Tensor value_cache = layer.self_values.reshape({-1, width});
+  ops::attention_with_append(queries, keys, values, key_cache, value_cache, self_attention_layout(), args, out);
 }
 
 const ops::AttentionLayout& DecoderState::self_attention_layout() {

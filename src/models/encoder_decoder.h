@@ -67,9 +67,12 @@ class DecoderState {
   // The host's part before a step: room in the caches and the layouts on the device, so that the step itself
   // only launches work (and can be recorded in a CUDA graph).
   void prepare_step();
-  // Writes this step's keys and values, [rows, heads * head_dim], into each row's slot of the layer's cache (the
-  // slot comes from the self-attention layout, on the device).
-  void store_step(Layer& layer, const Tensor& keys, const Tensor& values);
+  // One layer's self-attention of this step: appends its keys and values, [rows, heads * head_dim], to each row's
+  // slot steps_done of the layer's caches, then attends each row's query to the row's cached steps, this one
+  // included (ops::attention_with_append under self_attention_layout(), which puts the slot on the device).
+  // out: [rows, heads * head_dim], like the queries.
+  void attend_self(Layer& layer, const Tensor& queries, const Tensor& keys, const Tensor& values,
+                   const ops::AttentionArgs& args, Tensor& out);
   // Who attends to what this step: each row's query, at position steps_done, against its own cached steps
   // (self-attention), or against its source's encoder states (cross-attention). Both live on the device and
   // are rebuilt only when rows are selected or the caches grow; advance() moves the self-attention positions on

@@ -323,7 +323,6 @@ std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const Enco
 }
 
 void SwitchTransformersModel::compute_step(DecoderState& state, const Tensor& tokens, Tensor& logits) {
-  const ops::AttentionLayout& self_layout = state.self_attention_layout();
   const ops::AttentionLayout& cross_layout = state.cross_attention_layout();
   ops::AttentionArgs self_args;
   self_args.num_heads = config_.num_heads;
@@ -338,11 +337,11 @@ void SwitchTransformersModel::compute_step(DecoderState& state, const Tensor& to
   for (size_t i = 0; i < decoder_layers_.size(); ++i) {
     const DecoderLayer& layer = decoder_layers_[i];
     DecoderState::Layer& cache = state.layers()[i];
-    const int64_t width = cache.self_keys.dim(2);
     const Tensor qkv = layers::project_qkv(layer.self_attention, layer.self_attention_norm, hidden);
-    state.store_step(cache, layers::stacked(qkv, 1), layers::stacked(qkv, 2));
-    layers::add_attention_output(layer.self_attention, layers::stacked(qkv, 0), cache.self_keys.reshape({-1, width}),
-                                 cache.self_values.reshape({-1, width}), self_layout, self_args, hidden);
+    const Tensor queries = layers::stacked(qkv, 0);
+    Tensor context = Tensor::empty(queries.shape(), queries.dtype(), queries.device());
+    state.attend_self(cache, queries, layers::stacked(qkv, 1), layers::stacked(qkv, 2), self_args, context);
+    layers::add_attention_projection(layer.self_attention, context, hidden);
     layers::add_attention(layer.cross_attention, layer.cross_attention_norm, cache.cross_keys, cache.cross_values,
                           cross_layout, cross_args, hidden);
     layers::add_feed_forward(layer.ffn, layer.ffn_norm, hidden, state.active_rows());

@@ -51,4 +51,11 @@ struct AttentionArgs {
 void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
                const AttentionArgs& args, Tensor& out);
 
+// A decoder's self-attention step in one op: first appends each query's own key and value (new_keys and
+// new_values, rows like the queries') to its sequence's keys, then attention(queries, key_cache, value_cache). The
+// j-th query row of sequence i writes key row key_begin[i] + query_position[i] + j, which must lie within the
+// sequence's keys (checked on the CPU; skipped on a device when outside) and be no other sequence's key.
+void attention_with_append(const Tensor& queries, const Tensor& new_keys, const Tensor& new_values, Tensor& key_cache,
+                           Tensor& value_cache, const AttentionLayout& layout, const AttentionArgs& args, Tensor& out);
+
 }  // namespace elephant::ops

@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "ops/backends.h"
@@ -67,6 +69,21 @@ void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, 
       }
     }
   }
+}
+
+void attention_with_append(const Tensor& queries, const Tensor& new_keys, const Tensor& new_values, Tensor& key_cache,
+                           Tensor& value_cache, const AttentionLayout& layout, const AttentionArgs& args, Tensor& out) {
+  const int32_t* query_begin = layout.query_begin.data<int32_t>();
+  const int32_t* key_begin = layout.key_begin.data<int32_t>();
+  const int32_t* query_position = layout.query_position.data<int32_t>();
+  const int64_t inner = queries.dim(1);
+  for (auto [rows, cache] : {std::pair<const Tensor*, Tensor*>{&new_keys, &key_cache}, {&new_values, &value_cache}}) {
+    for (int64_t s = 0; s < layout.sequences(); ++s)
+      for (int64_t r = query_begin[s]; r < query_begin[s + 1]; ++r)
+        std::memcpy(cache->data<float>() + (key_begin[s] + query_position[s] + r - query_begin[s]) * inner,
+                    rows->data<float>() + r * inner, static_cast<size_t>(inner) * sizeof(float));
+  }
+  cpu::attention(queries, key_cache, value_cache, layout, args, out);
 }
 
 }  // namespace elephant::ops::cpu

@@ -8,6 +8,9 @@
 //
 // Decode steps (one query per sequence) take decode_attention_kernel instead: there the kernel above has one
 // useful warp per block, and the step's time is its serial chain of tile loads and barriers, not bytes.
+//
+// attention_with_append: the decode kernel appends the query's own key and value itself, one launch for what was
+// two cache writes and the attention; other layouts write them with append_kernel first.
 
 #include <algorithm>
 #include <cstdint>
@@ -49,6 +52,37 @@ struct Params {
   int key_stride;     // elements per shared key row: padded_dim, plus a pack when that keeps 16-byte reads apart
   int query_stride;   // floats per warp's query: head_dim rounded up to 8
 };
+
+// attention_with_append's new rows (laid out like the queries) and the caches they go into, which are the keys and
+// values the kernels read. Null pointers: plain attention.
+template <typename T>
+struct Append {
+  const T* keys = nullptr;
+  const T* values = nullptr;
+  T* key_cache = nullptr;
+  T* value_cache = nullptr;
+};
+
+// Block (s, i) copies the new rows of sequence s's queries i, i + gridDim.y, ... to their keys, skipping a
+// position outside the sequence's keys.
+template <typename T>
+__global__ void append_kernel(Append<T> append, Params p) {
+  rt::await_previous_kernel();
+  const int s = blockIdx.x;
+  const int first_row = p.query_begin[s];
+  const int queries_here = p.query_begin[s + 1] - first_row;
+  const int64_t key_row0 = p.key_begin[s];
+  const int key_length = p.key_length[s], first_position = p.query_position[s];
+  for (int i = blockIdx.y; i < queries_here; i += gridDim.y) {
+    const int position = first_position + i;
+    if (position < 0 || position >= key_length) continue;
+    const int64_t from = static_cast<int64_t>(first_row + i) * p.inner, to = (key_row0 + position) * p.inner;
+    for (int64_t e = threadIdx.x; e < p.inner; e += blockDim.x) {
+      append.key_cache[to + e] = append.keys[from + e];
+      append.value_cache[to + e] = append.values[from + e];
+    }
+  }
+}
 
 // C = ceil(head_dim / 32): the output dimensions lane * C .. lane * C + C - 1 are the lane's.
 template <typename T, int C>
@@ -254,6 +288,21 @@ __device__ __forceinline__ uint4 load_words(const T* src, int valid) {
   return x;
 }
 
+// The first `valid` elements of a lane's 16 bytes to `dst`, as load_words reads them.
+template <typename T, bool kVector>
+__device__ __forceinline__ void store_words(T* dst, uint4 x, int valid) {
+  constexpr int N = 16 / sizeof(T);
+  if constexpr (kVector) {
+    if (valid >= N) *reinterpret_cast<uint4*>(dst) = x;
+  } else {
+    Pack<T, N> pack;
+    memcpy(&pack, &x, sizeof(pack));
+#pragma unroll
+    for (int e = 0; e < N; ++e)
+      if (e < valid) dst[e] = pack.v[e];
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ Pack<T, 16 / sizeof(T)> unpack(uint4 x) {
   Pack<T, 16 / sizeof(T)> pack;
@@ -274,10 +323,13 @@ __device__ __forceinline__ void merge_softmax(float& max, float& sum, float (&ac
   for (int e = 0; e < N; ++e) acc[e] = acc[e] * mine + other_acc[e] * theirs;
 }
 
-template <typename T, bool kVector>
+// kAppend: the block first writes its head's slice of the query's new key and value to key `position`, and reads
+// that key from the new rows, not from the cache: no block reads a cache element written during the launch, so
+// there is no barrier and the cache stays read-only to the loads (each head's slice is its own block's).
+template <typename T, bool kVector, bool kAppend>
 __global__ void __launch_bounds__(kDecodeMaxWarps * 32, 1)
     decode_attention_kernel(const T* __restrict__ queries, const T* __restrict__ keys, const T* __restrict__ values,
-                            T* __restrict__ out, Params p, int group_shift) {
+                            T* __restrict__ out, Params p, int group_shift, Append<T> append) {
   rt::await_previous_kernel();
   constexpr int N = 16 / sizeof(T), U = decode_keys_per_group(kVector);
   __shared__ float warp_max[kDecodeMaxWarps], warp_sum[kDecodeMaxWarps];
@@ -299,6 +351,8 @@ __global__ void __launch_bounds__(kDecodeMaxWarps * 32, 1)
 
   const T* k_lane = keys + key_row0 * p.inner + head_offset + d0;
   const T* v_lane = values + key_row0 * p.inner + head_offset + d0;
+  const int64_t new_offset = static_cast<int64_t>(row) * p.inner + head_offset + d0;  // the lane's new key and value
+  const int append_at = kAppend && has_query && position >= 0 && position < key_length ? position : -1;
   const float* bias = p.bias ? p.bias + static_cast<int64_t>(h) * p.bias_width + p.bias_max_offset - position
                              : nullptr;  // bias[j] is key j's column
 
@@ -311,8 +365,16 @@ __global__ void __launch_bounds__(kDecodeMaxWarps * 32, 1)
     for (int u = 0; u < U; ++u) {
       const int j = base + u * groups + group;
       const int64_t offset = static_cast<int64_t>(j) * p.inner;
-      k_words[u] = load_words<T, kVector>(k_lane + offset, j < visible ? valid : 0);
-      v_words[u] = load_words<T, kVector>(v_lane + offset, j < visible ? valid : 0);
+      const T* k_src = k_lane + offset;
+      const T* v_src = v_lane + offset;
+      if constexpr (kAppend) {
+        if (j == append_at) {
+          k_src = append.keys + new_offset;
+          v_src = append.values + new_offset;
+        }
+      }
+      k_words[u] = load_words<T, kVector>(k_src, j < visible ? valid : 0);
+      v_words[u] = load_words<T, kVector>(v_src, j < visible ? valid : 0);
       key_bias[u] = bias && j < visible ? bias[j] : 0.0f;
     }
   };
@@ -323,6 +385,14 @@ __global__ void __launch_bounds__(kDecodeMaxWarps * 32, 1)
   float q[N];
 #pragma unroll
   for (int e = 0; e < N; ++e) q[e] = to_float(q_pack.v[e]);
+  if constexpr (kAppend) {
+    if (append_at >= 0 && threadIdx.x < G) {  // the first group's lanes cover the head's dimensions
+      const int64_t slot = (key_row0 + append_at) * p.inner + head_offset + d0;
+      store_words<T, kVector>(append.key_cache + slot, load_words<T, kVector>(append.keys + new_offset, valid), valid);
+      store_words<T, kVector>(append.value_cache + slot, load_words<T, kVector>(append.values + new_offset, valid),
+                              valid);
+    }
+  }
 
   float running_max = -INFINITY, sum = 0.0f, acc[N];
 #pragma unroll
@@ -416,12 +486,13 @@ __global__ void __launch_bounds__(kDecodeMaxWarps * 32, 1)
 
 template <typename T>
 void launch_decode(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
-                   const AttentionArgs& args, Tensor& out) {
+                   const AttentionArgs& args, Tensor& out, const Append<T>& append) {
   constexpr int N = 16 / sizeof(T);
   const Params p = make_params<T>(keys, values, layout, args);
   check_grid(layout, args, 1);
-  // 16-byte loads of the query too, where it is aligned (the model's queries are).
-  const bool vector = p.vector_loads && reinterpret_cast<uintptr_t>(queries.raw()) % 16 == 0;
+  // 16-byte loads of the query (and new rows) too, where aligned (the model's are).
+  const bool vector =
+      p.vector_loads && rt::is_aligned(queries.raw()) && rt::is_aligned(append.keys) && rt::is_aligned(append.values);
   int group_shift = 0;  // G = 1 << group_shift lanes per key
   while ((N << group_shift) < args.head_dim) ++group_shift;
   // Enough warps that one pass covers the longest key run, as far as kDecodeMaxWarps goes: a pass costs one
@@ -430,32 +501,61 @@ void launch_decode(const Tensor& queries, const Tensor& keys, const Tensor& valu
   const int warps =
       static_cast<int>(std::clamp<int64_t>((layout.max_keys + keys_per_warp - 1) / keys_per_warp, 1, kDecodeMaxWarps));
   const dim3 grid(static_cast<unsigned>(layout.sequences()), static_cast<unsigned>(args.num_heads));
-  const auto kernel = vector ? decode_attention_kernel<T, true> : decode_attention_kernel<T, false>;
+  const auto kernel =
+      append.keys ? (vector ? decode_attention_kernel<T, true, true> : decode_attention_kernel<T, false, true>)
+                  : (vector ? decode_attention_kernel<T, true, false> : decode_attention_kernel<T, false, false>);
   rt::launch(kernel, grid, warps * 32, 0, queries.data<T>(), keys.data<T>(), values.data<T>(), out.data<T>(), p,
-             group_shift);
+             group_shift, append);
+}
+
+template <typename T>
+void launch_attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
+                      const AttentionArgs& args, Tensor& out, const Append<T>& append) {
+  if (layout.max_queries == 1) return launch_decode<T>(queries, keys, values, layout, args, out, append);
+  if (append.keys) {
+    const Params p = make_params<T>(keys, values, layout, args);
+    const dim3 grid(static_cast<unsigned>(layout.sequences()),
+                    static_cast<unsigned>(std::min<int64_t>(layout.max_queries, 65535)));
+    rt::launch(append_kernel<T>, grid, 256, 0, append, p);
+  }
+  switch ((args.head_dim + 31) / 32) {
+    case 1:
+      return launch<T, 1>(queries, keys, values, layout, args, out);
+    case 2:
+      return launch<T, 2>(queries, keys, values, layout, args, out);
+    case 3:
+      return launch<T, 3>(queries, keys, values, layout, args, out);
+    default:
+      return launch<T, 4>(queries, keys, values, layout, args, out);
+  }
+}
+
+void check_head_dim(const AttentionArgs& args) {
+  if (args.head_dim > kMaxHeadDim)
+    throw Error("attention: head_dim " + std::to_string(args.head_dim) + " is larger than the CUDA kernel's " +
+                std::to_string(kMaxHeadDim));
 }
 
 }  // namespace
 
 void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
                const AttentionArgs& args, Tensor& out) {
-  if (args.head_dim > kMaxHeadDim)
-    throw Error("attention: head_dim " + std::to_string(args.head_dim) + " is larger than the CUDA kernel's " +
-                std::to_string(kMaxHeadDim));
+  check_head_dim(args);
   if (layout.max_queries <= 0) return;  // no sequence has a query
   rt::dispatch_floating(queries.dtype(), "attention", [&](auto tag) {
     using T = decltype(tag);
-    if (layout.max_queries == 1) return launch_decode<T>(queries, keys, values, layout, args, out);
-    switch ((args.head_dim + 31) / 32) {
-      case 1:
-        return launch<T, 1>(queries, keys, values, layout, args, out);
-      case 2:
-        return launch<T, 2>(queries, keys, values, layout, args, out);
-      case 3:
-        return launch<T, 3>(queries, keys, values, layout, args, out);
-      default:
-        return launch<T, 4>(queries, keys, values, layout, args, out);
-    }
+    launch_attention<T>(queries, keys, values, layout, args, out, Append<T>{});
+  });
+}
+
+void attention_with_append(const Tensor& queries, const Tensor& new_keys, const Tensor& new_values, Tensor& key_cache,
+                           Tensor& value_cache, const AttentionLayout& layout, const AttentionArgs& args, Tensor& out) {
+  check_head_dim(args);
+  if (layout.max_queries <= 0) return;  // no sequence has a query, so none appends
+  rt::dispatch_floating(queries.dtype(), "attention_with_append", [&](auto tag) {
+    using T = decltype(tag);
+    const Append<T> append{new_keys.data<T>(), new_values.data<T>(), key_cache.data<T>(), value_cache.data<T>()};
+    launch_attention<T>(queries, key_cache, value_cache, layout, args, out, append);
   });
 }
 

@@ -29,6 +29,9 @@
   void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache);                                     \
   void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,       \
                  const AttentionArgs& args, Tensor& out);                                                              \
+  void attention_with_append(const Tensor& queries, const Tensor& new_keys, const Tensor& new_values,                  \
+                             Tensor& key_cache, Tensor& value_cache, const AttentionLayout& layout,                    \
+                             const AttentionArgs& args, Tensor& out);                                                  \
   void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const Tensor* active, Tensor& expert,     \
                   Tensor& probability);                                                                                \
   void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets);                    \

@@ -4,6 +4,7 @@
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "core/device_memory.h"
 #include "elephant/error.h"
@@ -304,33 +305,38 @@ AttentionLayout AttentionLayout::from_host(const std::vector<int32_t>& query_beg
   return layout;
 }
 
-void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
-               const AttentionArgs& args, Tensor& out) {
+namespace {
+
+// The checks ops::attention and ops::attention_with_append share; the messages name the op and the key and
+// value tensors as the caller calls them.
+void check_attention(const std::string& op, const Tensor& queries, const Tensor& keys, const Tensor& values,
+                     const AttentionLayout& layout, const AttentionArgs& args, const Tensor& out,
+                     const std::string& keys_name = "keys", const std::string& values_name = "values") {
   const int64_t inner = static_cast<int64_t>(args.num_heads) * args.head_dim;
-  const std::string shapes = "queries " + describe(queries) + ", keys " + describe(keys) + ", values " +
-                             describe(values) + ", out " + describe(out);
-  same_device("attention", queries, keys);
-  same_device("attention", queries, values);
-  same_device("attention", queries, out);
-  check_floating("attention", queries);
+  const std::string shapes = "queries " + describe(queries) + ", " + keys_name + " " + describe(keys) + ", " +
+                             values_name + " " + describe(values) + ", out " + describe(out);
+  same_device(op, queries, keys);
+  same_device(op, queries, values);
+  same_device(op, queries, out);
+  check_floating(op, queries);
   if (args.num_heads <= 0 || args.head_dim <= 0 || queries.rank() != 2 || keys.rank() != 2 || queries.dim(1) != inner ||
       keys.dim(1) != inner || values.shape() != keys.shape() || out.shape() != queries.shape() ||
       keys.dtype() != queries.dtype() || values.dtype() != queries.dtype() || out.dtype() != queries.dtype())
-    fail("attention", shapes + " for " + std::to_string(args.num_heads) + " heads of " + std::to_string(args.head_dim));
+    fail(op, shapes + " for " + std::to_string(args.num_heads) + " heads of " + std::to_string(args.head_dim));
   const int64_t sequences = layout.sequences();
   for (const Tensor* array : {&layout.query_begin, &layout.key_begin, &layout.key_length, &layout.query_position}) {
     if (!array->defined() || array->dtype() != DType::I32 || array->device() != queries.device())
-      fail("attention", "layout arrays must be I32 tensors on " + to_string(queries.device()));
+      fail(op, "layout arrays must be I32 tensors on " + to_string(queries.device()));
   }
   if (layout.query_begin.dim(0) != sequences + 1 || layout.key_length.dim(0) != sequences ||
       layout.query_position.dim(0) != sequences)
-    fail("attention", "layout arrays of different lengths for " + std::to_string(sequences) + " sequences");
+    fail(op, "layout arrays of different lengths for " + std::to_string(sequences) + " sequences");
   if (args.position_bias) {
     const Tensor& bias = *args.position_bias;
     if (bias.device() != queries.device() || bias.dtype() != DType::F32 ||
         bias.shape() != Shape{args.num_heads, 2 * static_cast<int64_t>(args.bias_max_offset) + 1})
-      fail("attention", "position bias " + describe(bias) + " for " + std::to_string(args.num_heads) +
-                            " heads and offsets up to " + std::to_string(args.bias_max_offset));
+      fail(op, "position bias " + describe(bias) + " for " + std::to_string(args.num_heads) +
+                   " heads and offsets up to " + std::to_string(args.bias_max_offset));
   }
   // On the CPU the layout can be checked against the tensors; on a device it is trusted (reading it would
   // synchronize), and the kernels clamp nothing: the model code builds it.
@@ -339,22 +345,55 @@ void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, 
     const int32_t* key_begin = layout.key_begin.data<int32_t>();
     const int32_t* key_length = layout.key_length.data<int32_t>();
     const int32_t* query_position = layout.query_position.data<int32_t>();
-    if (query_begin[0] < 0 || query_begin[sequences] > queries.dim(0))
-      fail("attention", shapes + " do not match the layout");
+    if (query_begin[0] < 0 || query_begin[sequences] > queries.dim(0)) fail(op, shapes + " do not match the layout");
     for (int64_t s = 0; s < sequences; ++s) {
       const int64_t queries_here = query_begin[s + 1] - query_begin[s];
       if (queries_here < 0 || queries_here > layout.max_queries || key_length[s] > layout.max_keys ||
           key_length[s] < 0 || key_begin[s] < 0 || key_begin[s] + key_length[s] > keys.dim(0))
-        fail("attention", "sequence " + std::to_string(s) + " of the layout is out of range of " + shapes);
+        fail(op, "sequence " + std::to_string(s) + " of the layout is out of range of " + shapes);
       const int64_t first = query_position[s];
       const int64_t last = first + queries_here - 1;
       if (args.position_bias && (last > args.bias_max_offset || key_length[s] - 1 - first > args.bias_max_offset))
-        fail("attention", "position bias covers distances up to " + std::to_string(args.bias_max_offset) +
-                              ", sequence " + std::to_string(s) + " needs more");
+        fail(op, "position bias covers distances up to " + std::to_string(args.bias_max_offset) + ", sequence " +
+                     std::to_string(s) + " needs more");
     }
   }
-  if (queries.numel() == 0 || sequences == 0) return;
+}
+
+}  // namespace
+
+void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,
+               const AttentionArgs& args, Tensor& out) {
+  check_attention("attention", queries, keys, values, layout, args, out);
+  if (queries.numel() == 0 || layout.sequences() == 0) return;
   ELEPHANT_DISPATCH(queries.device(), attention(queries, keys, values, layout, args, out));
+}
+
+void attention_with_append(const Tensor& queries, const Tensor& new_keys, const Tensor& new_values, Tensor& key_cache,
+                           Tensor& value_cache, const AttentionLayout& layout, const AttentionArgs& args, Tensor& out) {
+  const std::string op = "attention_with_append";
+  check_attention(op, queries, key_cache, value_cache, layout, args, out, "key_cache", "value_cache");
+  for (auto [name, rows] :
+       {std::pair<const char*, const Tensor*>{"new_keys", &new_keys}, {"new_values", &new_values}}) {
+    same_device(op, queries, *rows);
+    if (rows->shape() != queries.shape() || rows->dtype() != queries.dtype())
+      fail(op, std::string(name) + " " + describe(*rows) + " do not match the queries " + describe(queries));
+  }
+  if (queries.device() == Device::CPU) {
+    const int32_t* query_begin = layout.query_begin.data<int32_t>();
+    const int32_t* key_length = layout.key_length.data<int32_t>();
+    const int32_t* query_position = layout.query_position.data<int32_t>();
+    for (int64_t s = 0; s < layout.sequences(); ++s) {
+      const int64_t queries_here = query_begin[s + 1] - query_begin[s];
+      if (queries_here > 0 && (query_position[s] < 0 || query_position[s] + queries_here > key_length[s]))
+        fail(op, "sequence " + std::to_string(s) + " appends keys at positions " + std::to_string(query_position[s]) +
+                     ".." + std::to_string(query_position[s] + queries_here - 1) + " outside its " +
+                     std::to_string(key_length[s]) + " keys in key_cache " + describe(key_cache));
+    }
+  }
+  if (queries.numel() == 0 || layout.sequences() == 0) return;
+  ELEPHANT_DISPATCH(queries.device(),
+                    attention_with_append(queries, new_keys, new_values, key_cache, value_cache, layout, args, out));
 }
 
 namespace {

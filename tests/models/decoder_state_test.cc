@@ -334,21 +334,41 @@ void expect_layout_arrays_on(const ops::AttentionLayout& layout, Device device) 
   }
 }
 
-// store_step writes each row's step into slot steps_done; the layouts point every row at its own slots and at
-// its source's encoder states.
-TEST(DecoderStateTest, StoreStepAndLayoutsFollowRowsAndSources) {
+// The self-attention args of the test layers: 2 heads of 3.
+ops::AttentionArgs self_args() {
+  ops::AttentionArgs args;
+  args.num_heads = 2;
+  args.head_dim = 3;
+  return args;
+}
+
+// attend_self writes each row's step into slot steps_done and attends over the row's slots up to it; the layouts
+// point every row at its own slots and at its source's encoder states.
+TEST(DecoderStateTest, AttendSelfAndLayoutsFollowRowsAndSources) {
   std::mt19937 rng(1107);
   DecoderState state = make_state(2, 4, 1, 1, rng);  // 6 rows, 4 slots, 1 step done
+  const Tensor queries = random_tensor({state.rows(), kWidth}, rng);
   const Tensor keys = random_tensor({state.rows(), kWidth}, rng);
   const Tensor values = random_tensor({state.rows(), kWidth}, rng);
   DecoderState::Layer& layer = state.layers()[0];
-  state.store_step(layer, keys, values);
+  Tensor out = Tensor::empty({state.rows(), kWidth});
+  state.attend_self(layer, queries, keys, values, self_args(), out);
   for (int64_t r = 0; r < state.rows(); ++r)
     for (int64_t j = 0; j < kWidth; ++j) {
       EXPECT_EQ(layer.self_keys.data<float>()[(r * 4 + 1) * kWidth + j], keys.data<float>()[r * kWidth + j]);
       EXPECT_EQ(layer.self_values.data<float>()[(r * 4 + 1) * kWidth + j], values.data<float>()[r * kWidth + j]);
     }
-  EXPECT_THROW(state.store_step(layer, random_tensor({2, kWidth}, rng), values), std::invalid_argument);
+  // The attention saw the written slots 0 and 1 (unwritten ones are NaN).
+  Tensor expected = Tensor::empty({state.rows(), kWidth});
+  ops::attention(queries, layer.self_keys.reshape({-1, kWidth}), layer.self_values.reshape({-1, kWidth}),
+                 state.self_attention_layout(), self_args(), expected);
+  EXPECT_TRUE(testref::bitwise_equal(out, to_vector(expected)));
+  EXPECT_THROW(state.attend_self(layer, queries, random_tensor({2, kWidth}, rng), values, self_args(), out),
+               std::invalid_argument);
+  EXPECT_THROW(state.attend_self(layer, random_tensor({6, 4}, rng), keys, values, self_args(), out),
+               std::invalid_argument);
+  DecoderState full = make_state(2, 4, 4, 1, rng);  // every slot written: no room for this step
+  EXPECT_THROW(full.attend_self(full.layers()[0], queries, keys, values, self_args(), out), std::invalid_argument);
 
   const ops::AttentionLayout self = state.self_attention_layout();
   expect_layout_arrays_on(self, Device::CPU);
@@ -369,7 +389,7 @@ TEST(DecoderStateTest, StoreStepAndLayoutsFollowRowsAndSources) {
 }
 
 // The self layout is kept and moved forward by advance() (on the layout's device), rebuilt when rows are selected
-// or the caches grow; the next store goes to the next slot.
+// or the caches grow; the next step's keys go to the next slot.
 TEST(DecoderStateTest, AdvanceMovesTheKeptLayoutAndStoresFollow) {
   std::mt19937 rng(1108);
   DecoderState state = make_state(2, 4, 1, 1, rng);  // 6 rows, 4 slots, 1 step done
@@ -381,7 +401,8 @@ TEST(DecoderStateTest, AdvanceMovesTheKeptLayoutAndStoresFollow) {
   EXPECT_EQ(self.query_position.to_vector<int32_t>(), (std::vector<int32_t>(6, 2)));
   const Tensor keys = random_tensor({state.rows(), kWidth}, rng);
   DecoderState::Layer& layer = state.layers()[0];
-  state.store_step(layer, keys, keys);
+  Tensor out = Tensor::empty({state.rows(), kWidth});
+  state.attend_self(layer, keys, keys, keys, self_args(), out);
   for (int64_t r = 0; r < state.rows(); ++r)
     EXPECT_EQ(layer.self_keys.data<float>()[(r * 4 + 2) * kWidth], keys.data<float>()[r * kWidth]) << r;
 

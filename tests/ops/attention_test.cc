@@ -7,8 +7,10 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "ops/kv_cache.h"
 #include "ops/reference_helpers.h"
 
 namespace elephant {
@@ -428,6 +430,162 @@ TEST(AttentionTest, LayoutBoundsAndArrayTypesAreChecked) {
   HostLayout backwards = good;
   backwards.query_begin = {0, 2, 1};
   EXPECT_THROW(ops::attention(q, k, v, backwards.build(), args, out), std::invalid_argument);
+}
+
+// ---- attention_with_append ----
+
+// The copies attention_with_append documents, done by hand: query row r of sequence s to key row key_begin[s] +
+// query_position[s] + r - query_begin[s].
+void append_rows(const Tensor& rows, const HostLayout& layout, Tensor& cache) {
+  const int64_t inner = rows.dim(1);
+  for (size_t s = 0; s < layout.key_begin.size(); ++s)
+    for (int64_t r = layout.query_begin[s]; r < layout.query_begin[s + 1]; ++r)
+      std::copy_n(
+          rows.data<float>() + r * inner, inner,
+          cache.data<float>() + (layout.key_begin[s] + layout.query_position[s] + r - layout.query_begin[s]) * inner);
+}
+
+// A decode step as the decoder ran it before the op existed: write_cache_step for keys and values, then attention
+// over the [rows, capacity, width] caches. The fused op gives the same bits in the caches and the output; the
+// slots it must write start as NaN, so that one it skipped shows in the output.
+TEST(AttentionTest, AppendEqualsWriteCacheStepThenAttention) {
+  std::mt19937 rng(510);
+  const std::vector<int32_t> steps = {0, 3, 7, 1, 7};
+  const int64_t rows = static_cast<int64_t>(steps.size());
+  const int64_t capacity = 8;
+  for (const Heads& h : kHeads) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim << " causal " << causal);
+      const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
+      HostLayout layout;
+      Tensor key_cache = random_tensor({rows, capacity, inner}, rng);
+      Tensor value_cache = random_tensor({rows, capacity, inner}, rng);
+      for (int64_t r = 0; r < rows; ++r) {
+        layout.query_begin.push_back(static_cast<int32_t>(r));
+        layout.key_begin.push_back(static_cast<int32_t>(r * capacity));
+        layout.key_length.push_back(steps[r] + 1);
+        layout.query_position.push_back(steps[r]);
+        for (Tensor* cache : {&key_cache, &value_cache})
+          std::fill(cache->data<float>() + (r * capacity + steps[r]) * inner,
+                    cache->data<float>() + (r + 1) * capacity * inner, std::numeric_limits<float>::quiet_NaN());
+      }
+      layout.query_begin.push_back(static_cast<int32_t>(rows));
+      const Tensor q = random_tensor({rows, inner}, rng), new_k = random_tensor({rows, inner}, rng),
+                   new_v = random_tensor({rows, inner}, rng);
+      const Tensor bias = random_tensor({h.num_heads, 2 * 7 + 1}, rng, -3.0f, 3.0f);
+      ops::AttentionArgs args;
+      args.num_heads = h.num_heads;
+      args.head_dim = h.head_dim;
+      args.causal = causal;
+      args.position_bias = &bias;
+      args.bias_max_offset = 7;
+      const ops::AttentionLayout built = layout.build();
+
+      Tensor key_steps = key_cache.clone(), value_steps = value_cache.clone();
+      ops::write_cache_step(new_k, built.query_position, key_steps);
+      ops::write_cache_step(new_v, built.query_position, value_steps);
+      Tensor expected = Tensor::empty({rows, inner});
+      ops::attention(q, key_steps.reshape({-1, inner}), value_steps.reshape({-1, inner}), built, args, expected);
+
+      Tensor fused_keys = key_cache.reshape({-1, inner}), fused_values = value_cache.reshape({-1, inner});
+      Tensor out = Tensor::empty({rows, inner});
+      ops::attention_with_append(q, new_k, new_v, fused_keys, fused_values, built, args, out);
+      EXPECT_TRUE(testref::bitwise_equal(out, testref::to_vector(expected)));
+      EXPECT_TRUE(testref::bitwise_equal(fused_keys, testref::to_vector(key_steps)));
+      EXPECT_TRUE(testref::bitwise_equal(fused_values, testref::to_vector(value_steps)));
+      EXPECT_TRUE(check(out, reference_attention(q, fused_keys, fused_values, layout, args)));
+    }
+  }
+}
+
+// Layouts beyond decode steps: a chunk of three queries appends three keys, a sequence without a query appends
+// nothing, and key rows outside every sequence (the gaps) stay as they were.
+TEST(AttentionTest, AppendWritesEachQueryRowAtItsPosition) {
+  std::mt19937 rng(511);
+  HostLayout layout;
+  layout.query_begin = {0, 3, 3, 4};
+  layout.key_begin = {1, 9, 14};
+  layout.key_length = {6, 4, 1};
+  layout.query_position = {2, 1, 0};
+  for (const Heads& h : kHeads) {
+    for (bool causal : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << h.num_heads << " heads of " << h.head_dim << " causal " << causal);
+      const int64_t inner = static_cast<int64_t>(h.num_heads) * h.head_dim;
+      const Tensor q = random_tensor({4, inner}, rng), new_k = random_tensor({4, inner}, rng),
+                   new_v = random_tensor({4, inner}, rng);
+      const Tensor keys = random_tensor({16, inner}, rng), values = random_tensor({16, inner}, rng);
+      ops::AttentionArgs args;
+      args.num_heads = h.num_heads;
+      args.head_dim = h.head_dim;
+      args.causal = causal;
+      Tensor expected_keys = keys.clone(), expected_values = values.clone();
+      append_rows(new_k, layout, expected_keys);
+      append_rows(new_v, layout, expected_values);
+      Tensor expected = Tensor::empty({4, inner});
+      ops::attention(q, expected_keys, expected_values, layout.build(), args, expected);
+
+      Tensor key_cache = keys.clone(), value_cache = values.clone();
+      Tensor out = Tensor::empty({4, inner});
+      ops::attention_with_append(q, new_k, new_v, key_cache, value_cache, layout.build(), args, out);
+      EXPECT_TRUE(testref::bitwise_equal(out, testref::to_vector(expected)));
+      EXPECT_TRUE(testref::bitwise_equal(key_cache, testref::to_vector(expected_keys)));
+      EXPECT_TRUE(testref::bitwise_equal(value_cache, testref::to_vector(expected_values)));
+    }
+  }
+}
+
+// The message of the std::invalid_argument that f throws; empty when it throws none.
+template <typename F>
+std::string invalid_argument_message(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(AttentionTest, AppendRejectsBadArguments) {
+  std::mt19937 rng(512);
+  ops::AttentionArgs args;
+  args.num_heads = 2;
+  args.head_dim = 4;
+  HostLayout good;
+  good.query_begin = {0, 1, 2};
+  good.key_begin = {0, 4};
+  good.key_length = {2, 3};
+  good.query_position = {1, 2};
+  const Tensor q = random_tensor({2, 8}, rng), new_k = random_tensor({2, 8}, rng), new_v = random_tensor({2, 8}, rng);
+  Tensor key_cache = random_tensor({8, 8}, rng), value_cache = random_tensor({8, 8}, rng);
+  Tensor out = Tensor::empty({2, 8});
+  const auto message = [&](const Tensor& k, const Tensor& v, Tensor& keys, Tensor& values, const HostLayout& layout) {
+    return invalid_argument_message(
+        [&] { ops::attention_with_append(q, k, v, keys, values, layout.build(), args, out); });
+  };
+  const auto expect_names = [](const std::string& what, const std::string& name) {
+    EXPECT_NE(what.find(name), std::string::npos) << "'" << what << "' does not name " << name;
+  };
+  EXPECT_EQ(message(new_k, new_v, key_cache, value_cache, good), "");
+  const std::vector<float> written = testref::to_vector(key_cache);
+
+  expect_names(message(random_tensor({3, 8}, rng), new_v, key_cache, value_cache, good), "new_keys");
+  expect_names(message(new_k, random_tensor({2, 4}, rng), key_cache, value_cache, good), "new_values");
+  expect_names(message(new_k, new_v.to_dtype(DType::F16), key_cache, value_cache, good), "new_values");
+  Tensor narrow_keys = random_tensor({8, 4}, rng);
+  expect_names(message(new_k, new_v, narrow_keys, value_cache, good), "key_cache");
+  Tensor short_values = random_tensor({7, 8}, rng);
+  expect_names(message(new_k, new_v, key_cache, short_values, good), "value_cache");
+  // The slot of sequence 1's query is past its keys, before them, or its keys are past the caches' rows.
+  HostLayout past_keys = good;
+  past_keys.query_position = {1, 3};
+  expect_names(message(new_k, new_v, key_cache, value_cache, past_keys), "key_cache");
+  HostLayout negative = good;
+  negative.query_position = {-1, 2};
+  expect_names(message(new_k, new_v, key_cache, value_cache, negative), "key_cache");
+  HostLayout past_cache = good;
+  past_cache.key_begin = {0, 6};
+  expect_names(message(new_k, new_v, key_cache, value_cache, past_cache), "key_cache");
+  EXPECT_TRUE(testref::bitwise_equal(key_cache, written)) << "a rejected call wrote the cache";
 }
 
 }  // namespace

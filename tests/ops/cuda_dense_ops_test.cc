@@ -18,6 +18,7 @@
 #include "ops/elementwise.h"
 #include "ops/gather.h"
 #include "ops/gemm.h"
+#include "ops/kv_cache.h"
 #include "ops/rms_norm.h"
 #include "ops/softmax.h"
 
@@ -818,6 +819,153 @@ TEST(CudaDenseOps, AttentionDecodeUnalignedKeys) {
   AttentionCase general{"general unaligned", {0, 5, 42, 43}, {0, 5, 42}, {5, 37, 1}, {0, 0, 0}, 43, 43, true, 36};
   general.unaligned_keys = true;
   check_attention(general, rng, {{2, 64}, {1, 128}});
+}
+
+// ---- attention_with_append ----
+
+// ops::attention_with_append on CUDA against the CPU op on the same (rounded) values: the output within the
+// dtype's tolerance, the caches exactly (the appended rows are copies), rows of no sequence untouched.
+void check_attention_with_append(const AttentionCase& tc, std::mt19937& rng, const std::vector<HeadShape>& shapes) {
+  for (const HeadShape& hs : shapes) {
+    const int64_t inner = static_cast<int64_t>(hs.heads) * hs.head_dim;
+    const Tensor q32 = random_cpu({tc.query_rows, inner}, rng);
+    const Tensor new_k32 = random_cpu({tc.query_rows, inner}, rng);
+    const Tensor new_v32 = random_cpu({tc.query_rows, inner}, rng);
+    const Tensor k32 = random_cpu({tc.key_rows, inner}, rng);
+    const Tensor v32 = random_cpu({tc.key_rows, inner}, rng);
+    const Tensor bias =
+        tc.bias_max_offset >= 0 ? random_cpu({hs.heads, 2 * tc.bias_max_offset + 1}, rng, -2.0f, 2.0f) : Tensor();
+    const int64_t used_rows = tc.query_begin.back();
+    for (DType dtype : testdev::cuda_dtypes()) {
+      SCOPED_TRACE(tc.what + " " + name(dtype) + " heads " + std::to_string(hs.heads) + " x " +
+                   std::to_string(hs.head_dim) + (tc.causal ? " causal" : "") + (bias.defined() ? " bias" : "") +
+                   (tc.unaligned_keys ? " unaligned caches" : ""));
+      const Tensor q = rounded_to(q32, dtype), new_k = rounded_to(new_k32, dtype), new_v = rounded_to(new_v32, dtype);
+      ops::AttentionArgs args;
+      args.num_heads = hs.heads;
+      args.head_dim = hs.head_dim;
+      args.causal = tc.causal;
+      args.bias_max_offset = std::max(tc.bias_max_offset, 0);
+      args.position_bias = bias.defined() ? &bias : nullptr;
+      Tensor expected_keys = rounded_to(k32, dtype), expected_values = rounded_to(v32, dtype);
+      Tensor expected = Tensor::empty({tc.query_rows, inner});
+      ops::attention_with_append(
+          q, new_k, new_v, expected_keys, expected_values,
+          ops::AttentionLayout::from_host(tc.query_begin, tc.key_begin, tc.key_length, tc.query_position, Device::CPU),
+          args, expected);
+
+      const ops::AttentionLayout layout =
+          ops::AttentionLayout::from_host(tc.query_begin, tc.key_begin, tc.key_length, tc.query_position, Device::CUDA);
+      const Tensor bias_cuda = bias.defined() ? to_cuda(bias) : Tensor();
+      args.position_bias = bias.defined() ? &bias_cuda : nullptr;
+      Tensor key_cache = attention_input(k32, dtype, tc.unaligned_keys);
+      Tensor value_cache = attention_input(v32, dtype, tc.unaligned_keys);
+      Tensor out = poisoned({tc.query_rows, inner}, dtype, Device::CUDA);
+      ops::attention_with_append(to_cuda(q, dtype), to_cuda(new_k, dtype), to_cuda(new_v, dtype), key_cache,
+                                 value_cache, layout, args, out);
+
+      EXPECT_TRUE(relative_l2_within(out.narrow(0, used_rows), expected.narrow(0, used_rows), tolerance_for(dtype)));
+      EXPECT_EQ(host(key_cache).to_vector<float>(), expected_keys.to_vector<float>());
+      EXPECT_EQ(host(value_cache).to_vector<float>(), expected_values.to_vector<float>());
+      if (tc.query_rows > used_rows) {
+        const Tensor rest = host(out.narrow(used_rows, tc.query_rows - used_rows));
+        for (int64_t i = 0; i < rest.numel(); ++i)
+          ASSERT_TRUE(std::isnan(rest.data<float>()[i])) << "wrote row " << used_rows + i / inner;
+      }
+    }
+  }
+}
+
+// Decode steps: one query per sequence, appended at its position: 1, 40 (the query mid-way, so that the causal
+// mask hides the keys after it) and 257 keys (several passes of the decode kernel's warps), a sequence without a
+// query (whose keys must stay), and 33 keys; key rows 336..339 and query row 4 belong to no sequence.
+const AttentionCase kAppendDecodeCase{"append decode",
+                                      {0, 1, 2, 3, 3, 4},
+                                      {0, 1, 41, 298, 303},
+                                      {1, 40, 257, 5, 33},
+                                      {0, 20, 256, 2, 32},
+                                      5,
+                                      340,
+                                      false,
+                                      -1};
+
+TEST(CudaDenseOps, AttentionWithAppendDecodeMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(79);
+  for (bool causal : {false, true}) {
+    for (int bias_max_offset : {-1, 260}) {
+      AttentionCase tc = kAppendDecodeCase;
+      tc.causal = causal;
+      tc.bias_max_offset = bias_max_offset;
+      check_attention_with_append(tc, rng, kDecodeHeadShapes);
+    }
+  }
+  // Caches whose rows are whole 16-byte packs but start one element into their storage: the element loads and
+  // stores.
+  AttentionCase unaligned = kAppendDecodeCase;
+  unaligned.bias_max_offset = 260;
+  unaligned.unaligned_keys = true;
+  check_attention_with_append(unaligned, rng, {{16, 64}, {2, 24}, {1, 128}});
+}
+
+// Several queries per sequence take the general kernel, after a separate write of every query's key and value.
+TEST(CudaDenseOps, AttentionWithAppendChunksMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(80);
+  // Three queries at positions 2..4 over 6 keys, none, one at position 0 over 1 key, 40 at 0..39 over 40.
+  const AttentionCase chunks{
+      "append chunks", {0, 3, 3, 4, 44}, {1, 9, 14, 16}, {6, 4, 1, 40}, {2, 1, 0, 0}, 45, 60, true, 40};
+  check_attention_with_append(chunks, rng, {{2, 64}, {3, 7}, {1, 128}});
+}
+
+// In the model's decode layout ([rows, slots, width] caches, row r's query at its slot steps_done) the fused op
+// writes the caches and computes the output bit for bit as write_cache_step twice and attention do on the device.
+TEST(CudaDenseOps, AttentionWithAppendEqualsSeparateOpsBitwise) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(81);
+  const std::vector<int32_t> steps{0, 5, 31, 32, 48, 17};
+  const auto rows = static_cast<int64_t>(steps.size());
+  const int64_t slots = 50;
+  std::vector<int32_t> query_begin{0}, key_begin, key_length;
+  for (int64_t r = 0; r < rows; ++r) {
+    query_begin.push_back(static_cast<int32_t>(r + 1));
+    key_begin.push_back(static_cast<int32_t>(r * slots));
+    key_length.push_back(steps[r] + 1);
+  }
+  ops::AttentionLayout layout =
+      ops::AttentionLayout::from_host(query_begin, key_begin, key_length, steps, Device::CUDA);
+  layout.max_keys = slots;  // as the decoder bounds it
+  for (const HeadShape& hs : std::vector<HeadShape>{{16, 64}, {2, 36}, {2, 7}, {1, 128}}) {
+    const int64_t inner = static_cast<int64_t>(hs.heads) * hs.head_dim;
+    const Tensor bias = to_cuda(random_cpu({hs.heads, 2 * slots + 1}, rng, -2.0f, 2.0f));
+    ops::AttentionArgs args;
+    args.num_heads = hs.heads;
+    args.head_dim = hs.head_dim;
+    args.position_bias = &bias;
+    args.bias_max_offset = static_cast<int>(slots);
+    for (DType dtype : testdev::cuda_dtypes()) {
+      SCOPED_TRACE(name(dtype) + " heads " + std::to_string(hs.heads) + " x " + std::to_string(hs.head_dim));
+      const Tensor q = to_cuda(random_cpu({rows, inner}, rng), dtype);
+      const Tensor new_k = to_cuda(random_cpu({rows, inner}, rng), dtype);
+      const Tensor new_v = to_cuda(random_cpu({rows, inner}, rng), dtype);
+      const Tensor keys = to_cuda(random_cpu({rows, slots, inner}, rng), dtype);
+      const Tensor values = to_cuda(random_cpu({rows, slots, inner}, rng), dtype);
+
+      Tensor separate_keys = keys.clone(), separate_values = values.clone();
+      ops::write_cache_step(new_k, layout.query_position, separate_keys);
+      ops::write_cache_step(new_v, layout.query_position, separate_values);
+      Tensor expected = poisoned({rows, inner}, dtype, Device::CUDA);
+      ops::attention(q, separate_keys.reshape({-1, inner}), separate_values.reshape({-1, inner}), layout, args,
+                     expected);
+
+      Tensor fused_keys = keys.clone().reshape({-1, inner}), fused_values = values.clone().reshape({-1, inner});
+      Tensor out = poisoned({rows, inner}, dtype, Device::CUDA);
+      ops::attention_with_append(q, new_k, new_v, fused_keys, fused_values, layout, args, out);
+      EXPECT_EQ(host(out).to_vector<float>(), host(expected).to_vector<float>());
+      EXPECT_EQ(host(fused_keys).to_vector<float>(), host(separate_keys).to_vector<float>());
+      EXPECT_EQ(host(fused_values).to_vector<float>(), host(separate_values).to_vector<float>());
+    }
+  }
 }
 
 TEST(CudaDenseOps, AttentionRejectsHeadDimAbove128) {
