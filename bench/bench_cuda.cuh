@@ -4,11 +4,13 @@
 
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <functional>
 #include <random>
 
 #include "core/cuda/runtime.cuh"
 #include "core/tensor.h"
+#include "elephant/device.h"
 
 namespace elephant {
 
@@ -63,6 +65,20 @@ inline void time_graph_replays(benchmark::State& state, int copies, const std::f
   ELEPHANT_CUDA_CHECK(cudaGraphDestroy(graph));
   ELEPHANT_CUDA_CHECK(cudaEventDestroy(start));
   ELEPHANT_CUDA_CHECK(cudaEventDestroy(stop));
+}
+
+// A CUDA benchmark program's main(): without a GPU it says so and fails; otherwise it registers the benchmarks and
+// runs the ones the flags select.
+inline int run_cuda_benchmarks(int argc, char** argv, const char* program, void (*register_benchmarks)()) {
+  benchmark::Initialize(&argc, argv);
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "%s: no CUDA device\n", program);
+    return 1;
+  }
+  register_benchmarks();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace elephant

@@ -109,14 +109,7 @@ void register_benchmarks() {
 }  // namespace elephant
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (elephant::cuda_device_count() == 0) {
-    std::fprintf(stderr, "bench_cuda_moe: no CUDA device\n");
-    return 1;
-  }
-  elephant::register_benchmarks();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  const int status = elephant::run_cuda_benchmarks(argc, argv, "bench_cuda_moe", elephant::register_benchmarks);
   for (auto& layers : elephant::g_layers) layers.clear();  // while the CUDA context is still alive
-  return 0;
+  return status;
 }

@@ -87,9 +87,9 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
     const uint8_t* flag = step_flags.data<uint8_t>();
     const std::vector<uint8_t> improving(flag, flag + step_flags.numel());
     const auto done = static_cast<size_t>(std::count(improving.begin(), improving.end(), uint8_t{0}));
-    std::vector<int32_t> all(improving.size());
-    std::iota(all.begin(), all.end(), 0);
     if (done == improving.size() || !more) {
+      std::vector<int32_t> all(improving.size());
+      std::iota(all.begin(), all.end(), 0);
       collect(all);  // pipelined, step + 1 ran as well: it left every done source as it was
       break;
     }
@@ -98,9 +98,9 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
       done_before = done;
       std::vector<uint8_t> source_done(improving.size());
       std::vector<int32_t> finished;
-      for (int32_t position : all) {
+      for (size_t position = 0; position < improving.size(); ++position) {
         source_done[position] = improving[position] ? 0 : 1;
-        if (source_done[position]) finished.push_back(position);
+        if (source_done[position]) finished.push_back(static_cast<int32_t>(position));
       }
       collect(finished);
       for (int32_t position : finished) live[position] = -1;

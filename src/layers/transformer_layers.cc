@@ -28,12 +28,17 @@ Tensor RmsNorm::linear(const Tensor& x, const Tensor& weights) const {
 namespace {
 
 // The residual adds ride in the output projections' GEMMs (beta = 1): no separate add kernel, no temporary.
-constexpr ops::GemmArgs kAddToOutput{true, 1.0f, 1.0f, true};
+ops::GemmArgs add_to_output() {
+  ops::GemmArgs args;
+  args.beta = 1.0f;
+  args.b_is_weight = true;
+  return args;
+}
 
 // hidden += wo(act(h)) for h = wi(x).
 void add_dense_ffn_output(const DenseFeedForward& ffn, ops::Activation activation, Tensor h, Tensor& hidden) {
   ops::activate(activation, h);
-  ops::gemm(h, ffn.wo, hidden, kAddToOutput);
+  ops::gemm(h, ffn.wo, hidden, add_to_output());
 }
 
 // Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix (the first reading the rows
@@ -94,7 +99,7 @@ void add_attention_output(const MultiHeadAttention& attention, const Tensor& que
 }
 
 void add_attention_projection(const MultiHeadAttention& attention, const Tensor& context, Tensor& hidden) {
-  ops::gemm(context, attention.o, hidden, kAddToOutput);
+  ops::gemm(context, attention.o, hidden, add_to_output());
 }
 
 Tensor project_qkv(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& x) {

@@ -15,15 +15,18 @@ Tensor EncoderDecoderModel::step(DecoderState& state, const Tensor& tokens) {
   const Shape logits_shape{rows, special_tokens().vocab_size};
   DecoderState::StepGraph& recorded = state.step_graph_;
   const bool graphs = device == Device::CUDA && options().cuda_graphs && rows > 0;
-  if (graphs && recorded.version != state.version() && state.steps_done() == 0) {
+  bool replay = graphs && recorded.version == state.version();
+  if (graphs && !replay) {
+    // New rows or layouts: the recording is stale. This step runs kernel by kernel and the next one is recorded, so
+    // that first-use work (module loading, cuBLAS heuristics) never happens inside a capture and a layout used once
+    // is not recorded; but a decode's first step is recorded at once when its row count has run before.
+    recorded.graph = CudaGraph();
+    recorded.version = state.version();
     const std::lock_guard<std::mutex> lock(warmed_mutex_);
-    if (warmed_rows_.count(rows) != 0) {
-      recorded.graph = CudaGraph();
-      recorded.version = state.version();
-    }
+    replay = state.steps_done() == 0 && warmed_rows_.count(rows) != 0;
   }
   Tensor logits;
-  if (graphs && recorded.version == state.version()) {
+  if (replay) {
     if (recorded.graph.empty()) {
       // Input and output live outside the graph, at addresses fixed for its replays.
       recorded.tokens = Tensor::empty({rows}, DType::I32, device);
@@ -34,13 +37,6 @@ Tensor EncoderDecoderModel::step(DecoderState& state, const Tensor& tokens) {
     recorded.graph.replay();
     logits = recorded.logits;
   } else {
-    if (graphs) {
-      // New rows or layouts: this step runs kernel by kernel and the next one is recorded, so that first-use work
-      // (module loading, cuBLAS heuristics) never happens inside a capture and a layout used once is not recorded.
-      // A decode's first step is recorded at once when its row count has run before (warmed_rows_).
-      recorded.graph = CudaGraph();
-      recorded.version = state.version();
-    }
     logits = Tensor::empty(logits_shape, DType::F32, device);
     compute_step(state, tokens, logits);
     if (graphs) {

@@ -310,12 +310,21 @@ void launch(const Problem<T, CT>& p) {
     launch_variant<T, CT, false>(p);
 }
 
-// Launches the problem `setup` fills in, with c's element type: T, or float (the lm_head's float32 logits).
+// Launches the problem `setup` fills in, with c's element type: T, or float (the lm_head's float32 logits). The
+// operands are a's rows against `count` weights [n, k] stacked in w, into c [count, rows, n].
 template <typename T, typename Setup>
-void launch_into(Tensor& c, const Setup& setup) {
+void launch_into(const Tensor& a, const Tensor& w, int64_t n, int64_t count, Tensor& c, const Setup& setup) {
   const auto run = [&](auto* out) {
     Problem<T, std::remove_pointer_t<decltype(out)>> p{};
+    p.a = a.data<T>();
+    p.w = w.data<T>();
     p.c = out;
+    p.m = a.dim(0);
+    p.n = n;
+    p.k = a.dim(1);
+    p.count = count;
+    p.w_stride = n * p.k;  // weight i starts n * k elements (a multiple of 8) after weight 0: 16-byte aligned too
+    p.c_stride = p.m * n;
     setup(p);
     launch(p);
   };
@@ -337,17 +346,12 @@ bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
 }  // namespace
 
 bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
-  const int64_t m = a.dim(0), k = a.dim(1), n = c.dim(1);
+  const int64_t n = c.dim(1);
   if (!args.transpose_b || !applies(a, b, n, 1)) return false;
   rt::dispatch_floating(a.dtype(), "gemm", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      launch_into<T>(c, [&](auto& p) {
-        p.a = a.data<T>();
-        p.w = b.data<T>();
-        p.m = m;
-        p.n = n;
-        p.k = k;
+      launch_into<T>(a, b, n, 1, c, [&](auto& p) {
         p.alpha = args.alpha;
         p.beta = args.beta;
         p.w_is_weight = args.b_is_weight;
@@ -358,18 +362,13 @@ bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& a
 }
 
 bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
-  const int64_t rows = x.dim(0), k = x.dim(1), n = weights.dim(1), count = weights.dim(0);
-  // Weight i starts n * k elements (a multiple of 8) after weight 0: 16-byte aligned too.
+  const int64_t n = weights.dim(1), count = weights.dim(0);
   if (!applies(x, weights, n, count)) return false;
   rt::dispatch_floating(x.dtype(), "linear_stack", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      Problem<T, T> p{x.data<T>(), weights.data<T>(), y.data<T>(), rows, n, k};
-      p.count = count;
-      p.w_stride = n * k;
-      p.c_stride = rows * n;
-      p.w_is_weight = true;  // linear_stack's contract: a stack of Linear weights
-      launch(p);
+      // linear_stack's contract: a stack of Linear weights.
+      launch_into<T>(x, weights, n, count, y, [](auto& p) { p.w_is_weight = true; });
     }
   });
   return true;
@@ -386,15 +385,7 @@ bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float e
   rt::dispatch_floating(x.dtype(), "rms_norm_linear", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      launch_into<T>(y, [&](auto& p) {
-        p.a = x.data<T>();
-        p.w = weights.data<T>();
-        p.m = rows;
-        p.n = n;
-        p.k = k;
-        p.count = count;
-        p.w_stride = n * k;
-        p.c_stride = rows * n;
+      launch_into<T>(x, weights, n, count, y, [&](auto& p) {
         p.w_is_weight = true;
         p.norm = {norm_weight.data<T>(), eps, scale};
       });
