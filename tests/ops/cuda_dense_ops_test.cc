@@ -148,7 +148,10 @@ TEST(CudaDenseOps, CudaSmallMGemmMatchesCpu) {
             ops::gemm(a, b, expected, args);
             Tensor c = beta == 0.0f ? poisoned({m, n}, c_dtype, Device::CUDA) : to_cuda(c0, c_dtype);
             ops::gemm(to_cuda(a, dtype), to_cuda(b, dtype), c, args);
-            EXPECT_TRUE(relative_l2_within(c, expected, tolerance_for(c_dtype)));
+            // A float32 result over k > 4096 carries the CPU's own serial rounding (~sqrt(k) ulp): 1e-4 there, as
+            // for long softmax rows.
+            const double bound = c_dtype == DType::F32 && k > 4096 ? 1e-4 : tolerance_for(c_dtype);
+            EXPECT_TRUE(relative_l2_within(c, expected, bound));
           }
 }
 
