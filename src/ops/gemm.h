@@ -14,7 +14,7 @@ struct GemmArgs {
 };
 
 // c[m, n] = alpha * a[m, k] · op(b) + beta * c, accumulated in float32. CPU: float32 through the BLAS sgemm.
-// CUDA: a weight-streaming kernel for 1-8 half-precision rows against b^T (ops/gemm_cuda.h), cuBLAS otherwise;
+// CUDA: a weight-streaming kernel for 1-4 half-precision rows against b^T (ops/gemm_cuda.h), cuBLAS otherwise;
 // a and b share one dtype (F32, F16 or BF16), c has that dtype or F32.
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args = {});
 
@@ -30,7 +30,7 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
 // (norm_weight [k], eps), times `scale` rounded as scale_in_place rounds it (the tied lm_head's rescale), then
 // projected by `weights` (model weights): a Linear weight [n, k] into y [rows, n] in x's dtype or F32, as gemm; or a
 // stack [count, n, k] into y [count, rows, n] in x's dtype, as linear_stack. CPU: those ops, one after the other.
-// CUDA: for 1-8 half-precision rows, one launch of the small-m kernel, which normalizes the rows itself (the same
+// CUDA: for 1-4 half-precision rows, one launch of the small-m kernel, which normalizes the rows itself (the same
 // bits as the ops it replaces); otherwise those ops.
 void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
                      float scale = 1.0f);

@@ -11,11 +11,9 @@
 namespace elephant::ops::cuda {
 
 // Rows of a (or x) up to which the small-m kernel applies. Measured on the H100 (bench_cuda_decode, fp16,
-// 2026-11-26, before programmatic dependent launch): at 1 row it beats cuBLAS on every decode shape (1024x1024 2.99
-// vs 4.09 us, 1024x4096 5.03 vs 7.35); at 8 rows it lost on the wider ones (4096x1024 7.47 vs 5.30, q,k,v stack 6.15
-// vs 4.97). With its weights now streamed before the previous kernel ends (PDL, which cuBLAS's kernels do not do),
-// 8 rows are worth measuring again: GemmPath / LinearStackPath at 1-8 rows.
-constexpr int64_t kSmallMMaxRows = 8;
+// 2026-11-26): at 1 row it beats cuBLAS on every decode shape (1024x1024 2.99 vs 4.09 us, 1024x4096 5.03 vs 7.35);
+// at 8 rows it loses on the wider ones (4096x1024 7.47 vs 5.30, q,k,v stack 6.15 vs 4.97).
+constexpr int64_t kSmallMMaxRows = 4;
 
 void gemm_cublas(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);
 void linear_stack_cublas(const Tensor& x, const Tensor& weights, Tensor& y);

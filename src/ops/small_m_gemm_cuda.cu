@@ -34,8 +34,8 @@ constexpr int kRows = 2;           // weight rows per warp group: each a-chunk l
 constexpr int kUnroll = 4;         // 16-byte chunks per lane and row loaded before the first is used
 constexpr int kMaxGroupWarps = 4;  // k >= 4096: a row's 512 chunks are one pass of 4 warps
 constexpr unsigned kFullMask = 0xffffffffu;
-// The normalized rows of a fused norm live in shared memory: rows x k halves within the 48 KiB a launch gets without
-// opting in, and at most 512 16-byte chunks a row, so that the norm kernel gives every thread
+// The normalized rows of a fused norm live in shared memory: at most 4 rows x 4096 halves (32 KiB of the 48 KiB a
+// launch gets without opting in), and at most 512 16-byte chunks a row, so that the norm kernel gives every thread
 // at most one chunk (rms_norm_threads) and this block's thread t stands in for its threads t + i * kThreads.
 constexpr int64_t kNormMaxK = 4096;
 constexpr int kNormPasses = kNormMaxK / 8 / kThreads;
@@ -94,6 +94,7 @@ __device__ __forceinline__ void load_norm_weight(const T* weight, int chunks, ui
 // w / kWarps here. Ends with a barrier.
 template <typename T, int M>
 __device__ void normalize_rows(const T* a, int k, const RowNorm<T>& norm, const uint4 (&g)[kNormPasses], uint4* out) {
+  static_assert(M <= kWarps, "one warp per row adds the warps' sums");
   __shared__ float warp_sums[M][32];
   __shared__ float scales[M];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -118,9 +119,9 @@ __device__ void normalize_rows(const T* a, int k, const RowNorm<T>& norm, const 
     }
   }
   __syncthreads();
-  for (int r = warp; r < M; r += kWarps) {  // a warp per row adds the warps' sums
-    const float sum = rms_norm_warp_sum(lane < norm_threads / 32 ? warp_sums[r][lane] : 0.0f);
-    if (lane == 0) scales[r] = rms_scale(sum, k, norm.eps);
+  if (warp < M) {
+    const float sum = rms_norm_warp_sum(lane < norm_threads / 32 ? warp_sums[warp][lane] : 0.0f);
+    if (lane == 0) scales[warp] = rms_scale(sum, k, norm.eps);
   }
   __syncthreads();
 #pragma unroll
@@ -284,20 +285,8 @@ void launch_variant(const Problem<T, CT>& p) {
     case 3:
       run(small_m_gemm_kernel<T, CT, 3, kNorm>);
       break;
-    case 4:
-      run(small_m_gemm_kernel<T, CT, 4, kNorm>);
-      break;
-    case 5:
-      run(small_m_gemm_kernel<T, CT, 5, kNorm>);
-      break;
-    case 6:
-      run(small_m_gemm_kernel<T, CT, 6, kNorm>);
-      break;
-    case 7:
-      run(small_m_gemm_kernel<T, CT, 7, kNorm>);
-      break;
     default:
-      run(small_m_gemm_kernel<T, CT, 8, kNorm>);
+      run(small_m_gemm_kernel<T, CT, 4, kNorm>);
       break;
   }
 }
@@ -378,10 +367,7 @@ bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float e
                              float scale) {
   const bool stack = weights.rank() == 3;
   const int64_t rows = x.dim(0), k = x.dim(1), n = weights.dim(-2), count = stack ? weights.dim(0) : 1;
-  // The normalized rows live in shared memory: within the 48 KiB a block gets without opting in.
-  if (!applies(x, weights, n, count) || k > kNormMaxK ||
-      rows * k * static_cast<int64_t>(dtype_size(x.dtype())) > 48 * 1024 || !rt::is_aligned(norm_weight.raw()))
-    return false;
+  if (!applies(x, weights, n, count) || k > kNormMaxK || !rt::is_aligned(norm_weight.raw())) return false;
   rt::dispatch_floating(x.dtype(), "rms_norm_linear", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
