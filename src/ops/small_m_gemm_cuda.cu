@@ -366,7 +366,7 @@ bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
 bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
                              float scale) {
   const bool stack = weights.rank() == 3;
-  const int64_t rows = x.dim(0), k = x.dim(1), n = weights.dim(-2), count = stack ? weights.dim(0) : 1;
+  const int64_t k = x.dim(1), n = weights.dim(-2), count = stack ? weights.dim(0) : 1;
   if (!applies(x, weights, n, count) || k > kNormMaxK || !rt::is_aligned(norm_weight.raw())) return false;
   rt::dispatch_floating(x.dtype(), "rms_norm_linear", [&](auto tag) {
     using T = decltype(tag);
