@@ -50,8 +50,8 @@ void BM_MoeLayer(benchmark::State& state) {
   layers::FeedForward ffn;
   layers::MixtureOfExperts moe;
   moe.router = random_tensor({kExperts, kModel}, 1.0f, rng);
-  moe.wi = random_tensor({kExperts, kFf, kModel}, 0.05f, rng);
-  moe.wo = random_tensor({kExperts, kModel, kFf}, 0.05f, rng);
+  moe.wi.dense = random_tensor({kExperts, kFf, kModel}, 0.05f, rng);
+  moe.wo.dense = random_tensor({kExperts, kModel, kFf}, 0.05f, rng);
   ffn.moe = std::move(moe);
   const Tensor x = random_tensor({tokens, kModel}, 1.0f, rng);
   Tensor hidden = Tensor::zeros({tokens, kModel});

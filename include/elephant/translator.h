@@ -15,6 +15,10 @@ struct TranslatorOptions {
   ComputeType compute_type = ComputeType::Auto;
   int num_threads = 0;      // CPU threads; 0: all cores
   bool cuda_graphs = true;  // replay decode steps from CUDA graphs (false: launch them kernel by kernel)
+  // Expert weights quantized at load time (symmetric int8 or int4, fp16 scales); None keeps them as the checkpoint
+  // stores them. A checkpoint written by `elephant quantize` is loaded quantized with None.
+  Quantization quantization = Quantization::None;
+  int quantization_group_size = 0;  // 0: one scale per output channel; 64 or 128 input features per scale
 };
 
 struct TranslationOptions {

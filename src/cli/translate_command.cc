@@ -17,6 +17,8 @@ struct TranslateFlags {
   std::string output;
   std::string device = "auto";
   std::string dtype = "auto";
+  std::string quantize = "none";
+  int group_size = 0;
   int threads = 0;
   TranslationOptions options;
   bool no_pruning = false;
@@ -46,6 +48,8 @@ int run_translate(const TranslateFlags& flags) {
   translator_options.device = parse_device_request(flags.device);
   translator_options.compute_type = parse_compute_type(flags.dtype);
   translator_options.num_threads = flags.threads;
+  translator_options.quantization = parse_quantization(flags.quantize);
+  translator_options.quantization_group_size = flags.group_size;
   translator_options.cuda_graphs = !flags.no_cuda_graphs;
   TranslationOptions options = flags.options;
   options.prune_finished = !flags.no_pruning;
@@ -110,6 +114,14 @@ Runner add_translate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dtype", flags->dtype, "Compute dtype: fp32, fp16, bf16 or auto (fp16 on CUDA, fp32 on the CPU)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16", "auto"}))
+      ->capture_default_str();
+  cmd->add_option("--quantize", flags->quantize,
+                  "Quantize the expert weights at load time: int8, int4 or none (as the checkpoint stores them)")
+      ->check(CLI::IsMember({"int8", "int4", "none"}))
+      ->capture_default_str();
+  cmd->add_option("--group-size", flags->group_size,
+                  "With --quantize: input features per scale (0: one scale per output channel)")
+      ->check(CLI::IsMember({0, 64, 128}))
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   cmd->add_flag("--no-pruning", flags->no_pruning, "Keep finished sentences in the batch (for testing)");

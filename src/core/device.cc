@@ -19,6 +19,24 @@ ComputeType parse_compute_type(const std::string& name) {
   throw UsageError("unknown dtype \"" + name + "\" (expected fp32, fp16, bf16 or auto)");
 }
 
+Quantization parse_quantization(const std::string& name) {
+  if (name == "none") return Quantization::None;
+  if (name == "int8") return Quantization::Int8;
+  if (name == "int4") return Quantization::Int4;
+  throw UsageError("unknown quantization \"" + name + "\" (expected int8, int4 or none)");
+}
+
+int quantization_bits(Quantization quantization) {
+  switch (quantization) {
+    case Quantization::Int8:
+      return 8;
+    case Quantization::Int4:
+      return 4;
+    default:
+      return 0;
+  }
+}
+
 std::string to_string(ComputeType type) {
   switch (type) {
     case ComputeType::FP32:

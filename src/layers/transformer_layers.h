@@ -7,6 +7,7 @@
 #include "core/tensor.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant::layers {
 
@@ -39,11 +40,20 @@ struct DenseFeedForward {
   Tensor wo;  // [d_model, d_ff]
 };
 
+// Every expert's matrix of one kind, stacked [experts, n, k] for the grouped GEMM: in the compute dtype, or
+// quantized to int8 / int4 (quantization/quantized_tensor.h), the other one undefined.
+struct ExpertWeights {
+  Tensor dense;
+  QuantizedTensor quantized;
+
+  int64_t dim(int axis) const { return quantized.defined() ? quantized.dim(axis) : dense.dim(axis); }
+};
+
 struct MixtureOfExperts {
   Tensor router;       // F32 [experts, d_model]: routing runs in float32
   Tensor router_bias;  // F32 [experts] or undefined
-  Tensor wi;           // [experts, d_ff, d_model]: every expert's wi, stacked for the grouped GEMM
-  Tensor wo;           // [experts, d_model, d_ff]
+  ExpertWeights wi;    // [experts, d_ff, d_model]
+  ExpertWeights wo;    // [experts, d_model, d_ff]
 
   int num_experts() const { return static_cast<int>(wi.dim(0)); }
 };

@@ -26,6 +26,9 @@ struct ModelOptions {
   Device device = Device::CPU;
   DType dtype = DType::F32;
   bool cuda_graphs = true;  // on CUDA, decode steps are replayed from CUDA graphs; false: launched kernel by kernel
+  // Expert weights quantized at load time (quantization/quantized_tensor.h): 0 keeps them as stored, 8 or 4 bits.
+  int quantize_bits = 0;
+  int64_t quantize_group_size = 0;  // 0: one scale per output channel; 64 or 128
 };
 
 // Encoder states of a batch of sources, packed token-major without padding: source i owns the rows

@@ -10,6 +10,7 @@
 #include "ops/gather.h"
 #include "ops/gemm.h"
 #include "ops/relative_position.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant {
 
@@ -130,15 +131,29 @@ class LayerBuilder {
     return checkpoint_.load(name, shape).to(options_.device);
   }
 
-  // Every expert's matrix `name`, stacked into one [experts, rows, columns] tensor for the grouped GEMM.
-  Tensor load_experts(const std::string& prefix, const std::string& name, int64_t rows, int64_t columns) {
-    Tensor stacked = Tensor::empty({c_.num_experts, rows, columns}, options_.dtype);
+  // Every expert's matrix `name`, stacked into one [experts, rows, columns] tensor for the grouped GEMM; quantized
+  // here when the options ask for it.
+  layers::ExpertWeights load_experts(const std::string& prefix, const std::string& name, int64_t rows,
+                                     int64_t columns) {
+    const bool quantizing = options_.quantize_bits != 0;
+    Tensor stacked = Tensor::empty({c_.num_experts, rows, columns}, quantizing ? DType::F32 : options_.dtype);
     for (int e = 0; e < c_.num_experts; ++e) {
-      const Tensor expert = checkpoint_.load(prefix + ".experts.expert_" + std::to_string(e) + "." + name,
-                                             {rows, columns}, options_.dtype);
+      const Tensor expert = checkpoint_.load(expert_name(prefix, e, name), {rows, columns}, stacked.dtype());
       stacked.narrow(e, 1).reshape({rows, columns}).copy_from(expert);
     }
-    return stacked.to(options_.device);
+    layers::ExpertWeights weights;
+    if (quantizing) {
+      weights.quantized =
+          quantize(stacked, options_.quantize_bits, options_.quantize_group_size, expert_name(prefix, 0, name) + " ...")
+              .to(options_.device);
+    } else {
+      weights.dense = stacked.to(options_.device);
+    }
+    return weights;
+  }
+
+  static std::string expert_name(const std::string& prefix, int e, const std::string& name) {
+    return prefix + ".experts.expert_" + std::to_string(e) + "." + name;
   }
 
   layers::RmsNorm norm(const std::string& prefix) {

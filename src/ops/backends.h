@@ -37,6 +37,8 @@
   void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, Tensor& offsets);                    \
   void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,                        \
                     const GroupedGemmArgs& args);                                                                      \
+  void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,               \
+                    const GroupedGemmArgs& args);                                                                      \
   void topk(const Tensor& x, int k, Tensor& values, Tensor& indices);                                                  \
   void add_row_values(Tensor& x, const Tensor& row_values);                                                            \
   void fill_column(Tensor& x, int64_t column, float value);                                                            \

@@ -4,6 +4,7 @@
 
 #include "core/tensor.h"
 #include "ops/activation.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant::ops {
 
@@ -46,6 +47,12 @@ struct GroupedGemmArgs {
 // accumulation is float32 (with out_rows the product row is rounded to the dtype before it is scaled and added, and
 // the sum rounded once). Rows from offsets[experts] on are not touched. One launch for all experts.
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
+                  const GroupedGemmArgs& args = {});
+
+// The same with quantized weights (quantization/quantized_tensor.h): an int8 or int4 stack [experts, n, k] on a's
+// device, a and out in the compute dtype. The weights are dequantized inside the GEMM: on CUDA in its main loop (no
+// dequantized copy anywhere), on the CPU an expert at a time into the BLAS call.
+void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args = {});
 
 }  // namespace elephant::ops

@@ -60,11 +60,13 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
   for (int64_t t = 0; t < tokens; ++t) rows[next[bucket(e[t])]++] = static_cast<int32_t>(t);
 }
 
-// One BLAS GEMM per expert that received rows: an expert no row is routed to is never read.
-void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
-                  const GroupedGemmArgs& args) {
-  const int64_t experts = weights.dim(0);
-  const int64_t n = weights.dim(1);
+namespace {
+
+// One BLAS GEMM per expert that received rows: an expert no row is routed to is never read. expert_weight(e) gives
+// expert e's float32 [n, k] matrix.
+template <typename ExpertWeight>
+void grouped_gemm_with(const Tensor& a, int64_t experts, int64_t n, const Tensor& offsets, Tensor& out,
+                       const GroupedGemmArgs& args, ExpertWeight&& expert_weight) {
   const int32_t* first = offsets.data<int32_t>();
   Tensor gathered;
   if (args.a_rows) {
@@ -79,8 +81,7 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
     const int64_t count = first[e + 1] - begin;
     if (count <= 0) continue;
     Tensor y = product.narrow(begin, count);
-    const Tensor weight = weights.narrow(e, 1).reshape({n, weights.dim(2)});
-    ops::gemm(rows.narrow(begin, count), weight, y);
+    ops::gemm(rows.narrow(begin, count), expert_weight(e), y);
     if (args.bias) {
       const float* b = args.bias->data<float>() + e * n;
       float* data = y.data<float>();
@@ -101,6 +102,31 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
     const float s = scale[row];
     for (int64_t j = 0; j < n; ++j) hidden[row * n + j] += in[i * n + j] * s;
   }
+}
+
+}  // namespace
+
+void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
+                  const GroupedGemmArgs& args) {
+  const int64_t n = weights.dim(1), k = weights.dim(2);
+  grouped_gemm_with(a, weights.dim(0), n, offsets, out, args, [&](int64_t e) {
+    return weights.narrow(e, 1).reshape({n, k});
+  });
+}
+
+// An expert's weights are dequantized into one float32 buffer right before its GEMM: the BLAS call sees float32,
+// and only experts that received rows are converted.
+void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
+                  const GroupedGemmArgs& args) {
+  const int64_t n = weights.dim(1), k = weights.dim(2);
+  Tensor expert = Tensor::empty({n, k});
+  grouped_gemm_with(a, weights.dim(0), n, offsets, out, args, [&](int64_t e) {
+    float* data = expert.data<float>();
+#pragma omp parallel for if (n * k > 65536)
+    for (int64_t row = 0; row < n; row += 64)
+      dequantize_rows(weights, e, row, std::min<int64_t>(64, n - row), data + row * k);
+    return expert;
+  });
 }
 
 }  // namespace elephant::ops::cpu

@@ -89,16 +89,17 @@ struct MoeCase {
 
 // Expert e's weights: views of the stacked [experts, ...] tensors.
 layers::DenseFeedForward expert_of(const layers::MixtureOfExperts& moe, int e) {
-  return {moe.wi.narrow(e, 1).reshape({moe.wi.dim(1), moe.wi.dim(2)}),
-          moe.wo.narrow(e, 1).reshape({moe.wo.dim(1), moe.wo.dim(2)})};
+  const Tensor& wi = moe.wi.dense;
+  const Tensor& wo = moe.wo.dense;
+  return {wi.narrow(e, 1).reshape({wi.dim(1), wi.dim(2)}), wo.narrow(e, 1).reshape({wo.dim(1), wo.dim(2)})};
 }
 
 layers::MixtureOfExperts random_moe(const MoeCase& c, std::mt19937& rng) {
   layers::MixtureOfExperts moe;
   moe.router = random_tensor({c.num_experts, c.d_model}, rng);  // logits spread over several units
   if (c.router_bias) moe.router_bias = random_tensor({c.num_experts}, rng, -1.0f, 1.0f);
-  moe.wi = Tensor::empty({c.num_experts, c.d_ff, c.d_model});
-  moe.wo = Tensor::empty({c.num_experts, c.d_model, c.d_ff});
+  moe.wi.dense = Tensor::empty({c.num_experts, c.d_ff, c.d_model});
+  moe.wo.dense = Tensor::empty({c.num_experts, c.d_model, c.d_ff});
   for (int e = 0; e < c.num_experts; ++e) {
     const layers::DenseFeedForward dense = random_dense(c.d_model, c.d_ff, rng);
     layers::DenseFeedForward slot = expert_of(moe, e);

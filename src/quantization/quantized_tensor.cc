@@ -1,0 +1,169 @@
+#include "quantization/quantized_tensor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "elephant/error.h"
+
+namespace elephant {
+namespace {
+
+std::string shape_text(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Where feature f (0..31) of a 32-feature block is stored (quantized_tensor.h): the byte for int8, the nibble
+// (2 * byte + high) for int4.
+int int8_slot(int f) {
+  const int half = f / 16, r = f % 16;
+  const int t = (r % 8) / 2, j = (r >= 8 ? 2 : 0) + r % 2;
+  return half * 16 + 4 * t + j;
+}
+int int4_nibble(int f) {
+  const int half = f / 16, r = f % 16;
+  const int t = (r % 8) / 2;
+  const int position = (r % 2 ? 4 : 0) + 2 * half + (r >= 8 ? 1 : 0);
+  return 8 * t + position;  // word t holds nibbles 8t .. 8t + 7, lowest first (little-endian)
+}
+
+int64_t matrices_of(const Shape& shape) {
+  int64_t count = 1;
+  for (size_t i = 0; i + 2 < shape.size(); ++i) count *= shape[i];
+  return count;
+}
+
+}  // namespace
+
+int64_t QuantizedTensor::dim(int axis) const {
+  const int rank = static_cast<int>(shape.size());
+  const int a = axis < 0 ? axis + rank : axis;
+  if (a < 0 || a >= rank)
+    throw Error("QuantizedTensor::dim: axis " + std::to_string(axis) + " of " + shape_text(shape));
+  return shape[static_cast<size_t>(a)];
+}
+
+int64_t QuantizedTensor::groups() const { return group_size == 0 ? 1 : shape.back() / group_size; }
+
+QuantizedTensor QuantizedTensor::to(Device device) const {
+  QuantizedTensor moved = *this;
+  moved.values = values.to(device);
+  moved.scales = scales.to(device);
+  return moved;
+}
+
+QuantizedTensor quantize(const Tensor& weights, int bits, int64_t group_size, const std::string& what) {
+  if (bits != 8 && bits != 4) throw Error(what + ": cannot quantize to " + std::to_string(bits) + " bits (8 or 4)");
+  if (group_size != 0 && group_size != 64 && group_size != 128)
+    throw Error(what + ": group size " + std::to_string(group_size) + " is not supported (0 = per channel, 64, 128)");
+  if (weights.rank() < 2 || weights.device() != Device::CPU)
+    throw Error(what + ": quantize takes a CPU matrix or stack of matrices, got " + shape_text(weights.shape()));
+  const int64_t n = weights.dim(-2), k = weights.dim(-1);
+  if (k % kQuantBlock != 0 || (group_size != 0 && k % group_size != 0))
+    throw Error(what + ": " + std::to_string(k) + " input features; quantized weights need a multiple of " +
+                std::to_string(std::max<int64_t>(kQuantBlock, group_size)));
+  const Tensor w = weights.to_float();
+  const float* src = w.data<float>();
+  const int64_t rows = matrices_of(weights.shape()) * n;
+  const int64_t group = group_size == 0 ? k : group_size, groups = k / group;
+  const float qmax = bits == 8 ? 127.0f : 7.0f;
+
+  QuantizedTensor q;
+  q.bits = bits;
+  q.group_size = group_size;
+  q.shape = weights.shape();
+  Shape values_shape = q.shape, scales_shape = q.shape;
+  if (bits == 4) values_shape.back() = k / 2;
+  scales_shape.back() = groups;
+  q.values = Tensor::zeros(values_shape, bits == 8 ? DType::I8 : DType::U8);
+  q.scales = Tensor::empty(scales_shape, DType::F16);
+  auto* scales = static_cast<uint16_t*>(q.scales.raw());
+  auto* packed = static_cast<uint8_t*>(q.values.raw());
+#pragma omp parallel for if (rows * k > 65536)
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* x = src + row * k;
+    uint8_t* out = packed + row * (bits == 8 ? k : k / 2);
+    for (int64_t g = 0; g < groups; ++g) {
+      float amax = 0.0f;
+      for (int64_t j = g * group; j < (g + 1) * group; ++j) amax = std::max(amax, std::fabs(x[j]));
+      // The scale is stored in fp16; the codes are rounded against that stored value so that dequantizing
+      // reproduces them exactly. A zero group keeps scale 0 and codes 0.
+      const uint16_t stored = float_to_half(amax / qmax);
+      scales[row * groups + g] = stored;
+      const float scale = half_to_float(stored);
+      const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+      for (int64_t j = g * group; j < (g + 1) * group; ++j) {
+        const float code = std::clamp(std::nearbyint(x[j] * inverse), -qmax, qmax);
+        const int64_t block = j / kQuantBlock, f = j % kQuantBlock;
+        if (bits == 8) {
+          out[block * kQuantBlock + int8_slot(static_cast<int>(f))] = static_cast<uint8_t>(static_cast<int8_t>(code));
+        } else {
+          const int nibble = int4_nibble(static_cast<int>(f));
+          out[block * 16 + nibble / 2] |= static_cast<uint8_t>((static_cast<int>(code) + 8) << (4 * (nibble % 2)));
+        }
+      }
+    }
+  }
+  return q;
+}
+
+void dequantize_rows(const QuantizedTensor& quantized, int64_t matrix, int64_t row, int64_t count, float* out) {
+  const int64_t n = quantized.dim(-2), k = quantized.dim(-1);
+  const int64_t groups = quantized.groups(), group = k / groups;
+  const int64_t first = matrix * n + row;
+  const auto* scales = static_cast<const uint16_t*>(quantized.scales.raw()) + first * groups;
+  const int64_t stride = quantized.bits == 8 ? k : k / 2;
+  const auto* packed = static_cast<const uint8_t*>(quantized.values.raw()) + first * stride;
+  // The storage order of one 32-feature block, once.
+  int slot[kQuantBlock];
+  for (int f = 0; f < kQuantBlock; ++f) slot[f] = quantized.bits == 8 ? int8_slot(f) : int4_nibble(f);
+  for (int64_t r = 0; r < count; ++r) {
+    const uint8_t* in = packed + r * stride;
+    float* x = out + r * k;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t block = j / kQuantBlock;
+      const int s = slot[j % kQuantBlock];
+      int code;
+      if (quantized.bits == 8) {
+        code = static_cast<int8_t>(in[block * kQuantBlock + s]);
+      } else {
+        code = ((in[block * 16 + s / 2] >> (4 * (s % 2))) & 0xf) - 8;
+      }
+      x[j] = static_cast<float>(code) * half_to_float(scales[r * groups + j / group]);
+    }
+  }
+}
+
+Tensor dequantize(const QuantizedTensor& quantized) {
+  if (quantized.device() != Device::CPU) return dequantize(quantized.to(Device::CPU));
+  Tensor out = Tensor::empty(quantized.shape, DType::F32);
+  const int64_t n = quantized.dim(-2), k = quantized.dim(-1);
+  const int64_t matrices = matrices_of(quantized.shape);
+  for (int64_t m = 0; m < matrices; ++m) dequantize_rows(quantized, m, 0, n, out.data<float>() + m * n * k);
+  return out;
+}
+
+void check_quantized(const QuantizedTensor& quantized, const std::string& what) {
+  const auto fail = [&](const std::string& why) { throw ModelError(what + ": " + why); };
+  if (quantized.bits != 8 && quantized.bits != 4) fail(std::to_string(quantized.bits) + "-bit weights (8 or 4)");
+  if (quantized.shape.size() < 2) fail("quantized weights must be matrices, got " + shape_text(quantized.shape));
+  const int64_t k = quantized.shape.back();
+  if (k % kQuantBlock != 0) fail(std::to_string(k) + " input features, not a multiple of 32");
+  if (quantized.group_size != 0 && (k % quantized.group_size != 0))
+    fail("group size " + std::to_string(quantized.group_size) + " does not divide " + std::to_string(k));
+  Shape values = quantized.shape, scales = quantized.shape;
+  if (quantized.bits == 4) values.back() = k / 2;
+  scales.back() = quantized.groups();
+  const DType values_dtype = quantized.bits == 8 ? DType::I8 : DType::U8;
+  if (quantized.values.dtype() != values_dtype || quantized.values.shape() != values)
+    fail("values are " + dtype_name(quantized.values.dtype()) + " " + shape_text(quantized.values.shape()) +
+         ", expected " + dtype_name(values_dtype) + " " + shape_text(values) + " for " +
+         std::to_string(quantized.bits) + "-bit weights of shape " + shape_text(quantized.shape));
+  if (quantized.scales.dtype() != DType::F16 || quantized.scales.shape() != scales)
+    fail("scales are " + dtype_name(quantized.scales.dtype()) + " " + shape_text(quantized.scales.shape()) +
+         ", expected F16 " + shape_text(scales));
+}
+
+}  // namespace elephant
