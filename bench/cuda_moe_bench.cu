@@ -7,17 +7,24 @@
 // the previous one. Reported per layer: median time (--benchmark_repetitions), experts hit, the HBM floor (bytes of
 // the experts hit + x read + hidden read and written, over 2.96 TB/s) and the fraction of it reached.
 //
+// With quantized experts (issue 5): MoeLayer/int8 and MoeLayer/int4 run the same layer with per-channel int8 / int4
+// experts and fp16 activations; ExpertGemm/FORMAT/E is the paper's Table 1, the wi grouped GEMM alone (A = 40 x 1024
+// tokens spread evenly over E of the 32 experts, B = 4096 x 1024 per expert) in fp16, int8 and int4. Their floors
+// count the packed weights and the scales of the experts hit.
+//
 //   build/bin/bench_cuda_moe --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "bench_cuda.cuh"
 #include "core/cuda/runtime.cuh"
 #include "ops/elementwise.h"
 #include "ops/moe.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant {
 namespace {
@@ -28,7 +35,7 @@ constexpr int kExperts = 32;
 constexpr int kCopies = 16;  // 16 x 512 MiB of fp16 experts: far past the 50 MB L2
 constexpr double kHbmBytesPerSecond = 2.96e12;
 
-uint64_t splitmix64(uint64_t x) {
+__host__ __device__ uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
@@ -43,12 +50,60 @@ std::vector<int32_t> fixed_routing(int64_t tokens) {
 
 }  // namespace
 
-struct Layer {
-  Tensor wi, wo;
+// Expert weights of one matrix kind: fp16/bf16, or quantized (per channel) with fp16 scales.
+struct Experts {
+  Tensor dense;
+  QuantizedTensor quantized;
 };
-std::vector<Layer> g_layers[2];
+struct Layer {
+  Experts wi, wo;
+};
+std::vector<Layer> g_layers[4];  // fp16, bf16, int8, int4
 
 namespace {
+
+// Random codes and scales in the packed layout (any bytes are valid codes): the kernels' speed does not depend on
+// the values.
+__global__ void fill_bytes(uint8_t* out, int64_t n, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = static_cast<uint8_t>(splitmix64(seed + static_cast<uint64_t>(i)) >> 56);
+}
+
+Experts random_experts(int64_t n, int64_t k, int bits, DType dtype, std::mt19937& rng) {
+  if (bits == 16) return {random_device({kExperts, n, k}, 0.03f, dtype, rng), {}};
+  QuantizedTensor q;
+  q.bits = bits;
+  q.shape = {kExperts, n, k};
+  q.values = Tensor::empty({kExperts, n, k * bits / 8}, bits == 8 ? DType::I8 : DType::U8, Device::CUDA);
+  fill_bytes<<<1024, 256, 0, cuda::stream()>>>(static_cast<uint8_t*>(q.values.raw()), q.values.numel(), rng());
+  ELEPHANT_CHECK_LAUNCH();
+  q.scales = random_device({kExperts, n, 1}, 1e-3f, DType::F16, rng);
+  return {Tensor(), q};
+}
+
+void grouped_gemm(const Tensor& a, const Experts& w, const Tensor& offsets, Tensor& out,
+                  const ops::GroupedGemmArgs& args) {
+  if (w.quantized.defined()) {
+    ops::grouped_gemm(a, w.quantized, offsets, out, args);
+  } else {
+    ops::grouped_gemm(a, w.dense, offsets, out, args);
+  }
+}
+
+// Bytes of one expert's matrix of n x k: the codes (or halves) and the scales.
+double expert_bytes(int64_t n, int64_t k, int bits) {
+  return static_cast<double>(n) * k * bits / 8 + (bits == 16 ? 0.0 : 2.0 * n);
+}
+
+// The layers of one weight format, made once and kept until main() ends (4 to 8 GiB each).
+std::vector<Layer>& layers_of(int bits, DType dtype) {
+  std::vector<Layer>& copies = g_layers[bits == 8 ? 2 : bits == 4 ? 3 : dtype == DType::F16 ? 0 : 1];
+  std::mt19937 rng(11 + bits);
+  if (copies.empty())
+    for (int c = 0; c < kCopies; ++c)
+      copies.push_back({random_experts(kFf, kModel, bits, dtype, rng), random_experts(kModel, kFf, bits, dtype, rng)});
+  return copies;
+}
 
 void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const Tensor& probability, Tensor& hidden) {
   const int64_t tokens = x.dim(0);
@@ -59,22 +114,17 @@ void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const 
   ops::GroupedGemmArgs wi_args;
   wi_args.activation = ops::Activation::ReLU;
   wi_args.a_rows = &sorted;
-  ops::grouped_gemm(x, layer.wi, offsets, inner, wi_args);
+  grouped_gemm(x, layer.wi, offsets, inner, wi_args);
   ops::GroupedGemmArgs wo_args;
   wo_args.out_rows = &sorted;
   wo_args.out_scale = &probability;
-  ops::grouped_gemm(inner, layer.wo, offsets, hidden, wo_args);
+  grouped_gemm(inner, layer.wo, offsets, hidden, wo_args);
 }
 
-void BM_MoeLayer(benchmark::State& state, DType dtype) {
+void BM_MoeLayer(benchmark::State& state, DType dtype, int bits) {
   const int64_t tokens = state.range(0);
   std::mt19937 rng(7);
-  // Weights are made once per dtype and kept until main() ends: 8 GiB per dtype.
-  std::vector<Layer>& copies = g_layers[dtype == DType::F16 ? 0 : 1];
-  if (copies.empty())
-    for (int c = 0; c < kCopies; ++c)
-      copies.push_back({random_device({kExperts, kFf, kModel}, 0.03f, dtype, rng),
-                        random_device({kExperts, kModel, kFf}, 0.03f, dtype, rng)});
+  const std::vector<Layer>& copies = layers_of(bits, dtype);
   const std::vector<int32_t> routing = fixed_routing(tokens);
   const Tensor expert = Tensor::from_vector(routing, {tokens}, Device::CUDA);
   std::vector<float> p(static_cast<size_t>(tokens));
@@ -88,7 +138,8 @@ void BM_MoeLayer(benchmark::State& state, DType dtype) {
 
   const auto hit = static_cast<double>(std::set<int32_t>(routing.begin(), routing.end()).size());
   const double element = static_cast<double>(dtype_size(dtype));
-  const double bytes = hit * 2.0 * kFf * kModel * element + 3.0 * tokens * kModel * element;
+  const double bytes =
+      hit * (expert_bytes(kFf, kModel, bits) + expert_bytes(kModel, kFf, bits)) + 3.0 * tokens * kModel * element;
   state.counters["experts_hit"] = hit;
   state.counters["floor_us"] = bytes / kHbmBytesPerSecond * 1e6;
   // Seconds of HBM floor per iteration: divided by the measured time per iteration, the fraction of the floor.
@@ -96,12 +147,46 @@ void BM_MoeLayer(benchmark::State& state, DType dtype) {
       benchmark::Counter(bytes / kHbmBytesPerSecond, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The paper's Table 1: the wi GEMM of 40 tokens spread evenly over `active` experts, fp16 activations.
+void BM_ExpertGemm(benchmark::State& state, int bits) {
+  constexpr int64_t kTokens = 40;
+  const auto active = static_cast<int>(state.range(0));
+  std::mt19937 rng(9);
+  const std::vector<Layer>& copies = layers_of(bits, DType::F16);
+  // Experts 0 .. active-1 get 40 / active rows each (the first ones one more when it does not divide).
+  std::vector<int32_t> offsets(kExperts + 1, 0);
+  for (int e = 0; e < kExperts; ++e)
+    offsets[e + 1] = offsets[e] + (e < active ? kTokens / active + (e < kTokens % active ? 1 : 0) : 0);
+  const Tensor offsets_device = Tensor::from_vector(offsets, {kExperts + 1}, Device::CUDA);
+  const Tensor a = random_device({kTokens, kModel}, 1.0f, DType::F16, rng);
+  Tensor out = Tensor::empty({kTokens, kFf}, DType::F16, Device::CUDA);
+  time_graph_replays(state, kCopies, [&](int c) { grouped_gemm(a, copies[c].wi, offsets_device, out, {}); });
+
+  const double bytes = active * expert_bytes(kFf, kModel, bits) + 2.0 * kTokens * (kModel + kFf);
+  state.counters["experts_hit"] = active;
+  state.counters["floor_us"] = bytes / kHbmBytesPerSecond * 1e6;
+  state.counters["of_floor"] =
+      benchmark::Counter(bytes / kHbmBytesPerSecond, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
 void register_benchmarks() {
-  for (const auto& [name, dtype] : {std::pair{"MoeLayer/fp16", DType::F16}, std::pair{"MoeLayer/bf16", DType::BF16}}) {
-    auto* b = benchmark::RegisterBenchmark(name, BM_MoeLayer, dtype);
+  struct Format {
+    const char* name;
+    DType dtype;
+    int bits;
+  };
+  for (const Format& f : {Format{"fp16", DType::F16, 16}, Format{"bf16", DType::BF16, 16},
+                          Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("MoeLayer/") + f.name).c_str(), BM_MoeLayer, f.dtype, f.bits);
     for (int64_t tokens : {1, 8, 40, 96, 320, 1280, 3840}) b->Arg(tokens);
+    b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+  }
+  for (const Format& f :
+       {Format{"fp16", DType::F16, 16}, Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("ExpertGemm/") + f.name).c_str(), BM_ExpertGemm, f.bits);
+    for (int64_t active : {1, 2, 4, 8, 16, 32}) b->Arg(active);
     b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
   }
 }

@@ -5,6 +5,7 @@
 // high-water mark: weights, activations, caches).
 //
 //   build/bin/bench_translate MODEL_DIR [--device cuda] [--dtype fp16] [--batch-sizes 1,8,32,96] [--beams 1,2]
+//                             [--quantize int8|int4]
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -31,7 +32,8 @@ std::vector<int> parse_list(const std::string& text) {
 
 int main(int argc, char** argv) {
   CLI::App app{"elephant: Table 3 throughput (input tokens/s) with forced output length"};
-  std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path;
+  std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path,
+                         quantize = "none";
   int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
   bool no_cuda_graphs = false, no_pipeline = false;
   app.add_option("model_dir", model_dir)->required();
@@ -45,6 +47,8 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup)->check(CLI::Range(0, 100));
   app.add_option("--seed", seed);
   app.add_option("--json", json_path);
+  app.add_option("--quantize", quantize, "expert weights quantized at load time (per channel)")
+      ->check(CLI::IsMember({"none", "int8", "int4"}));
   app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
   app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
@@ -55,6 +59,7 @@ int main(int argc, char** argv) {
     translator_options.device = parse_device_request(device);
     translator_options.compute_type = parse_compute_type(dtype);
     translator_options.cuda_graphs = !no_cuda_graphs;
+    translator_options.quantization = parse_quantization(quantize);
     Translator translator(model_dir, translator_options);
     const int vocab = static_cast<int>(translator.info().vocab_size);
     std::mt19937 rng(static_cast<unsigned>(seed));

@@ -14,6 +14,10 @@
 #   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine, and
 #            again without one feature, TABLE3_ABLATION: no-pdl (default), no-pipeline or no-graphs) next to
 #            tools/bench/hf_generate_bench.py (transformers fp16 generate)
+#   quant    bench_cuda_moe's quantized rows: the paper's Table 1 (ExpertGemm: 40 tokens over 1-32 experts, fp16 /
+#            int8 / int4 wi GEMM) and the MoE layer with int8 / int4 experts next to fp16
+#   table3q  Table 3 with quantized experts: bench_translate fp16, --quantize int8, --quantize int4 (next to the
+#            transformers numbers when table3 ran in the same call)
 #   cpu      bench_cpu
 #   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1): API calls, kernels
@@ -100,6 +104,31 @@ for b in engine:
 PY
 fi
 
+if [[ $stages == *" quant "* ]]; then
+  build-device/bin/bench_cuda_moe --benchmark_filter='ExpertGemm|MoeLayer/(fp16|int8|int4)' \
+    --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_format=json \
+    --benchmark_out="$logs/bench_quant.json" --benchmark_out_format=json >/dev/null 2>"$logs/bench_quant.txt" ||
+    status=1
+  echo "== quantized experts, fp16 activations (CUDA graph replay; medians, us per call)"
+  python3 - "$logs/bench_quant.json" <<'PY' || status=1
+import json, sys
+rows = {}
+for b in json.load(open(sys.argv[1]))["benchmarks"]:
+    if b.get("aggregate_name") == "median":
+        kind, fmt, arg = b["run_name"].split("/")[:3]
+        rows[(kind, fmt, int(arg))] = b
+for kind, label in (("ExpertGemm", "active experts"), ("MoeLayer", "tokens")):
+    args = sorted({a for k, _, a in rows if k == kind})
+    print(f"| {kind}: {label} | fp16 us (of floor) | int8 us (of floor) | int8 speedup | int4 us (of floor) | int4 speedup |")
+    print("|---|---|---|---|---|---|")
+    for a in args:
+        f, i8, i4 = (rows.get((kind, fmt, a)) for fmt in ("fp16", "int8", "int4"))
+        cell = lambda r: f"{r['real_time']:.1f} ({r['floor_us'] / r['real_time']:.2f})" if r else "-"
+        speed = lambda r: f"{f['real_time'] / r['real_time']:.2f}x" if r and f else "-"
+        print(f"| {a} | {cell(f)} | {cell(i8)} | {speed(i8)} | {cell(i4)} | {speed(i4)} |")
+PY
+fi
+
 if [[ $stages == *" decode "* ]]; then
   build-device/bin/bench_cuda_decode --benchmark_filter="${DECODE_FILTER:-.}" --benchmark_repetitions=3 \
     --benchmark_report_aggregates_only=true \
@@ -149,6 +178,33 @@ for r in graphs:
     e = r["input_tokens_per_s"]
     print(f"| {r['batch']} | {key(r)[1]} | {t:,.1f} | {e:,.0f} | {e / t:.1f}x | "
           f"{ablated[key(r)]['input_tokens_per_s']:,.0f} | {r['peak_gpu_bytes'] / 2**30:.2f} |")
+PY
+fi
+
+if [[ $stages == *" table3q "* ]]; then
+  model=build-device/paper_model
+  [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
+  for q in none int8 int4; do
+    build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --quantize $q \
+      --json "$logs/table3q_$q.json" >"$logs/table3q_$q.txt" 2>&1 || status=1
+  done
+  echo "== Table 3, fp16 activations, experts fp16 / int8 / int4 (input tokens/s; ratio to transformers fp16)"
+  python3 - "$logs" <<'PY' || status=1
+import json, os, sys
+logs = sys.argv[1]
+key = lambda r: (r["batch"], r.get("beam", r.get("beams")))
+runs = {q: {key(r): r for r in json.load(open(f"{logs}/table3q_{q}.json"))["rows"]} for q in ("none", "int8", "int4")}
+hf_path = f"{logs}/table3_hf.json"
+hf = {key(r): r["input_tokens_per_s"] for r in json.load(open(hf_path))["rows"]} if os.path.exists(hf_path) else {}
+print("| batch | beam | transformers | fp16 | int8 | int4 | int8 / fp16 | int4 / fp16 | peak GiB fp16 / int8 / int4 |")
+print("|---|---|---|---|---|---|---|---|---|")
+for k in runs["none"]:
+    t = {q: runs[q][k]["input_tokens_per_s"] for q in runs}
+    ratio = lambda q: f" ({t[q] / hf[k]:.1f}x)" if k in hf else ""
+    peak = " / ".join(f"{runs[q][k]['peak_gpu_bytes'] / 2**30:.2f}" for q in runs)
+    print(f"| {k[0]} | {k[1]} | {hf.get(k, float('nan')):,.1f} | {t['none']:,.0f}{ratio('none')} | "
+          f"{t['int8']:,.0f}{ratio('int8')} | {t['int4']:,.0f}{ratio('int4')} | {t['int8'] / t['none']:.2f} | "
+          f"{t['int4'] / t['none']:.2f} | {peak} |")
 PY
 fi
 

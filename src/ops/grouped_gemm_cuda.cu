@@ -6,6 +6,11 @@
 // chunk) items built on the device from `offsets`: experts without rows are never read and no block idles on them.
 // Weight and row tiles arrive by 16-byte cp.async in a multi-stage pipeline over k. Decode-sized problems have too
 // few items to fill the machine: split-k then gives each item several blocks, one per slice of k, in the same launch.
+//
+// Quantized experts (int8 / int4, quantization/quantized_tensor.h) take the same path: their packed tiles arrive by
+// the same 16-byte copies and each thread turns the four features an MMA step gives it into halves in registers
+// (their storage order puts them in one 32-bit word), so weights are never dequantized into memory. Per-channel
+// scales multiply the float32 accumulators in the epilogue; group scales multiply the halves in the main loop.
 
 #include <algorithm>
 #include <cstdint>
@@ -60,18 +65,30 @@ struct TileConfig {
   static constexpr int WTM = BM / WARPS_M;  // tokens per warp
   static constexpr int MI = WTN / 16;
   static constexpr int NI = WTM / 8;
-  static constexpr int W_ITERS = BN * (BK / 8) / THREADS;
   static constexpr int A_ITERS = BM * (BK / 8) / THREADS;
-  static constexpr int ROWS_PER_ITER = THREADS / (BK / 8);
-  static constexpr int W_STAGE = BN * BK;  // elements
+  static constexpr int ROWS_PER_ITER = THREADS / (BK / 8);  // rows of a (and of half weights) one copy pass covers
+  static constexpr int W_STAGE = BN * BK;                   // elements
   static constexpr int A_STAGE = BM * BK;
   static constexpr int C_STRIDE = BN + 8;  // epilogue staging row, padded by 16 bytes
-  static constexpr int SMEM_BYTES = STAGES * (W_STAGE + A_STAGE) * 2;
 
   static_assert(WTN % 16 == 0 && WTM % 16 == 0, "warp tiles are whole m16 x (2 x n8) fragments");
   static_assert(BN * (BK / 8) % THREADS == 0 && BM * (BK / 8) % THREADS == 0, "every thread copies whole rows");
   static_assert(ROWS_PER_ITER % 8 == 0, "a thread's swizzle must not change between its rows");
-  static_assert(BM * C_STRIDE * 2 <= SMEM_BYTES, "the epilogue tile reuses the pipeline buffers");
+};
+
+// The weight tile of one stage in shared memory: half-precision rows of BK swizzled (128 bytes), or packed rows of
+// BK * BITS / 8 bytes padded by 16 so that the 8 rows x 4 words one fragment load reads hit distinct banks.
+template <typename C, int BITS>
+struct WeightTile {
+  static constexpr int ROW_BYTES = C::BK * BITS / 8;
+  static constexpr int STRIDE = BITS == 16 ? ROW_BYTES : ROW_BYTES + 16;
+  static constexpr int CHUNKS = ROW_BYTES / 16;  // 16-byte copies per row
+  static constexpr int ROWS_PER_ITER = C::THREADS / CHUNKS;
+  static constexpr int ITERS = C::BN * CHUNKS / C::THREADS;
+  static constexpr int STAGE_BYTES = C::BN * STRIDE;
+  static constexpr int SMEM_BYTES = C::STAGES * (STAGE_BYTES + C::A_STAGE * 2);
+  static_assert(C::BN * CHUNKS % C::THREADS == 0, "every thread copies whole weight rows");
+  static_assert(C::BM * C::C_STRIDE * 2 <= SMEM_BYTES, "the epilogue tile reuses the pipeline buffers");
 };
 
 // Decode: few rows per expert, bound by the weight stream: small tiles, many blocks, a deep pipeline.
@@ -115,6 +132,66 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+}
+
+// Integer codes to half-precision pairs without conversion instructions: OR-ing a code c < 2^8 into the low bits of
+// 1024.0 (fp16) gives 1024 + c exactly; one subtraction leaves the signed value. bf16 has too few mantissa bits for
+// 8-bit codes, so int8 -> bf16 converts through float.
+template <typename T>
+__device__ __forceinline__ uint32_t int4_pair(uint32_t word) {  // nibbles 0 and 4 of word, each code + 8
+  uint32_t bits = (word & 0x000f000fu) | (std::is_same_v<T, __half> ? 0x64006400u : 0x43004300u);
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __hsub2(*reinterpret_cast<__half2*>(&bits), __half2half2(__ushort_as_half(0x6408)));  // 1032
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v =
+        __hsub2(*reinterpret_cast<__nv_bfloat162*>(&bits), __bfloat162bfloat162(__ushort_as_bfloat16(0x4308)));  // 136
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+template <typename T>
+__device__ __forceinline__ uint32_t int8_pair(uint32_t word, bool high) {  // bytes 0, 1 (or 2, 3): signed codes
+  if constexpr (std::is_same_v<T, __half>) {
+    uint32_t bits = __byte_perm(word ^ 0x80808080u, 0x64646464u, high ? 0x4342 : 0x4140);
+    const __half2 v = __hsub2(*reinterpret_cast<__half2*>(&bits), __half2half2(__ushort_as_half(0x6480)));  // 1152
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const int shift = high ? 16 : 0;
+    const __nv_bfloat162 v = __floats2bfloat162_rn(static_cast<float>(static_cast<int8_t>(word >> shift)),
+                                                   static_cast<float>(static_cast<int8_t>(word >> (shift + 8))));
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+template <typename T>
+__device__ __forceinline__ uint32_t scaled(uint32_t pair, uint32_t scale) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __hmul2(*reinterpret_cast<__half2*>(&pair), *reinterpret_cast<__half2*>(&scale));
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v =
+        __hmul2(*reinterpret_cast<__nv_bfloat162*>(&pair), *reinterpret_cast<__nv_bfloat162*>(&scale));
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+template <typename T>
+__device__ __forceinline__ uint32_t scale_pair(const __half* __restrict__ scales, int64_t index) {
+  const float s = __half2float(scales[index]);
+  const auto v = rt::from_float<T>(s);
+  const uint16_t bits = *reinterpret_cast<const uint16_t*>(&v);
+  return bits | (static_cast<uint32_t>(bits) << 16);
+}
+
+// Quantized weights as the kernels see them: scales F16 [experts, n, groups]; group_size 0 means one per channel.
+struct QuantArgs {
+  const __half* scales = nullptr;
+  int group_size = 0;
+};
+
+// The factor of an output channel's accumulator: its scale for per-channel quantized weights, else 1.
+template <int BITS>
+__device__ __forceinline__ float channel_scale(const QuantArgs& quant, int e, int n, int col) {
+  if (BITS == 16 || quant.group_size > 0) return 1.0f;
+  return __half2float(quant.scales[static_cast<int64_t>(e) * n + col]);
 }
 
 // prefix[e] = row chunks of the experts before e; prefix[experts] = all chunks. Warp 0 scans, 32 experts a step.
@@ -184,17 +261,21 @@ __device__ __forceinline__ void store_8(const rt::Pack<T, 8>& v, T* __restrict__
   }
 }
 
-template <typename T, typename C, bool SPLIT>
+// BITS: 16 for weights in T, 8 or 4 for quantized ones (`weights` then points to their packed bytes).
+template <typename T, typename C, int BITS, bool SPLIT>
 __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
-    grouped_gemm_mma_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows, const T* __restrict__ weights,
-                            const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
-                            const int32_t* __restrict__ out_rows, const float* __restrict__ out_scale, int experts,
-                            int n, int k, int activation, bool vector_store, SplitK split) {
+    grouped_gemm_mma_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows,
+                            const void* __restrict__ weights, QuantArgs quant, const int32_t* __restrict__ offsets,
+                            const T* __restrict__ bias, T* __restrict__ out, const int32_t* __restrict__ out_rows,
+                            const float* __restrict__ out_scale, int experts, int n, int k, int activation,
+                            bool vector_store, SplitK split) {
+  using WT = WeightTile<C, BITS>;
+  constexpr bool kQuantized = BITS != 16;
   rt::await_previous_kernel();
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int chunk_prefix[kMaxMmaExperts + 1];
-  T* const sw = reinterpret_cast<T*>(smem);
-  T* const sa = sw + C::STAGES * C::W_STAGE;
+  unsigned char* const sw = smem;
+  T* const sa = reinterpret_cast<T*>(smem + C::STAGES * WT::STAGE_BYTES);
   T* const sc = reinterpret_cast<T*>(smem);
 
   const int tid = threadIdx.x;
@@ -216,6 +297,11 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   const int copy_swizzled = (copy_chunk ^ (copy_row & 7)) * 8;
   const uint32_t sw_base = smem_address(sw);
   const uint32_t sa_base = smem_address(sa);
+  // Quantized weight rows are copied by their own (row, 16-byte chunk) split.
+  const int q_row = tid / WT::CHUNKS;
+  const int q_chunk = tid % WT::CHUNKS;
+  const int64_t q_row_bytes = static_cast<int64_t>(k) * BITS / 8;
+  const int groups = quant.group_size > 0 ? k / quant.group_size : 1;
 
   // Items are ordered (expert, n tile, chunk), chunks fastest: concurrent blocks share an expert's rows and tiles.
   // Every block derives the same list from `offsets`, so all slices of an item agree on it.
@@ -240,7 +326,10 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     const int m0 = __ldg(offsets + e) + (local % expert_chunks) * C::BM;
     const int rows = min(C::BM, __ldg(offsets + e + 1) - m0);
 
-    const T* w_src = weights + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
+    const T* w_src =
+        static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
+    const auto* q_src = static_cast<const unsigned char*>(weights) +
+                        (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes + q_chunk * 16;
     // The rows this thread copies; with a_rows, sorted position i reads row a_rows[i] of a (the gather into expert
     // order happens in these loads).
     const T* a_src[C::A_ITERS];
@@ -253,12 +342,24 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     auto load_stage = [&](int slot, int kt) {
       const int k_offset = kt * BK;
       const bool k_ok = k_offset + copy_chunk * 8 < k;
+      if constexpr (kQuantized) {
+        // A chunk holds 128 / BITS features; zero-filled past k (its rows of a are zero there too).
+        const bool q_ok = k_offset + q_chunk * (128 / BITS) < k;
 #pragma unroll
-      for (int j = 0; j < C::W_ITERS; ++j) {
-        const int r = copy_row + j * C::ROWS_PER_ITER;
-        const bool ok = k_ok && n0 + r < n;
-        cp_async_16(sw_base + 2 * (slot * C::W_STAGE + r * BK + copy_swizzled),
-                    ok ? w_src + static_cast<int64_t>(j) * C::ROWS_PER_ITER * k + k_offset : weights, ok);
+        for (int j = 0; j < WT::ITERS; ++j) {
+          const int r = q_row + j * WT::ROWS_PER_ITER;
+          const bool ok = q_ok && n0 + r < n;
+          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16,
+                      ok ? q_src + j * WT::ROWS_PER_ITER * q_row_bytes + k_offset * BITS / 8 : weights, ok);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < WT::ITERS; ++j) {
+          const int r = copy_row + j * WT::ROWS_PER_ITER;
+          const bool ok = k_ok && n0 + r < n;
+          cp_async_16(sw_base + 2 * (slot * C::W_STAGE + r * BK + copy_swizzled),
+                      ok ? w_src + static_cast<int64_t>(j) * WT::ROWS_PER_ITER * k + k_offset : weights, ok);
+        }
       }
 #pragma unroll
       for (int j = 0; j < C::A_ITERS; ++j) {
@@ -292,15 +393,57 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       const int slot = kt % C::STAGES;
       const uint32_t w_tile = sw_base + 2 * slot * C::W_STAGE;
       const uint32_t a_tile = sa_base + 2 * slot * C::A_STAGE;
+      // Quantized: the two weight rows (lane / 4 and + 8 of each 16-row fragment) this thread converts, and their
+      // group scales for this k tile (a group spans whole k tiles).
+      const unsigned char* q_tile = sw + slot * WT::STAGE_BYTES;
+      uint32_t group_scale[C::MI][2];
+      if constexpr (kQuantized) {
+        if (quant.group_size > 0) {
+          const int group = (kt_begin + kt) * BK / quant.group_size;
+#pragma unroll
+          for (int mi = 0; mi < C::MI; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int row = min(n0 + warp_n * C::WTN + mi * 16 + (lane >> 2) + 8 * h, n - 1);
+              group_scale[mi][h] = scale_pair<T>(quant.scales, (static_cast<int64_t>(e) * n + row) * groups + group);
+            }
+        }
+      }
 #pragma unroll
       for (int kk = 0; kk < BK / 16; ++kk) {
         uint32_t af[C::MI][4];
         uint32_t bf[C::NI][2];
 #pragma unroll
         for (int mi = 0; mi < C::MI; ++mi) {
-          const int row = warp_n * C::WTN + mi * 16 + (lane & 15);
-          const int chunk = kk * 2 + (lane >> 4);
-          ldmatrix_x4(af[mi], w_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
+          if constexpr (kQuantized) {
+            const int row = warp_n * C::WTN + mi * 16 + (lane >> 2);
+            // int8: word t of each 16-feature step; int4: word t of each 32-feature block, shifted to the step.
+            const int word = BITS == 8 ? kk * 4 + (lane & 3) : (kk / 2) * 4 + (lane & 3);
+            const uint32_t w0 = reinterpret_cast<const uint32_t*>(q_tile + row * WT::STRIDE)[word];
+            const uint32_t w1 = reinterpret_cast<const uint32_t*>(q_tile + (row + 8) * WT::STRIDE)[word];
+            if constexpr (BITS == 8) {
+              af[mi][0] = int8_pair<T>(w0, false);
+              af[mi][1] = int8_pair<T>(w1, false);
+              af[mi][2] = int8_pair<T>(w0, true);
+              af[mi][3] = int8_pair<T>(w1, true);
+            } else {
+              const int shift = (kk % 2) * 8;
+              af[mi][0] = int4_pair<T>(w0 >> shift);
+              af[mi][1] = int4_pair<T>(w1 >> shift);
+              af[mi][2] = int4_pair<T>(w0 >> (shift + 4));
+              af[mi][3] = int4_pair<T>(w1 >> (shift + 4));
+            }
+            if (quant.group_size > 0) {
+              af[mi][0] = scaled<T>(af[mi][0], group_scale[mi][0]);
+              af[mi][1] = scaled<T>(af[mi][1], group_scale[mi][1]);
+              af[mi][2] = scaled<T>(af[mi][2], group_scale[mi][0]);
+              af[mi][3] = scaled<T>(af[mi][3], group_scale[mi][1]);
+            }
+          } else {
+            const int row = warp_n * C::WTN + mi * 16 + (lane & 15);
+            const int chunk = kk * 2 + (lane >> 4);
+            ldmatrix_x4(af[mi], w_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
+          }
         }
 #pragma unroll
         for (int pair = 0; pair < C::NI / 2; ++pair) {
@@ -365,9 +508,11 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         rt::Pack<T, 8> o;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
+          const bool col_ok = n0 + c + j < n;
           const float b =
-              bias != nullptr && n0 + c + j < n ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + c + j]) : 0.0f;
-          o.v[j] = rt::from_float<T>(apply_activation(activation, v[j] + b));
+              bias != nullptr && col_ok ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + c + j]) : 0.0f;
+          const float s = channel_scale<BITS>(quant, e, n, col_ok ? n0 + c + j : n - 1);
+          o.v[j] = rt::from_float<T>(apply_activation(activation, v[j] * s + b));
         }
         store_8(o, out, out_rows, out_scale, m0 + r, n0 + c, n, vector_store);
       }
@@ -379,14 +524,16 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int col = warp_n * C::WTN + mi * 16 + (lane >> 2) + half * 8;
-          const float b =
-              bias != nullptr && n0 + col < n ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + col]) : 0.0f;
+          const bool col_ok = n0 + col < n;
+          const float b = bias != nullptr && col_ok ? rt::to_float(bias[static_cast<int64_t>(e) * n + n0 + col]) : 0.0f;
+          const float s = channel_scale<BITS>(quant, e, n, col_ok ? n0 + col : n - 1);
 #pragma unroll
           for (int ni = 0; ni < C::NI; ++ni) {
             const int token = warp_m * C::WTM + ni * 8 + 2 * (lane & 3);
-            sc[token * C::C_STRIDE + col] = rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half] + b));
+            sc[token * C::C_STRIDE + col] =
+                rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half] * s + b));
             sc[(token + 1) * C::C_STRIDE + col] =
-                rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half + 1] + b));
+                rt::from_float<T>(apply_activation(activation, acc[mi][ni][2 * half + 1] * s + b));
           }
         }
       }
@@ -408,7 +555,9 @@ template <typename T>
 struct Problem {
   const T* a;
   const int32_t* a_rows;  // or null: sorted position i reads row i of a
-  const T* weights;
+  const void* weights;    // T [experts, n, k], or packed codes when bits < 16
+  QuantArgs quant;
+  int bits;  // 16, 8 or 4
   const int32_t* offsets;
   const T* bias;  // or null
   T* out;
@@ -419,23 +568,23 @@ struct Problem {
   bool vector_store;
 };
 
-template <typename T, typename C, bool SPLIT = false>
+template <typename T, typename C, int BITS, bool SPLIT = false>
 void launch_mma(const Problem<T>& p, const SplitK& split = {}, int64_t most_units = 0) {
+  constexpr int smem_bytes = WeightTile<C, BITS>::SMEM_BYTES;
+  const auto kernel = grouped_gemm_mma_kernel<T, C, BITS, SPLIT>;
   // Host-only queries, once per instantiation: no synchronization, nothing recorded in a graph.
-  static const int grid_limit = [] {
-    ELEPHANT_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_mma_kernel<T, C, SPLIT>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES));
+  static const int grid_limit = [&] {
+    ELEPHANT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
     int per_sm = 0;
-    ELEPHANT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grouped_gemm_mma_kernel<T, C, SPLIT>,
-                                                                      C::THREADS, C::SMEM_BYTES));
+    ELEPHANT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, C::THREADS, smem_bytes));
     return std::max(per_sm, 1) * rt::device_properties().multiProcessorCount;
   }();
   // Sum over experts of ceil(rows_e / BM) is below rows / BM + experts.
   const int64_t n_tiles = (p.n + C::BN - 1) / C::BN;
   const int64_t most_items = n_tiles * ((p.rows + C::BM - 1) / C::BM + p.experts);
   const auto grid = static_cast<unsigned>(std::min<int64_t>(SPLIT ? most_units : most_items, grid_limit));
-  rt::launch(grouped_gemm_mma_kernel<T, C, SPLIT>, grid, C::THREADS, C::SMEM_BYTES, p.a, p.a_rows, p.weights, p.offsets,
-             p.bias, p.out, p.out_rows, p.out_scale, p.experts, p.n, p.k, p.activation, p.vector_store, split);
+  rt::launch(kernel, grid, C::THREADS, smem_bytes, p.a, p.a_rows, p.weights, p.quant, p.offsets, p.bias, p.out,
+             p.out_rows, p.out_scale, p.experts, p.n, p.k, p.activation, p.vector_store, split);
 }
 
 // Split-k arrival counters, zero between launches since each item's last block resets its own: made once per thread,
@@ -457,7 +606,7 @@ int* split_counters(int64_t count, Tensor& own) {
 
 // Decode: the host knows the rows, not how the device spreads them over experts; it counts the most items they can
 // make (one chunk per row at most) and splits k until items x slices reach about two blocks per SM.
-template <typename T>
+template <typename T, int BITS>
 void launch_small_tiles(const Problem<T>& p) {
   using C = SmallTiles;
   const int64_t n_tiles = (p.n + C::BN - 1) / C::BN;
@@ -469,23 +618,44 @@ void launch_small_tiles(const Problem<T>& p) {
   // Items that fill half the SMs stream the weights at near full bandwidth already: measured at 8 tokens (wo, 128
   // items), a split of 2 cost 4% (57.3 against 55.1 us for the layer).
   if (slices < 2 || 4 * most_items > want || most_items > kSplitCounters) {
-    launch_mma<T, C>(p);
+    launch_mma<T, C, BITS>(p);
     return;
   }
   Tensor partials = Tensor::empty(Shape{slices * p.rows * n_tiles * int64_t{C::BN}}, DType::F32, Device::CUDA);
   Tensor own_counters;
   const SplitK split{static_cast<int>(slices), p.rows, partials.data<float>(),
                      split_counters(most_items, own_counters)};
-  launch_mma<T, C, true>(p, split, most_items * slices);
+  launch_mma<T, C, BITS, true>(p, split, most_items * slices);
 }
 
 // ---- general path (float32, or half-precision shapes the tensor-core path cannot load) ------------------------
 
 constexpr int kSimtTile = 16;
 
+// Weight (row, j) of expert e as float: from T, or decoded from the packed codes (quantized_tensor.h) and scaled.
+template <typename T>
+__device__ __forceinline__ float weight_at(const void* weights, const QuantArgs& quant, int bits, int e, int n, int k,
+                                           int row, int j) {
+  const int64_t matrix_row = static_cast<int64_t>(e) * n + row;
+  if (bits == 16) return rt::to_float(static_cast<const T*>(weights)[matrix_row * k + j]);
+  const auto* codes = static_cast<const unsigned char*>(weights) + matrix_row * k * bits / 8;
+  const int block = j / 32, f = j % 32, half = f / 16, r = f % 16, t = (r % 8) / 2;
+  int code;
+  if (bits == 8) {
+    code = static_cast<int8_t>(codes[block * 32 + half * 16 + 4 * t + (r >= 8 ? 2 : 0) + r % 2]);
+  } else {
+    const int nibble = 8 * t + (r % 2 ? 4 : 0) + 2 * half + (r >= 8 ? 1 : 0);
+    code = ((codes[block * 16 + nibble / 2] >> (4 * (nibble % 2))) & 0xf) - 8;
+  }
+  const int groups = quant.group_size > 0 ? k / quant.group_size : 1;
+  const int group = quant.group_size > 0 ? j / quant.group_size : 0;
+  return static_cast<float>(code) * __half2float(quant.scales[matrix_row * groups + group]);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kSimtTile* kSimtTile)
-    grouped_gemm_simt_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows, const T* __restrict__ weights,
+    grouped_gemm_simt_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows,
+                             const void* __restrict__ weights, QuantArgs quant, int bits,
                              const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
                              const int32_t* __restrict__ out_rows, const float* __restrict__ out_scale, int n, int k,
                              int activation) {
@@ -496,7 +666,6 @@ __global__ void __launch_bounds__(kSimtTile* kSimtTile)
   const int begin = offsets[e], end = offsets[e + 1];
   const int tx = threadIdx.x % kSimtTile, ty = threadIdx.x / kSimtTile;
   const int n0 = blockIdx.x * kSimtTile;
-  const T* w = weights + static_cast<int64_t>(e) * n * k;
   for (int m0 = begin + blockIdx.z * kSimtTile; m0 < end; m0 += gridDim.z * kSimtTile) {
     float acc = 0.0f;
     const bool row_ok = m0 + ty < end;
@@ -504,7 +673,7 @@ __global__ void __launch_bounds__(kSimtTile* kSimtTile)
     for (int k0 = 0; k0 < k; k0 += kSimtTile) {
       const int kk = k0 + tx;
       sa[ty][tx] = row_ok && kk < k ? rt::to_float(a[a_row * k + kk]) : 0.0f;
-      sw[ty][tx] = n0 + ty < n && kk < k ? rt::to_float(w[static_cast<int64_t>(n0 + ty) * k + kk]) : 0.0f;
+      sw[ty][tx] = n0 + ty < n && kk < k ? weight_at<T>(weights, quant, bits, e, n, k, n0 + ty, kk) : 0.0f;
       __syncthreads();
 #pragma unroll
       for (int j = 0; j < kSimtTile; ++j) acc += sa[ty][j] * sw[tx][j];
@@ -532,58 +701,102 @@ void launch_simt(const Problem<T>& p) {
   const int64_t split = std::clamp<int64_t>(want / std::max<int64_t>(tiles, 1), 1,
                                             std::min<int64_t>(rt::blocks_for(p.rows, kSimtTile), 65535));
   const dim3 grid(rt::blocks_for(p.n, kSimtTile), static_cast<unsigned>(p.experts), static_cast<unsigned>(split));
-  rt::launch(grouped_gemm_simt_kernel<T>, grid, kSimtTile * kSimtTile, 0, p.a, p.a_rows, p.weights, p.offsets, p.bias,
-             p.out, p.out_rows, p.out_scale, p.n, p.k, p.activation);
+  rt::launch(grouped_gemm_simt_kernel<T>, grid, kSimtTile * kSimtTile, 0, p.a, p.a_rows, p.weights, p.quant, p.bits,
+             p.offsets, p.bias, p.out, p.out_rows, p.out_scale, p.n, p.k, p.activation);
 }
 
 bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Picks the tiles by rows per expert; every tile shape has a kernel per weight width.
+template <typename T, int BITS>
+void launch_tensor_cores(const Problem<T>& p) {
+  const int64_t rows_per_expert = p.rows / p.experts;
+  // The larger tiles need ~100 KB of shared memory a block: more than sm_86/sm_89 GPUs give (~99 KB).
+  static const bool large_tiles_fit = rt::device_properties().sharedMemPerBlockOptin >=
+                                      static_cast<size_t>(WeightTile<MediumTiles, 16>::SMEM_BYTES) + 8192;
+  if (rows_per_expert <= 16 || !large_tiles_fit) {
+    launch_small_tiles<T, BITS>(p);
+  } else if (rows_per_expert <= 64) {
+    launch_mma<T, MediumTiles, BITS>(p);
+  } else {
+    launch_mma<T, LargeTiles, BITS>(p);
+  }
+}
+
+template <typename T>
+void run_grouped_gemm(Problem<T>& p) {
+  if constexpr (!std::is_same_v<T, float>) {
+    // 16-byte copies need rows of whole 16-byte chunks (quantized rows always are: k is a multiple of 32).
+    if ((p.bits < 16 || p.k % 8 == 0) && aligned_16(p.a) && aligned_16(p.weights) && p.experts <= kMaxMmaExperts) {
+      p.vector_store = p.n % 8 == 0 && aligned_16(p.out);
+      if (p.bits == 8) {
+        launch_tensor_cores<T, 8>(p);
+      } else if (p.bits == 4) {
+        launch_tensor_cores<T, 4>(p);
+      } else {
+        launch_tensor_cores<T, 16>(p);
+      }
+      return;
+    }
+  }
+  launch_simt<T>(p);
+}
+
+template <typename T>
+Problem<T> problem_of(const Tensor& a, const Tensor& offsets, Tensor& out, const GroupedGemmArgs& args, int experts,
+                      int n, int k) {
+  Problem<T> p{};
+  p.a = a.data<T>();
+  p.a_rows = args.a_rows ? args.a_rows->data<int32_t>() : nullptr;
+  p.bits = 16;
+  p.offsets = offsets.data<int32_t>();
+  p.bias = args.bias ? args.bias->data<T>() : nullptr;
+  p.out = out.data<T>();
+  p.out_rows = args.out_rows ? args.out_rows->data<int32_t>() : nullptr;
+  p.out_scale = args.out_scale ? args.out_scale->data<float>() : nullptr;
+  p.rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
+  p.experts = experts;
+  p.n = n;
+  p.k = k;
+  p.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
+  return p;
+}
+
+void check_expert_count(int experts) {
+  if (experts > 65535) throw Error("grouped_gemm: more than 65535 experts on CUDA");
+}
 
 }  // namespace
 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
-  const int64_t rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
   const int experts = static_cast<int>(weights.dim(0));
   const int n = static_cast<int>(weights.dim(1));
   const int k = static_cast<int>(weights.dim(2));
   if (experts == 0 || n == 0) return;
-  if (experts > 65535) throw Error("grouped_gemm: more than 65535 experts on CUDA");
-  const int activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
+  check_expert_count(experts);
   rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
     using T = decltype(tag);
-    Problem<T> p{a.data<T>(),
-                 args.a_rows ? args.a_rows->data<int32_t>() : nullptr,
-                 weights.data<T>(),
-                 offsets.data<int32_t>(),
-                 args.bias ? args.bias->data<T>() : nullptr,
-                 out.data<T>(),
-                 args.out_rows ? args.out_rows->data<int32_t>() : nullptr,
-                 args.out_scale ? args.out_scale->data<float>() : nullptr,
-                 rows,
-                 experts,
-                 n,
-                 k,
-                 activation,
-                 false};
-    if constexpr (!std::is_same_v<T, float>) {
-      // 16-byte copies need rows of whole 16-byte chunks.
-      if (k % 8 == 0 && aligned_16(p.a) && aligned_16(p.weights) && experts <= kMaxMmaExperts) {
-        p.vector_store = n % 8 == 0 && aligned_16(p.out);
-        const int64_t rows_per_expert = rows / experts;
-        // The larger tiles need ~100 KB of shared memory a block: more than sm_86/sm_89 GPUs give (~99 KB).
-        static const bool large_tiles_fit =
-            rt::device_properties().sharedMemPerBlockOptin >= static_cast<size_t>(MediumTiles::SMEM_BYTES) + 8192;
-        if (rows_per_expert <= 16 || !large_tiles_fit) {
-          launch_small_tiles<T>(p);
-        } else if (rows_per_expert <= 64) {
-          launch_mma<T, MediumTiles>(p);
-        } else {
-          launch_mma<T, LargeTiles>(p);
-        }
-        return;
-      }
-    }
-    launch_simt<T>(p);
+    Problem<T> p = problem_of<T>(a, offsets, out, args, experts, n, k);
+    p.weights = weights.data<T>();
+    run_grouped_gemm(p);
+  });
+}
+
+void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
+                  const GroupedGemmArgs& args) {
+  const int experts = static_cast<int>(weights.dim(0));
+  const int n = static_cast<int>(weights.dim(1));
+  const int k = static_cast<int>(weights.dim(2));
+  if (experts == 0 || n == 0) return;
+  check_expert_count(experts);
+  rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
+    using T = decltype(tag);
+    Problem<T> p = problem_of<T>(a, offsets, out, args, experts, n, k);
+    p.weights = weights.values.raw();
+    p.bits = weights.bits;
+    p.quant = {static_cast<const __half*>(weights.scales.raw()), static_cast<int>(weights.group_size)};
+    run_grouped_gemm(p);
   });
 }
 
