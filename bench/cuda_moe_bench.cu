@@ -181,13 +181,13 @@ void register_benchmarks() {
                           Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}}) {
     auto* b = benchmark::RegisterBenchmark((std::string("MoeLayer/") + f.name).c_str(), BM_MoeLayer, f.dtype, f.bits);
     for (int64_t tokens : {1, 8, 40, 96, 320, 1280, 3840}) b->Arg(tokens);
-    b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+    b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
   }
   for (const Format& f :
        {Format{"fp16", DType::F16, 16}, Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}}) {
     auto* b = benchmark::RegisterBenchmark((std::string("ExpertGemm/") + f.name).c_str(), BM_ExpertGemm, f.bits);
     for (int64_t active : {1, 2, 4, 8, 16, 32}) b->Arg(active);
-    b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+    b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
   }
 }
 

@@ -86,7 +86,10 @@ struct WeightTile {
   static constexpr int ROWS_PER_ITER = C::THREADS / CHUNKS;
   static constexpr int ITERS = C::BN * CHUNKS / C::THREADS;
   static constexpr int STAGE_BYTES = C::BN * STRIDE;
-  static constexpr int SMEM_BYTES = C::STAGES * (STAGE_BYTES + C::A_STAGE * 2);
+  // Quantized weights feed several warps of tokens per warp of weight rows when WARPS_M > 1: they are converted once
+  // per stage into a half-precision tile (laid out as the half path's stages) instead of once per warp.
+  static constexpr bool CONVERT_TILE = BITS != 16 && C::WARPS_M > 1;
+  static constexpr int SMEM_BYTES = C::STAGES * (STAGE_BYTES + C::A_STAGE * 2) + (CONVERT_TILE ? C::W_STAGE * 2 : 0);
   static_assert(C::BN * CHUNKS % C::THREADS == 0, "every thread copies whole weight rows");
   static_assert(C::BM * C::C_STRIDE * 2 <= SMEM_BYTES, "the epilogue tile reuses the pipeline buffers");
 };
@@ -194,6 +197,39 @@ __device__ __forceinline__ float channel_scale(const QuantArgs& quant, int e, in
   return __half2float(quant.scales[static_cast<int64_t>(e) * n + col]);
 }
 
+// Converts one stage of packed weight rows (rows of WT::STRIDE bytes) into the swizzled half-precision tile the
+// ldmatrix path reads, scaled by the rows' group scales when group_size > 0. A task is one 16-byte packed chunk: 16
+// features of one row (int8) or 32 (int4), written as 2 or 4 swizzled 8-feature chunks.
+template <typename T, typename C, int BITS>
+__device__ __forceinline__ void convert_tile(const unsigned char* packed, T* tile, const QuantArgs& quant, int e, int n,
+                                             int n0, int groups, int group) {
+  using WT = WeightTile<C, BITS>;
+  static_assert(BITS == 8 || BITS == 4, "packed weights");
+  for (int task = threadIdx.x; task < C::BN * WT::CHUNKS; task += C::THREADS) {
+    const int r = task / WT::CHUNKS, c = task % WT::CHUNKS;
+    const uint4 words = *reinterpret_cast<const uint4*>(packed + r * WT::STRIDE + c * 16);
+    const uint32_t w[4] = {words.x, words.y, words.z, words.w};
+    uint32_t scale = 0;
+    if (quant.group_size > 0)
+      scale = scale_pair<T>(quant.scales, (static_cast<int64_t>(e) * n + min(n0 + r, n - 1)) * groups + group);
+    // Output chunk j (8 features): int8 j = 0, 1 are features 0-7 and 8-15 of the 16-feature step c; int4 j = 0..3
+    // are features 0-7, 8-15, 16-23, 24-31 of the 32-feature block c.
+    constexpr int kChunksOut = BITS == 8 ? 2 : 4;
+#pragma unroll
+    for (int j = 0; j < kChunksOut; ++j) {
+      uint4 out;
+      uint32_t* o = reinterpret_cast<uint32_t*>(&out);
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        o[t] = BITS == 8 ? int8_pair<T>(w[t], j == 1) : int4_pair<T>(w[t] >> (4 * j));
+        if (quant.group_size > 0) o[t] = scaled<T>(o[t], scale);
+      }
+      const int chunk = c * kChunksOut + j;  // 8-feature chunk of the 64-feature row
+      *reinterpret_cast<uint4*>(tile + r * C::BK + ((chunk ^ (r & 7)) * 8)) = out;
+    }
+  }
+}
+
 // prefix[e] = row chunks of the experts before e; prefix[experts] = all chunks. Warp 0 scans, 32 experts a step.
 template <int BM>
 __device__ void build_chunk_prefix(const int32_t* __restrict__ offsets, int experts, int* prefix) {
@@ -276,6 +312,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   __shared__ int chunk_prefix[kMaxMmaExperts + 1];
   unsigned char* const sw = smem;
   T* const sa = reinterpret_cast<T*>(smem + C::STAGES * WT::STAGE_BYTES);
+  T* const s_converted = sa + C::STAGES * C::A_STAGE;  // WT::CONVERT_TILE only
   T* const sc = reinterpret_cast<T*>(smem);
 
   const int tid = threadIdx.x;
@@ -391,13 +428,19 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       cp_async_commit();
 
       const int slot = kt % C::STAGES;
-      const uint32_t w_tile = sw_base + 2 * slot * C::W_STAGE;
       const uint32_t a_tile = sa_base + 2 * slot * C::A_STAGE;
-      // Quantized: the two weight rows (lane / 4 and + 8 of each 16-row fragment) this thread converts, and their
-      // group scales for this k tile (a group spans whole k tiles).
       const unsigned char* q_tile = sw + slot * WT::STAGE_BYTES;
+      uint32_t w_tile = sw_base + 2 * slot * C::W_STAGE;
+      if constexpr (WT::CONVERT_TILE) {
+        convert_tile<T, C, BITS>(q_tile, s_converted, quant, e, n, n0, groups,
+                                 quant.group_size > 0 ? (kt_begin + kt) * BK / quant.group_size : 0);
+        __syncthreads();  // the converted tile is complete; the next one is written after the loop-top barrier
+        w_tile = smem_address(s_converted);
+      }
+      // Quantized in registers: the two weight rows (lane / 4 and + 8 of each 16-row fragment) this thread
+      // converts, and their group scales for this k tile (a group spans whole k tiles).
       uint32_t group_scale[C::MI][2];
-      if constexpr (kQuantized) {
+      if constexpr (kQuantized && !WT::CONVERT_TILE) {
         if (quant.group_size > 0) {
           const int group = (kt_begin + kt) * BK / quant.group_size;
 #pragma unroll
@@ -415,7 +458,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         uint32_t bf[C::NI][2];
 #pragma unroll
         for (int mi = 0; mi < C::MI; ++mi) {
-          if constexpr (kQuantized) {
+          if constexpr (kQuantized && !WT::CONVERT_TILE) {
             const int row = warp_n * C::WTN + mi * 16 + (lane >> 2);
             // int8: word t of each 16-feature step; int4: word t of each 32-feature block, shifted to the step.
             const int word = BITS == 8 ? kk * 4 + (lane & 3) : (kk / 2) * 4 + (lane & 3);
