@@ -9,7 +9,7 @@
 # STAGES picks what runs (default: "tests memcheck bench"):
 #   tests    ctest, every suite (the GPU suites run; nothing may be skipped there)
 #   gpu      only the GPU suites (ctest -R Cuda): the quick check after a CUDA change
-#   memcheck compute-sanitizer memcheck over the GPU suites (elephant_tests --gtest_filter=*Cuda*)
+#   memcheck compute-sanitizer memcheck over the GPU suites (elephant_tests --gtest_filter=*Cuda*, or MEMCHECK_FILTER)
 #   bench    bench_cuda_moe (one MoE layer, fp16/bf16) next to tools/bench/moe_layer_torch.py (torch._grouped_mm)
 #   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine, and
 #            again without one feature, TABLE3_ABLATION: no-pdl (default), no-pipeline or no-graphs) next to
@@ -74,7 +74,7 @@ fi
 
 if [[ $stages == *" memcheck "* ]]; then
   compute-sanitizer --tool memcheck --leak-check full --error-exitcode 99 build-device/bin/elephant_tests \
-    --gtest_filter='*Cuda*' >"$logs/memcheck.log" 2>&1
+    --gtest_filter="${MEMCHECK_FILTER:-*Cuda*}" >"$logs/memcheck.log" 2>&1
   rc=$?
   echo "== compute-sanitizer memcheck, GPU suites: rc=$rc"
   grep -E "ERROR SUMMARY|LEAK SUMMARY|\[  PASSED  \]|\[  FAILED  \]|tests ran" "$logs/memcheck.log" | tail -6
@@ -109,6 +109,30 @@ if [[ $stages == *" quant "* ]]; then
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_format=json \
     --benchmark_out="$logs/bench_quant.json" --benchmark_out_format=json >/dev/null 2>"$logs/bench_quant.txt" ||
     status=1
+  if [ -n "${QUANT_AB:-}" ]; then
+    # The same quantized decode rows with ELEPHANT_QUANT_TILES=$QUANT_AB (a tile choice under measurement), and the
+    # quantized tests under it.
+    ELEPHANT_QUANT_TILES=$QUANT_AB build-device/bin/elephant_tests --gtest_filter='*CudaQuantized*' \
+      >"$logs/quant_ab_tests.log" 2>&1 || status=1
+    echo "== ELEPHANT_QUANT_TILES=$QUANT_AB tests: $(grep -E 'PASSED|FAILED' "$logs/quant_ab_tests.log" | head -3 | tr '\n' ' ')"
+    ELEPHANT_QUANT_TILES=$QUANT_AB build-device/bin/bench_cuda_moe \
+      --benchmark_filter='ExpertGemm/int|MoeLayer/int./(1|8|40|96)/' --benchmark_repetitions=3 \
+      --benchmark_report_aggregates_only=true --benchmark_format=json --benchmark_out="$logs/bench_quant_ab.json" \
+      --benchmark_out_format=json >/dev/null 2>"$logs/bench_quant_ab.txt" || status=1
+    python3 - "$logs/bench_quant.json" "$logs/bench_quant_ab.json" "$QUANT_AB" <<'PY' || status=1
+import json, sys
+def medians(path):
+    return {b["run_name"].split("/min_time")[0]: b for b in json.load(open(path))["benchmarks"]
+            if b.get("aggregate_name") == "median"}
+base, ab = medians(sys.argv[1]), medians(sys.argv[2])
+print(f"| row | default us (of floor) | {sys.argv[3]} us (of floor) |")
+print("|---|---|---|")
+for name, b in ab.items():
+    d = base.get(name)
+    cell = lambda r: f"{r['real_time']:.1f} ({r['floor_us'] / r['real_time']:.2f})" if r else "-"
+    print(f"| {name} | {cell(d)} | {cell(b)} |")
+PY
+  fi
   echo "== quantized experts, fp16 activations (CUDA graph replay; medians, us per call)"
   python3 - "$logs/bench_quant.json" <<'PY' || status=1
 import json, sys
