@@ -109,30 +109,6 @@ if [[ $stages == *" quant "* ]]; then
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_format=json \
     --benchmark_out="$logs/bench_quant.json" --benchmark_out_format=json >/dev/null 2>"$logs/bench_quant.txt" ||
     status=1
-  if [ -n "${QUANT_AB:-}" ]; then
-    # The same quantized decode rows with ELEPHANT_QUANT_TILES=$QUANT_AB (a tile choice under measurement), and the
-    # quantized tests under it.
-    ELEPHANT_QUANT_TILES=$QUANT_AB build-device/bin/elephant_tests --gtest_filter='*CudaQuantized*' \
-      >"$logs/quant_ab_tests.log" 2>&1 || status=1
-    echo "== ELEPHANT_QUANT_TILES=$QUANT_AB tests: $(grep -E 'PASSED|FAILED' "$logs/quant_ab_tests.log" | head -3 | tr '\n' ' ')"
-    ELEPHANT_QUANT_TILES=$QUANT_AB build-device/bin/bench_cuda_moe \
-      --benchmark_filter='ExpertGemm/int|MoeLayer/int./(1|8|40|96)/' --benchmark_repetitions=3 \
-      --benchmark_report_aggregates_only=true --benchmark_format=json --benchmark_out="$logs/bench_quant_ab.json" \
-      --benchmark_out_format=json >/dev/null 2>"$logs/bench_quant_ab.txt" || status=1
-    python3 - "$logs/bench_quant.json" "$logs/bench_quant_ab.json" "$QUANT_AB" <<'PY' || status=1
-import json, sys
-def medians(path):
-    return {b["run_name"].split("/min_time")[0]: b for b in json.load(open(path))["benchmarks"]
-            if b.get("aggregate_name") == "median"}
-base, ab = medians(sys.argv[1]), medians(sys.argv[2])
-print(f"| row | default us (of floor) | {sys.argv[3]} us (of floor) |")
-print("|---|---|---|")
-for name, b in ab.items():
-    d = base.get(name)
-    cell = lambda r: f"{r['real_time']:.1f} ({r['floor_us'] / r['real_time']:.2f})" if r else "-"
-    print(f"| {name} | {cell(d)} | {cell(b)} |")
-PY
-  fi
   echo "== quantized experts, fp16 activations (CUDA graph replay; medians, us per call)"
   python3 - "$logs/bench_quant.json" <<'PY' || status=1
 import json, sys

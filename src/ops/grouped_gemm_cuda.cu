@@ -14,8 +14,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "core/cuda/runtime.cuh"
@@ -99,9 +97,6 @@ struct WeightTile {
 // Decode: few rows per expert, bound by the weight stream: small tiles, many blocks, a deep pipeline.
 using SmallTiles = TileConfig<64, 16, 4, 1, 6, 3>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
-// Quantized decode, measured against SmallTiles (ELEPHANT_QUANT_TILES=wide picks it): twice the weight rows per item,
-// so half the items, each streaming twice the packed bytes through one pipeline fill.
-using WideSmallTiles = TileConfig<128, 16, 4, 1, 6, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.
 using LargeTiles = TileConfig<128, 128, 2, 4, 3, 2>;
 
@@ -654,8 +649,9 @@ int* split_counters(int64_t count, Tensor& own) {
 
 // Decode: the host knows the rows, not how the device spreads them over experts; it counts the most items they can
 // make (one chunk per row at most) and splits k until items x slices reach about two blocks per SM.
-template <typename T, typename C, int BITS>
+template <typename T, int BITS>
 void launch_small_tiles(const Problem<T>& p) {
+  using C = SmallTiles;
   const int64_t n_tiles = (p.n + C::BN - 1) / C::BN;
   const int64_t most_items = n_tiles * std::min<int64_t>(p.rows, (p.rows + C::BM - 1) / C::BM + p.experts);
   const int64_t want = 2LL * rt::device_properties().multiProcessorCount;
@@ -761,18 +757,8 @@ void launch_tensor_cores(const Problem<T>& p) {
   // The larger tiles need ~100 KB of shared memory a block: more than sm_86/sm_89 GPUs give (~99 KB).
   static const bool large_tiles_fit = rt::device_properties().sharedMemPerBlockOptin >=
                                       static_cast<size_t>(WeightTile<MediumTiles, 16>::SMEM_BYTES) + 8192;
-  static const bool wide = [] {
-    const char* v = std::getenv("ELEPHANT_QUANT_TILES");
-    return v != nullptr && std::string(v) == "wide";
-  }();
   if (rows_per_expert <= 16 || !large_tiles_fit) {
-    if constexpr (BITS != 16) {
-      if (wide) {
-        launch_small_tiles<T, WideSmallTiles, BITS>(p);
-        return;
-      }
-    }
-    launch_small_tiles<T, SmallTiles, BITS>(p);
+    launch_small_tiles<T, BITS>(p);
   } else if (rows_per_expert <= 64) {
     launch_mma<T, MediumTiles, BITS>(p);
   } else {
