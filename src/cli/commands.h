@@ -9,6 +9,7 @@ using Runner = std::function<int()>;
 
 Runner add_translate_command(CLI::App& app);
 Runner add_inspect_command(CLI::App& app);
+Runner add_quantize_command(CLI::App& app);
 
 // "27.04 MiB"
 std::string human_bytes(int64_t bytes);
