@@ -1,6 +1,7 @@
 #include "test_utils.h"
 
 #include <stdlib.h>
+#include <sys/wait.h>
 
 #include <cerrno>
 #include <cstring>
@@ -11,6 +12,9 @@
 
 #ifndef ELEPHANT_GOLDENS_DIR
 #error "ELEPHANT_GOLDENS_DIR must be defined (tests/CMakeLists.txt sets it)"
+#endif
+#ifndef ELEPHANT_CLI_PATH
+#error "ELEPHANT_CLI_PATH must be defined (tests/CMakeLists.txt sets it)"
 #endif
 
 namespace elephant {
@@ -46,5 +50,18 @@ std::string read_text_file(const std::string& path) {
 }
 
 std::string goldens_dir() { return ELEPHANT_GOLDENS_DIR; }
+
+CliOutcome run_cli(const std::string& args, const std::string& stdin_text, const std::string& environment) {
+  TempDir dir;
+  write_text_file(dir.file("stdin"), stdin_text);
+  const std::string command = environment + std::string(ELEPHANT_CLI_PATH) + " " + args + " <" + dir.file("stdin") +
+                              " >" + dir.file("stdout") + " 2>" + dir.file("stderr");
+  const int status = std::system(command.c_str());
+  CliOutcome outcome;
+  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  outcome.out = read_text_file(dir.file("stdout"));
+  outcome.err = read_text_file(dir.file("stderr"));
+  return outcome;
+}
 
 }  // namespace elephant

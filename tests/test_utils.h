@@ -30,6 +30,17 @@ std::string read_text_file(const std::string& path);
 // tests/goldens in the source tree (the ELEPHANT_GOLDENS_DIR compile definition).
 std::string goldens_dir();
 
+// What a run of the `elephant` program gave.
+struct CliOutcome {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs the CLI through the shell with `stdin_text` as standard input; `environment` prefixes the command
+// (e.g. "CUDA_VISIBLE_DEVICES= ").
+CliOutcome run_cli(const std::string& args, const std::string& stdin_text = "", const std::string& environment = "");
+
 #define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
 // The message of the ModelError `function` throws; a test failure if it throws none.

@@ -19,9 +19,15 @@ struct ModelInfo {
   int sparse_encoder_layers = 0;
   int sparse_decoder_layers = 0;
   int num_experts = 0;
-  int64_t parameters = 0;                         // elements of every tensor stored in the checkpoint
+  // Elements of every tensor stored in the checkpoint; a quantized matrix counts as its logical n * k elements, not
+  // its packed values and scales.
+  int64_t parameters = 0;
   int64_t expert_parameters = 0;                  // of which in experts
-  std::map<std::string, int64_t> bytes_by_dtype;  // checkpoint bytes per stored dtype ("F32", "F16", ...)
+  std::map<std::string, int64_t> bytes_by_dtype;  // checkpoint bytes per stored dtype ("F32", "F16", "U8", ...)
+  // The experts as a checkpoint written by `elephant quantize` stores them: 8 or 4 bits, with one fp16 scale per
+  // output channel (group size 0) or per 64 or 128 input features; 0 bits: stored as floats.
+  int quantized_bits = 0;
+  int quantization_group_size = 0;
 };
 
 }  // namespace elephant

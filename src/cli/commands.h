@@ -9,5 +9,11 @@ using Runner = std::function<int()>;
 
 Runner add_translate_command(CLI::App& app);
 Runner add_inspect_command(CLI::App& app);
+Runner add_quantize_command(CLI::App& app);
+
+// "27.04 MiB"
+std::string human_bytes(int64_t bytes);
+// "int4, per channel", "int8, groups of 64"; "none" for 0 bits.
+std::string quantization_text(int bits, int group_size);
 
 }  // namespace elephant::cli

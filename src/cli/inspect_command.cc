@@ -6,8 +6,6 @@
 
 namespace elephant::cli {
 
-namespace {
-
 std::string human_bytes(int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double value = static_cast<double>(bytes);
@@ -21,6 +19,14 @@ std::string human_bytes(int64_t bytes) {
   return out.str();
 }
 
+std::string quantization_text(int bits, int group_size) {
+  if (bits == 0) return "none";
+  return "int" + std::to_string(bits) + ", " +
+         (group_size == 0 ? std::string("per channel") : "groups of " + std::to_string(group_size));
+}
+
+namespace {
+
 int run_inspect(const std::string& model_dir) {
   const ModelInfo info = inspect_model(model_dir);
   std::cout << "architecture       " << info.architecture << '\n'
@@ -31,7 +37,8 @@ int run_inspect(const std::string& model_dir) {
             << "encoder layers     " << info.encoder_layers << " (" << info.sparse_encoder_layers << " MoE)\n"
             << "decoder layers     " << info.decoder_layers << " (" << info.sparse_decoder_layers << " MoE)\n"
             << "experts per layer  " << info.num_experts << " (top-1)\n"
-            << "parameters         " << info.parameters << " (" << info.expert_parameters << " in experts)\n";
+            << "parameters         " << info.parameters << " (" << info.expert_parameters << " in experts)\n"
+            << "quantized experts  " << quantization_text(info.quantized_bits, info.quantization_group_size) << '\n';
   int64_t total = 0;
   for (const auto& [dtype, bytes] : info.bytes_by_dtype) {
     std::cout << "bytes " << std::left << std::setw(13) << dtype << human_bytes(bytes) << " (" << bytes << ")\n";
@@ -45,7 +52,8 @@ int run_inspect(const std::string& model_dir) {
 
 Runner add_inspect_command(CLI::App& app) {
   auto model_dir = std::make_shared<std::string>();
-  CLI::App* cmd = app.add_subcommand("inspect", "Print a model's architecture, parameter count and bytes by dtype");
+  CLI::App* cmd =
+      app.add_subcommand("inspect", "Print a model's architecture, parameter count, quantization and bytes by dtype");
   cmd->add_option("model", *model_dir, "Model directory")->required()->check(CLI::ExistingDirectory);
   return [model_dir] { return run_inspect(*model_dir); };
 }

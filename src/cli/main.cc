@@ -7,8 +7,11 @@
 int main(int argc, char** argv) {
   CLI::App app{"elephant: fast inference for Mixture-of-Experts translation models"};
   app.require_subcommand(1);
-  const elephant::cli::Runner translate = elephant::cli::add_translate_command(app);
-  const elephant::cli::Runner inspect = elephant::cli::add_inspect_command(app);
+  const std::pair<const char*, elephant::cli::Runner> commands[] = {
+      {"translate", elephant::cli::add_translate_command(app)},
+      {"inspect", elephant::cli::add_inspect_command(app)},
+      {"quantize", elephant::cli::add_quantize_command(app)},
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -20,7 +23,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    return app.got_subcommand("translate") ? translate() : inspect();
+    for (const auto& [name, run] : commands)
+      if (app.got_subcommand(name)) return run();
+    return 2;  // require_subcommand(1) makes this unreachable
   } catch (const elephant::UsageError& e) {
     std::cerr << "elephant: " << e.what() << '\n';
     return 2;

@@ -168,4 +168,10 @@ std::vector<int> JsonConfig::get_int_list_or_int(const std::string& key, const s
   return present(key) ? get_int_list_or_int(key) : default_value;
 }
 
+JsonConfig JsonConfig::get_object(const std::string& key) const {
+  const nlohmann::json& value = required(key);
+  if (!value.is_object()) type_error(key, "an object", value);
+  return JsonConfig(path_ + ": " + key, value);
+}
+
 }  // namespace elephant

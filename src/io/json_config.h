@@ -37,6 +37,8 @@ class JsonConfig {
   // An int or a list of ints (like eos_token_id); a single int gives a list of one.
   std::vector<int> get_int_list_or_int(const std::string& key) const;
   std::vector<int> get_int_list_or_int(const std::string& key, const std::vector<int>& default_value) const;
+  // The object under `key`, whose getters' errors name "FILE: key".
+  JsonConfig get_object(const std::string& key) const;
 
  private:
   JsonConfig(std::string path, nlohmann::json json) : path_(std::move(path)), json_(std::move(json)) {}

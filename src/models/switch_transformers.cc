@@ -14,6 +14,20 @@
 
 namespace elephant {
 
+namespace {
+
+std::string encoder_block(int layer) { return "encoder.block." + std::to_string(layer); }
+std::string decoder_block(int layer) { return "decoder.block." + std::to_string(layer); }
+std::string encoder_ffn(int layer) { return encoder_block(layer) + ".layer.1.mlp"; }
+std::string decoder_ffn(int layer) { return decoder_block(layer) + ".layer.2.mlp"; }
+
+// transformers' name of matrix `matrix` ("wi.weight", "wo.weight") of expert `expert` of the FFN `ffn`.
+std::string expert_name(const std::string& ffn, int expert, const std::string& matrix) {
+  return ffn + ".experts.expert_" + std::to_string(expert) + "." + matrix;
+}
+
+}  // namespace
+
 SwitchTransformersConfig SwitchTransformersConfig::parse(const JsonConfig& json) {
   SwitchTransformersConfig c;
   c.vocab_size = json.get_positive_int("vocab_size", c.vocab_size);
@@ -47,6 +61,7 @@ SwitchTransformersConfig SwitchTransformersConfig::parse(const JsonConfig& json)
       throw ModelError(json.path() + ": eos_token_id must name exactly one token, got " + std::to_string(eos.size()));
     c.eos_token_id = eos[0];
   }
+  c.quantization = read_checkpoint_quantization(json);
 
   const auto fail = [&](const std::string& message) { throw ModelError(json.path() + ": " + message); };
   if (c.num_sparse_encoder_layers < 0 || c.num_sparse_encoder_layers > c.num_layers)
@@ -94,6 +109,39 @@ bool SwitchTransformersConfig::decoder_layer_is_sparse(int layer) const {
   return layer_is_sparse(layer, decoder_sparse_step());
 }
 
+std::vector<ExpertMatrix> SwitchTransformersConfig::expert_matrices() const {
+  std::vector<std::string> sparse_ffns;
+  for (int i = 0; i < num_layers; ++i)
+    if (encoder_layer_is_sparse(i)) sparse_ffns.push_back(encoder_ffn(i));
+  for (int i = 0; i < num_decoder_layers; ++i)
+    if (decoder_layer_is_sparse(i)) sparse_ffns.push_back(decoder_ffn(i));
+  std::vector<ExpertMatrix> matrices;
+  for (const std::string& ffn : sparse_ffns)
+    for (int e = 0; e < num_experts; ++e) {
+      matrices.push_back({expert_name(ffn, e, "wi.weight"), {d_ff, d_model}});
+      matrices.push_back({expert_name(ffn, e, "wo.weight"), {d_model, d_ff}});
+    }
+  return matrices;
+}
+
+namespace {
+
+int64_t stored_elements(const Checkpoint& checkpoint, const std::string& name) {
+  return checkpoint.contains(name) ? shape_numel(checkpoint.info(name).shape) : 0;
+}
+
+// Every tensor's elements, a quantized matrix counted as its logical n * k (not its packed values and scales).
+int64_t logical_parameter_count(const SwitchTransformersConfig& c, const Checkpoint& checkpoint) {
+  int64_t count = checkpoint.parameter_count();
+  if (!c.quantization.quantized()) return count;
+  for (const ExpertMatrix& matrix : c.expert_matrices())
+    count += shape_numel(matrix.shape) - stored_elements(checkpoint, matrix.name) -
+             stored_elements(checkpoint, scale_tensor_name(matrix.name));
+  return count;
+}
+
+}  // namespace
+
 ModelInfo SwitchTransformersModel::describe(const SwitchTransformersConfig& c, const Checkpoint& checkpoint) {
   ModelInfo info;
   info.architecture = "switch_transformers";
@@ -107,10 +155,12 @@ ModelInfo SwitchTransformersModel::describe(const SwitchTransformersConfig& c, c
   for (int i = 0; i < c.num_layers; ++i) info.sparse_encoder_layers += c.encoder_layer_is_sparse(i);
   for (int i = 0; i < c.num_decoder_layers; ++i) info.sparse_decoder_layers += c.decoder_layer_is_sparse(i);
   info.num_experts = c.num_experts;
-  info.parameters = checkpoint.parameter_count();
+  info.parameters = logical_parameter_count(c, checkpoint);
   info.expert_parameters = static_cast<int64_t>(info.sparse_encoder_layers + info.sparse_decoder_layers) *
                            c.num_experts * 2 * c.d_ff * c.d_model;
   info.bytes_by_dtype = checkpoint.bytes_by_dtype();
+  info.quantized_bits = c.quantization.bits;
+  info.quantization_group_size = static_cast<int>(c.quantization.group_size);
   return info;
 }
 
@@ -131,29 +181,30 @@ class LayerBuilder {
     return checkpoint_.load(name, shape).to(options_.device);
   }
 
-  // Every expert's matrix `name`, stacked into one [experts, rows, columns] tensor for the grouped GEMM; quantized
-  // here when the options ask for it.
-  layers::ExpertWeights load_experts(const std::string& prefix, const std::string& name, int64_t rows,
-                                     int64_t columns) {
+  // Every expert's matrix `name` of the FFN `ffn`, stacked into one [experts, rows, columns] tensor for the grouped
+  // GEMM: as a quantized checkpoint stores them, else quantized here when the options ask for it, else dense.
+  layers::ExpertWeights load_experts(const std::string& ffn, const std::string& name, int64_t rows, int64_t columns) {
+    std::vector<std::string> names;
+    for (int e = 0; e < c_.num_experts; ++e) names.push_back(expert_name(ffn, e, name));
+    layers::ExpertWeights weights;
+    if (c_.quantization.quantized()) {
+      weights.quantized =
+          load_quantized_matrices(checkpoint_, names, {rows, columns}, c_.quantization).to(options_.device);
+      return weights;
+    }
     const bool quantizing = options_.quantize_bits != 0;
     Tensor stacked = Tensor::empty({c_.num_experts, rows, columns}, quantizing ? DType::F32 : options_.dtype);
     for (int e = 0; e < c_.num_experts; ++e) {
-      const Tensor expert = checkpoint_.load(expert_name(prefix, e, name), {rows, columns}, stacked.dtype());
+      const Tensor expert = checkpoint_.load(names[e], {rows, columns}, stacked.dtype());
       stacked.narrow(e, 1).reshape({rows, columns}).copy_from(expert);
     }
-    layers::ExpertWeights weights;
     if (quantizing) {
-      weights.quantized =
-          quantize(stacked, options_.quantize_bits, options_.quantize_group_size, expert_name(prefix, 0, name) + " ...")
-              .to(options_.device);
+      weights.quantized = quantize(stacked, options_.quantize_bits, options_.quantize_group_size, names[0] + " ...")
+                              .to(options_.device);
     } else {
       weights.dense = stacked.to(options_.device);
     }
     return weights;
-  }
-
-  static std::string expert_name(const std::string& prefix, int e, const std::string& name) {
-    return prefix + ".experts.expert_" + std::to_string(e) + "." + name;
   }
 
   layers::RmsNorm norm(const std::string& prefix) {
@@ -207,12 +258,23 @@ class LayerBuilder {
   ModelOptions options_;
 };
 
+// --quantize on a quantized checkpoint: asking for the quantization it has is a no-op; any other is refused (the
+// float weights are gone, and quantizing the codes again would only add error).
+void check_requested_quantization(const SwitchTransformersConfig& c, const ModelOptions& options,
+                                  const std::string& model_dir) {
+  if (!c.quantization.quantized() || options.quantize_bits == 0) return;
+  if (options.quantize_bits == c.quantization.bits && options.quantize_group_size == c.quantization.group_size) return;
+  throw ModelError(model_dir + " is already quantized to " + quantization_description(c.quantization) +
+                   "; load it without --quantize");
+}
+
 }  // namespace
 
 SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig& config, Checkpoint& checkpoint,
                                                  const ModelOptions& options)
     : config_(config), options_(options) {
   const SwitchTransformersConfig& c = config_;
+  check_requested_quantization(c, options, checkpoint.model_dir());
   LayerBuilder builder(c, checkpoint, options);
   const Shape embedding_shape{c.vocab_size, c.d_model};
   const Tensor shared = builder.load("shared.weight", embedding_shape);
@@ -235,12 +297,12 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
   encoder_relative_bias_ = checkpoint.load("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                                            {c.relative_attention_num_buckets, c.num_heads});
   for (int i = 0; i < c.num_layers; ++i) {
-    const std::string block = "encoder.block." + std::to_string(i);
+    const std::string block = encoder_block(i);
     EncoderLayer layer;
     layer.attention_norm = builder.norm(block + ".layer.0");
     layer.attention = builder.attention(block + ".layer.0.SelfAttention", true);
     layer.ffn_norm = builder.norm(block + ".layer.1");
-    layer.ffn = builder.feed_forward(block + ".layer.1.mlp", c.encoder_layer_is_sparse(i));
+    layer.ffn = builder.feed_forward(encoder_ffn(i), c.encoder_layer_is_sparse(i));
     encoder_layers_.push_back(std::move(layer));
   }
   encoder_final_norm_ = {builder.load("encoder.final_layer_norm.weight", {c.d_model}), c.layer_norm_epsilon};
@@ -248,14 +310,14 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
   decoder_relative_bias_ = checkpoint.load("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
                                            {c.relative_attention_num_buckets, c.num_heads});
   for (int i = 0; i < c.num_decoder_layers; ++i) {
-    const std::string block = "decoder.block." + std::to_string(i);
+    const std::string block = decoder_block(i);
     DecoderLayer layer;
     layer.self_attention_norm = builder.norm(block + ".layer.0");
     layer.self_attention = builder.attention(block + ".layer.0.SelfAttention", true);
     layer.cross_attention_norm = builder.norm(block + ".layer.1");
     layer.cross_attention = builder.attention(block + ".layer.1.EncDecAttention", false);
     layer.ffn_norm = builder.norm(block + ".layer.2");
-    layer.ffn = builder.feed_forward(block + ".layer.2.mlp", c.decoder_layer_is_sparse(i));
+    layer.ffn = builder.feed_forward(decoder_ffn(i), c.decoder_layer_is_sparse(i));
     decoder_layers_.push_back(std::move(layer));
   }
   decoder_final_norm_ = {builder.load("decoder.final_layer_norm.weight", {c.d_model}), c.layer_norm_epsilon};

@@ -6,11 +6,18 @@
 
 #include "layers/transformer_layers.h"
 #include "models/encoder_decoder.h"
+#include "quantization/quantized_checkpoint.h"
 
 namespace elephant {
 
 class Checkpoint;
 class JsonConfig;
+
+// One expert matrix of a checkpoint: transformers' tensor name and its logical shape [n, k].
+struct ExpertMatrix {
+  std::string name;
+  Shape shape;
+};
 
 // The fields of a switch_transformers config.json that change the computation, with transformers' defaults.
 struct SwitchTransformersConfig {
@@ -33,6 +40,7 @@ struct SwitchTransformersConfig {
   int decoder_start_token_id = 0;
   int eos_token_id = 1;
   int pad_token_id = 0;
+  CheckpointQuantization quantization;  // elephant_quantization: the experts as `elephant quantize` stored them
 
   static SwitchTransformersConfig parse(const JsonConfig& json);
 
@@ -43,6 +51,9 @@ struct SwitchTransformersConfig {
   int decoder_sparse_step() const;
   bool encoder_layer_is_sparse(int layer) const;
   bool decoder_layer_is_sparse(int layer) const;
+
+  // Every expert matrix the checkpoint holds (wi and wo of each expert of each sparse layer), in layer order.
+  std::vector<ExpertMatrix> expert_matrices() const;
 };
 
 class SwitchTransformersModel final : public EncoderDecoderModel {

@@ -1,7 +1,6 @@
 // The `elephant` program end to end: exit codes (0 ok, 2 bad usage, 1 other errors), one-line errors that
-// name the file, tensor or line, and the translate/inspect happy paths.
+// name the file, tensor or line, and the translate/inspect/quantize happy paths.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
@@ -17,26 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Outcome {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-// Runs the CLI through the shell with `stdin_text` as standard input; `environment` prefixes the command
-// (e.g. "CUDA_VISIBLE_DEVICES= ").
-Outcome run_cli(const std::string& args, const std::string& stdin_text = "", const std::string& environment = "") {
-  TempDir dir;
-  write_text_file(dir.file("stdin"), stdin_text);
-  const std::string command = environment + std::string(ELEPHANT_CLI_PATH) + " " + args + " <" + dir.file("stdin") +
-                              " >" + dir.file("stdout") + " 2>" + dir.file("stderr");
-  const int status = std::system(command.c_str());
-  Outcome o;
-  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  o.out = read_text_file(dir.file("stdout"));
-  o.err = read_text_file(dir.file("stderr"));
-  return o;
-}
+using Outcome = CliOutcome;
 
 int count_lines(const std::string& text) { return static_cast<int>(std::count(text.begin(), text.end(), '\n')); }
 
@@ -230,6 +210,70 @@ TEST(Cli, MissingTokenizerIsAnErrorNamingTheFile) {
   const Outcome o = run_cli("translate --model " + dir.path(), "Save\n");
   EXPECT_EQ(o.exit_code, 1);
   EXPECT_NE(o.err.find("spiece.model"), std::string::npos) << o.err;
+}
+
+TEST(Cli, QuantizeBadFlagsAreUsageErrors) {
+  TempDir dir;
+  const std::string model = " --model " + golden_model(), output = " --output " + dir.file("out");
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"quantize" + model + " --bits 5" + output, "--bits: 5 not in {8,4}"},
+           {"quantize" + model + " --bits 4 --group-size 32" + output, "--group-size: 32 not in {0,64,128}"},
+           {"quantize" + model + output, "--bits is required"},
+           {"quantize" + model + " --bits 8", "--output is required"},
+           {"quantize --bits 8" + output, "--model is required"},
+       }) {
+    const Outcome o = run_cli(args);
+    EXPECT_EQ(o.exit_code, 2) << args << "\n" << o.err;
+    EXPECT_CONTAINS(o.err, message);
+    EXPECT_EQ(count_lines(o.err), 1) << o.err;
+  }
+  EXPECT_FALSE(fs::exists(dir.file("out")));
+}
+
+TEST(Cli, QuantizeRefusesANonEmptyOutputAndAQuantizedModel) {
+  TempDir dir;
+  write_text_file(dir.file("keep.txt"), "mine");
+  const Outcome taken = run_cli("quantize --model " + golden_model() + " --bits 8 --output " + dir.path());
+  EXPECT_EQ(taken.exit_code, 2) << taken.err;
+  EXPECT_CONTAINS(taken.err, dir.path() + ": the directory is not empty");
+  EXPECT_EQ(read_text_file(dir.file("keep.txt")), "mine");
+
+  ASSERT_EQ(run_cli("quantize --model " + golden_model() + " --bits 8 --output " + dir.file("q")).exit_code, 0);
+  const Outcome again = run_cli("quantize --model " + dir.file("q") + " --bits 4 --output " + dir.file("q4"));
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_CONTAINS(again.err, dir.file("q") + " is already quantized to int8, per channel");
+  EXPECT_FALSE(fs::exists(dir.file("q4")));
+}
+
+TEST(Cli, QuantizedModelInspectsAndTranslates) {
+  TempDir dir;
+  const std::string quantized = dir.file("int4");
+  const Outcome made = run_cli("quantize --model " + golden_model() + " --bits 4 --output " + quantized);
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  EXPECT_CONTAINS(made.out, "quantized 24 expert matrices to int4, per channel");
+
+  const Outcome original = run_cli("inspect " + golden_model());
+  EXPECT_CONTAINS(original.out, "quantized experts  none\n");
+  const Outcome inspected = run_cli("inspect " + quantized);
+  ASSERT_EQ(inspected.exit_code, 0) << inspected.err;
+  EXPECT_CONTAINS(inspected.out, "quantized experts  int4, per channel\n");
+  EXPECT_CONTAINS(inspected.out, "bytes U8           24.00 KiB (24576)");
+  // The same logical parameter count as the original, not the packed bytes.
+  const auto parameters_line = [](const std::string& text) {
+    const size_t begin = text.find("parameters");
+    return text.substr(begin, text.find('\n', begin) - begin);
+  };
+  EXPECT_EQ(parameters_line(inspected.out), parameters_line(original.out));
+
+  const std::string lines = "File not found\nSave the file\nQuit the program now please\n";
+  const Outcome from_checkpoint = run_cli("translate --max-length 12 --model " + quantized, lines);
+  ASSERT_EQ(from_checkpoint.exit_code, 0) << from_checkpoint.err;
+  const Outcome at_load = run_cli("translate --max-length 12 --quantize int4 --model " + golden_model(), lines);
+  EXPECT_EQ(from_checkpoint.out, at_load.out);
+
+  const Outcome requantized = run_cli("translate --quantize int8 --model " + quantized, lines);
+  EXPECT_EQ(requantized.exit_code, 1);
+  EXPECT_CONTAINS(requantized.err, "is already quantized to int4, per channel; load it without --quantize");
 }
 
 }  // namespace

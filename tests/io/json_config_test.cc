@@ -135,5 +135,16 @@ TEST(JsonConfigTest, HasAndIsNull) {
   EXPECT_FALSE(config.is_null("absent"));
 }
 
+TEST(JsonConfigTest, NestedObjectsNameTheirKey) {
+  const JsonConfig config = sample();
+  const JsonConfig nested = config.get_object("nested");
+  EXPECT_EQ(nested.path(), "config.json: nested");
+  EXPECT_EQ(nested.get_int("a"), 1);
+  EXPECT_EQ(model_error_of([&] { nested.get_int("b"); }), "config.json: nested: missing key b");
+  EXPECT_EQ(model_error_of([&] { config.get_object("name"); }),
+            "config.json: name must be an object, got \"switch-base-8\"");
+  EXPECT_EQ(model_error_of([&] { config.get_object("absent"); }), "config.json: missing key absent");
+}
+
 }  // namespace
 }  // namespace elephant
