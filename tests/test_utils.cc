@@ -10,6 +10,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "io/safetensors.h"
+
 #ifndef ELEPHANT_GOLDENS_DIR
 #error "ELEPHANT_GOLDENS_DIR must be defined (tests/CMakeLists.txt sets it)"
 #endif
@@ -47,6 +49,17 @@ std::string read_text_file(const std::string& path) {
   std::ostringstream content;
   content << in.rdbuf();
   return content.str();
+}
+
+void rewrite_checkpoint(const std::string& dir, const std::function<void(NamedTensors&)>& edit) {
+  const std::string path = dir + "/model.safetensors";
+  NamedTensors tensors;
+  {
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    for (const TensorInfo& info : file.tensors()) tensors.emplace_back(info.name, file.tensor(info.name).clone());
+  }
+  edit(tensors);
+  write_safetensors(path, tensors);
 }
 
 std::string goldens_dir() { return ELEPHANT_GOLDENS_DIR; }

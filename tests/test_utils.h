@@ -2,8 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "core/tensor.h"
 #include "elephant/error.h"
 
 namespace elephant {
@@ -26,6 +30,10 @@ class TempDir {
 // Binary-safe: the content is written and read back byte for byte. Throw std::runtime_error on failure.
 void write_text_file(const std::string& path, const std::string& content);
 std::string read_text_file(const std::string& path);
+
+// Rewrites DIR/model.safetensors after `edit` changed its (name, tensor) list: corrupted checkpoints for error tests.
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+void rewrite_checkpoint(const std::string& dir, const std::function<void(NamedTensors&)>& edit);
 
 // tests/goldens in the source tree (the ELEPHANT_GOLDENS_DIR compile definition).
 std::string goldens_dir();

@@ -805,41 +805,36 @@ Problem<T> problem_of(const Tensor& a, const Tensor& offsets, Tensor& out, const
   return p;
 }
 
-void check_expert_count(int experts) {
+// The launch both entry points share; set_weights points the problem at the weights (dense or packed).
+template <typename SetWeights>
+void grouped_gemm_of(const Tensor& a, const Shape& weights_shape, const Tensor& offsets, Tensor& out,
+                     const GroupedGemmArgs& args, SetWeights&& set_weights) {
+  const int experts = static_cast<int>(weights_shape[0]);
+  const int n = static_cast<int>(weights_shape[1]);
+  const int k = static_cast<int>(weights_shape[2]);
+  if (experts == 0 || n == 0) return;
   if (experts > 65535) throw Error("grouped_gemm: more than 65535 experts on CUDA");
+  rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
+    using T = decltype(tag);
+    Problem<T> p = problem_of<T>(a, offsets, out, args, experts, n, k);
+    set_weights(p);
+    run_grouped_gemm(p);
+  });
 }
 
 }  // namespace
 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
-  const int experts = static_cast<int>(weights.dim(0));
-  const int n = static_cast<int>(weights.dim(1));
-  const int k = static_cast<int>(weights.dim(2));
-  if (experts == 0 || n == 0) return;
-  check_expert_count(experts);
-  rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
-    using T = decltype(tag);
-    Problem<T> p = problem_of<T>(a, offsets, out, args, experts, n, k);
-    p.weights = weights.data<T>();
-    run_grouped_gemm(p);
-  });
+  grouped_gemm_of(a, weights.shape(), offsets, out, args, [&](auto& p) { p.weights = weights.raw(); });
 }
 
 void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
-  const int experts = static_cast<int>(weights.dim(0));
-  const int n = static_cast<int>(weights.dim(1));
-  const int k = static_cast<int>(weights.dim(2));
-  if (experts == 0 || n == 0) return;
-  check_expert_count(experts);
-  rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
-    using T = decltype(tag);
-    Problem<T> p = problem_of<T>(a, offsets, out, args, experts, n, k);
+  grouped_gemm_of(a, weights.shape, offsets, out, args, [&](auto& p) {
     p.weights = weights.values.raw();
     p.bits = weights.bits;
     p.quant = {static_cast<const __half*>(weights.scales.raw()), static_cast<int>(weights.group_size)};
-    run_grouped_gemm(p);
   });
 }
 

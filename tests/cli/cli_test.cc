@@ -144,19 +144,6 @@ TEST(Cli, UnknownModelTypeIsAnError) {
   EXPECT_NE(o.err.find("model_type \"bert\""), std::string::npos) << o.err;
 }
 
-// Rewrites the model's safetensors file after `edit` changed its tensor list.
-template <typename Edit>
-void rewrite_checkpoint(const std::string& dir, Edit edit) {
-  const std::string path = dir + "/model.safetensors";
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  {
-    const SafetensorsFile file = SafetensorsFile::open(path);
-    for (const TensorInfo& info : file.tensors()) tensors.emplace_back(info.name, file.tensor(info.name).clone());
-  }
-  edit(tensors);
-  write_safetensors(path, tensors);
-}
-
 TEST(Cli, MissingTensorIsAnErrorNamingTheTensor) {
   TempDir dir;
   copy_model(golden_model(), dir.path());

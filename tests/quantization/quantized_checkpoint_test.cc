@@ -47,19 +47,6 @@ void edit_config(const std::string& dir, const std::function<void(nlohmann::json
   write_text_file(dir + "/config.json", config.dump(2));
 }
 
-// Rewrites the model's single safetensors file after `edit` changed its tensor list.
-void edit_tensors(const std::string& dir,
-                  const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& edit) {
-  const std::string path = dir + "/model.safetensors";
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  {
-    const SafetensorsFile file = SafetensorsFile::open(path);
-    for (const TensorInfo& info : file.tensors()) tensors.emplace_back(info.name, file.tensor(info.name).clone());
-  }
-  edit(tensors);
-  write_safetensors(path, tensors);
-}
-
 Tensor& tensor_named(std::vector<std::pair<std::string, Tensor>>& tensors, const std::string& name) {
   const auto it = std::find_if(tensors.begin(), tensors.end(), [&](const auto& t) { return t.first == name; });
   if (it == tensors.end()) throw std::runtime_error("no tensor " + name);
@@ -293,7 +280,7 @@ TEST(QuantizedCheckpointTest, RefusesInputsItCannotQuantize) {
   // A missing expert.
   const std::string missing = dir.file("missing");
   fs::copy(tiny_model(), missing);
-  edit_tensors(missing, [](auto& tensors) {
+  rewrite_checkpoint(missing, [](auto& tensors) {
     tensors.erase(std::find_if(tensors.begin(), tensors.end(), [](const auto& t) { return t.first == kWo; }));
   });
   EXPECT_CONTAINS(quantize_error(missing, dir.file("out"), {8}), "missing tensor " + kWo);
@@ -315,7 +302,7 @@ class CorruptedQuantizedCheckpoint : public ::testing::Test {
 };
 
 TEST_F(CorruptedQuantizedCheckpoint, WrongScaleShape) {
-  edit_tensors(model_, [](auto& tensors) {
+  rewrite_checkpoint(model_, [](auto& tensors) {
     tensor_named(tensors, kWi + "_scale") = Tensor::zeros({64, 2}, DType::F16);
   });
   const std::string message = load_error();
@@ -323,15 +310,15 @@ TEST_F(CorruptedQuantizedCheckpoint, WrongScaleShape) {
 }
 
 TEST_F(CorruptedQuantizedCheckpoint, PackedSizeMismatch) {
-  edit_tensors(model_, [](auto& tensors) { tensor_named(tensors, kWi) = Tensor::zeros({64, 32}, DType::U8); });
+  rewrite_checkpoint(model_, [](auto& tensors) { tensor_named(tensors, kWi) = Tensor::zeros({64, 32}, DType::U8); });
   EXPECT_CONTAINS(load_error(),
                   model_ + "/model.safetensors: " + kWi + ": values are U8 [64, 32], expected U8 [64, 16]");
 }
 
 TEST_F(CorruptedQuantizedCheckpoint, WrongDtype) {
-  edit_tensors(model_, [](auto& tensors) { tensor_named(tensors, kWo) = Tensor::zeros({32, 32}, DType::I8); });
+  rewrite_checkpoint(model_, [](auto& tensors) { tensor_named(tensors, kWo) = Tensor::zeros({32, 32}, DType::I8); });
   EXPECT_CONTAINS(load_error(), "model.safetensors: " + kWo + ": values are I8 [32, 32], expected U8 [32, 32]");
-  edit_tensors(model_, [](auto& tensors) {
+  rewrite_checkpoint(model_, [](auto& tensors) {
     tensor_named(tensors, kWo) = Tensor::zeros({32, 32}, DType::U8);
     tensor_named(tensors, kWo + "_scale") = Tensor::zeros({32, 1});
   });
@@ -339,7 +326,7 @@ TEST_F(CorruptedQuantizedCheckpoint, WrongDtype) {
 }
 
 TEST_F(CorruptedQuantizedCheckpoint, MissingScales) {
-  edit_tensors(model_, [](auto& tensors) {
+  rewrite_checkpoint(model_, [](auto& tensors) {
     tensors.erase(
         std::find_if(tensors.begin(), tensors.end(), [](const auto& t) { return t.first == kWi + "_scale"; }));
   });
@@ -348,7 +335,7 @@ TEST_F(CorruptedQuantizedCheckpoint, MissingScales) {
 }
 
 TEST_F(CorruptedQuantizedCheckpoint, FloatExpertLeftInAQuantizedCheckpoint) {
-  edit_tensors(model_, [](auto& tensors) { tensor_named(tensors, kWi) = Tensor::zeros({64, 32}); });
+  rewrite_checkpoint(model_, [](auto& tensors) { tensor_named(tensors, kWi) = Tensor::zeros({64, 32}); });
   EXPECT_CONTAINS(load_error(), kWi + ": values are F32 [64, 32], expected U8 [64, 16]");
 }
 
