@@ -133,7 +133,8 @@ def main():
     ap.add_argument("--beams", default="1,4", help="beam sizes to run (1 = greedy)")
     ap.add_argument("--groups", action="store_true", help="also run int8/int4 with --group-size 128")
     ap.add_argument("--limit", type=int, default=None, help="first N test pairs per language (quick runs)")
-    ap.add_argument("--threads", type=int, default=0, help="engine --threads (0: all cores; on a busy machine 1 can be several times faster)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="engine --threads (0: all cores; on a busy machine 1 can be several times faster)")
     ap.add_argument("--batch-size", type=int, default=32, help="engine --batch-size")
     ap.add_argument("--max-length", type=int, default=64, help="engine --max-length (generated tokens, EOS included)")
     ap.add_argument("--skip-existing", action="store_true",
@@ -200,7 +201,8 @@ def main():
         for b in beams:
             d = results[name]["delta"][b]["bleu"]
             checks.append(dict(variant=name, beam=b, bleu_change=d, target=target, ok=d >= target))
-            print(f"{name} beam {b}: avg BLEU change {d:+.2f} (target >= {target}): {'ok' if d >= target else 'MISSED'}")
+            verdict = "ok" if d >= target else "MISSED"
+            print(f"{name} beam {b}: avg BLEU change {d:+.2f} (target >= {target}): {verdict}")
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = dict(date=datetime.date.today().isoformat(), machine=machine(), commit=commit, engine=args.engine,
