@@ -22,6 +22,7 @@
 
 #include "bench_cuda.cuh"
 #include "core/cuda/runtime.cuh"
+#include "layers/transformer_layers.h"
 #include "ops/elementwise.h"
 #include "ops/moe.h"
 #include "quantization/quantized_tensor.h"
@@ -50,13 +51,9 @@ std::vector<int32_t> fixed_routing(int64_t tokens) {
 
 }  // namespace
 
-// Expert weights of one matrix kind: fp16/bf16, or quantized (per channel) with fp16 scales.
-struct Experts {
-  Tensor dense;
-  QuantizedTensor quantized;
-};
+// Expert weights of each matrix kind: fp16/bf16, or quantized (per channel) with fp16 scales.
 struct Layer {
-  Experts wi, wo;
+  layers::ExpertWeights wi, wo;
 };
 std::vector<Layer> g_layers[4];  // fp16, bf16, int8, int4
 
@@ -69,7 +66,7 @@ __global__ void fill_bytes(uint8_t* out, int64_t n, uint64_t seed) {
     out[i] = static_cast<uint8_t>(splitmix64(seed + static_cast<uint64_t>(i)) >> 56);
 }
 
-Experts random_experts(int64_t n, int64_t k, int bits, DType dtype, std::mt19937& rng) {
+layers::ExpertWeights random_experts(int64_t n, int64_t k, int bits, DType dtype, std::mt19937& rng) {
   if (bits == 16) return {random_device({kExperts, n, k}, 0.03f, dtype, rng), {}};
   QuantizedTensor q;
   q.bits = bits;
@@ -79,15 +76,6 @@ Experts random_experts(int64_t n, int64_t k, int bits, DType dtype, std::mt19937
   ELEPHANT_CHECK_LAUNCH();
   q.scales = random_device({kExperts, n, 1}, 1e-3f, DType::F16, rng);
   return {Tensor(), q};
-}
-
-void grouped_gemm(const Tensor& a, const Experts& w, const Tensor& offsets, Tensor& out,
-                  const ops::GroupedGemmArgs& args) {
-  if (w.quantized.defined()) {
-    ops::grouped_gemm(a, w.quantized, offsets, out, args);
-  } else {
-    ops::grouped_gemm(a, w.dense, offsets, out, args);
-  }
 }
 
 // Bytes of one expert's matrix of n x k: the codes (or halves) and the scales.
@@ -114,11 +102,11 @@ void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const 
   ops::GroupedGemmArgs wi_args;
   wi_args.activation = ops::Activation::ReLU;
   wi_args.a_rows = &sorted;
-  grouped_gemm(x, layer.wi, offsets, inner, wi_args);
+  layers::grouped_gemm(x, layer.wi, offsets, inner, wi_args);
   ops::GroupedGemmArgs wo_args;
   wo_args.out_rows = &sorted;
   wo_args.out_scale = &probability;
-  grouped_gemm(inner, layer.wo, offsets, hidden, wo_args);
+  layers::grouped_gemm(inner, layer.wo, offsets, hidden, wo_args);
 }
 
 void BM_MoeLayer(benchmark::State& state, DType dtype, int bits) {
@@ -160,7 +148,7 @@ void BM_ExpertGemm(benchmark::State& state, int bits) {
   const Tensor offsets_device = Tensor::from_vector(offsets, {kExperts + 1}, Device::CUDA);
   const Tensor a = random_device({kTokens, kModel}, 1.0f, DType::F16, rng);
   Tensor out = Tensor::empty({kTokens, kFf}, DType::F16, Device::CUDA);
-  time_graph_replays(state, kCopies, [&](int c) { grouped_gemm(a, copies[c].wi, offsets_device, out, {}); });
+  time_graph_replays(state, kCopies, [&](int c) { layers::grouped_gemm(a, copies[c].wi, offsets_device, out); });
 
   const double bytes = active * expert_bytes(kFf, kModel, bits) + 2.0 * kTokens * (kModel + kFf);
   state.counters["experts_hit"] = active;

@@ -44,15 +44,6 @@ void add_dense_ffn_output(const DenseFeedForward& ffn, ops::Activation activatio
 // Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix (the first reading the rows
 // in expert order, the second adding its scaled outputs back to the rows they came from). Nothing here reads device
 // memory on the host: the per-expert row counts stay in `offsets` on the device.
-void grouped_gemm(const Tensor& a, const ExpertWeights& weights, const Tensor& offsets, Tensor& out,
-                  const ops::GroupedGemmArgs& args) {
-  if (weights.quantized.defined()) {
-    ops::grouped_gemm(a, weights.quantized, offsets, out, args);
-  } else {
-    ops::grouped_gemm(a, weights.dense, offsets, out, args);
-  }
-}
-
 void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activation, const Tensor& x, Tensor& hidden,
                             const Tensor* active) {
   const int64_t tokens = x.dim(0);
@@ -77,6 +68,15 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
 }
 
 }  // namespace
+
+void grouped_gemm(const Tensor& a, const ExpertWeights& weights, const Tensor& offsets, Tensor& out,
+                  const ops::GroupedGemmArgs& args) {
+  if (weights.quantized.defined()) {
+    ops::grouped_gemm(a, weights.quantized, offsets, out, args);
+  } else {
+    ops::grouped_gemm(a, weights.dense, offsets, out, args);
+  }
+}
 
 void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, const Tensor* active) {
   if (ffn.moe) {

@@ -7,6 +7,7 @@
 #include "core/tensor.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
+#include "ops/moe.h"
 #include "quantization/quantized_tensor.h"
 
 namespace elephant::layers {
@@ -48,6 +49,10 @@ struct ExpertWeights {
 
   int64_t dim(int axis) const { return quantized.defined() ? quantized.dim(axis) : dense.dim(axis); }
 };
+
+// ops::grouped_gemm on whichever form the expert weights have.
+void grouped_gemm(const Tensor& a, const ExpertWeights& weights, const Tensor& offsets, Tensor& out,
+                  const ops::GroupedGemmArgs& args = {});
 
 struct MixtureOfExperts {
   Tensor router;       // F32 [experts, d_model]: routing runs in float32
