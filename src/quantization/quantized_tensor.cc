@@ -30,7 +30,7 @@ int int4_nibble(int f) {
 }
 
 // 4 bits: with 15 levels, clipping the largest weights of a group often lowers its total error (the other weights
-// get finer steps). Among max |w| / 7 times 1, 0.95, ..., 0.7, the fp16 scale with the least squared error over
+// get finer steps). Among max |w| / 7 times 1, 0.975, ..., 0.6, the fp16 scale with the least squared error over
 // the group wins; ties keep the larger scale, so a group of exactly representable weights keeps max |w| / 7.
 uint16_t least_error_scale(const float* x, int64_t count, float amax, uint16_t absmax_scale) {
   const auto squared_error = [&](float scale) {
@@ -45,8 +45,8 @@ uint16_t least_error_scale(const float* x, int64_t count, float amax, uint16_t a
   if (half_to_float(absmax_scale) <= 0.0f) return absmax_scale;
   uint16_t best = absmax_scale;
   double best_error = squared_error(half_to_float(absmax_scale));
-  for (int step = 1; step <= 6; ++step) {
-    const uint16_t candidate = float_to_half(amax * (1.0f - 0.05f * static_cast<float>(step)) / 7.0f);
+  for (int step = 1; step <= 16; ++step) {
+    const uint16_t candidate = float_to_half(amax * (1.0f - 0.025f * static_cast<float>(step)) / 7.0f);
     if (half_to_float(candidate) <= 0.0f) break;
     const double error = squared_error(half_to_float(candidate));
     if (error < best_error) {

@@ -9,7 +9,7 @@ namespace elephant {
 // Symmetric integer weights: w[..., i, j] ~= scales[..., i, j / group] * q[..., i, j], the paper's scheme (one fp16
 // scale per output channel) or, with a group size, one scale per `group_size` input features of a channel.
 // q is in [-127, 127] (8 bits) or [-7, 7] (4 bits); scale = max |w| over the channel (or group) / 127. For 4 bits,
-// scale = max |w| / 7 times the clipping factor (1, 0.95, ..., 0.7) that gives the group the least squared error.
+// scale = max |w| / 7 times the clipping factor (1, 0.975, ..., 0.6) that gives the group the least squared error.
 //
 // Storage (the on-disk format of a quantized checkpoint too, README "Quantized checkpoints"): the last axis, k, is
 // stored in blocks of 32 input features, permuted so that a tensor-core thread finds the four features one MMA step
