@@ -6,13 +6,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/host_device.h"
 #include "ops/beam.h"
-
-#ifdef __CUDACC__
-#define ELEPHANT_HOST_DEVICE __host__ __device__
-#else
-#define ELEPHANT_HOST_DEVICE
-#endif
 
 namespace elephant::ops::beam {
 

@@ -18,6 +18,7 @@
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
+#include "quantization/quantized_layout.h"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -681,15 +682,8 @@ __device__ __forceinline__ float weight_at(const void* weights, const QuantArgs&
                                            int row, int j) {
   const int64_t matrix_row = static_cast<int64_t>(e) * n + row;
   if (bits == 16) return rt::to_float(static_cast<const T*>(weights)[matrix_row * k + j]);
-  const auto* codes = static_cast<const unsigned char*>(weights) + matrix_row * k * bits / 8;
-  const int block = j / 32, f = j % 32, half = f / 16, r = f % 16, t = (r % 8) / 2;
-  int code;
-  if (bits == 8) {
-    code = static_cast<int8_t>(codes[block * 32 + half * 16 + 4 * t + (r >= 8 ? 2 : 0) + r % 2]);
-  } else {
-    const int nibble = 8 * t + (r % 2 ? 4 : 0) + 2 * half + (r >= 8 ? 1 : 0);
-    code = ((codes[block * 16 + nibble / 2] >> (4 * (nibble % 2))) & 0xf) - 8;
-  }
+  const auto* codes = static_cast<const uint8_t*>(weights) + matrix_row * k * bits / 8;
+  const int code = quantized_layout::code_at(codes, bits, j);
   const int groups = quant.group_size > 0 ? k / quant.group_size : 1;
   const int group = quant.group_size > 0 ? j / quant.group_size : 0;
   return static_cast<float>(code) * __half2float(quant.scales[matrix_row * groups + group]);

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "elephant/error.h"
+#include "quantization/quantized_layout.h"
 
 namespace elephant {
 namespace {
@@ -13,20 +14,6 @@ std::string shape_text(const Shape& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
-}
-
-// Where feature f (0..31) of a 32-feature block is stored (quantized_tensor.h): the byte for int8, the nibble
-// (2 * byte + high) for int4.
-int int8_slot(int f) {
-  const int half = f / 16, r = f % 16;
-  const int t = (r % 8) / 2, j = (r >= 8 ? 2 : 0) + r % 2;
-  return half * 16 + 4 * t + j;
-}
-int int4_nibble(int f) {
-  const int half = f / 16, r = f % 16;
-  const int t = (r % 8) / 2;
-  const int position = (r % 2 ? 4 : 0) + 2 * half + (r >= 8 ? 1 : 0);
-  return 8 * t + position;  // word t holds nibbles 8t .. 8t + 7, lowest first (little-endian)
 }
 
 // 4 bits: with 15 levels, clipping the largest weights of a group often lowers its total error (the other weights
@@ -127,9 +114,10 @@ QuantizedTensor quantize(const Tensor& weights, int bits, int64_t group_size, co
         const float code = std::clamp(std::nearbyint(x[j] * inverse), -qmax, qmax);
         const int64_t block = j / kQuantBlock, f = j % kQuantBlock;
         if (bits == 8) {
-          out[block * kQuantBlock + int8_slot(static_cast<int>(f))] = static_cast<uint8_t>(static_cast<int8_t>(code));
+          out[block * kQuantBlock + quantized_layout::int8_slot(static_cast<int>(f))] =
+              static_cast<uint8_t>(static_cast<int8_t>(code));
         } else {
-          const int nibble = int4_nibble(static_cast<int>(f));
+          const int nibble = quantized_layout::int4_nibble(static_cast<int>(f));
           out[block * 16 + nibble / 2] |= static_cast<uint8_t>((static_cast<int>(code) + 8) << (4 * (nibble % 2)));
         }
       }
@@ -147,19 +135,14 @@ void dequantize_rows(const QuantizedTensor& quantized, int64_t matrix, int64_t r
   const auto* packed = static_cast<const uint8_t*>(quantized.values.raw()) + first * stride;
   // The storage order of one 32-feature block, once.
   int slot[kQuantBlock];
-  for (int f = 0; f < kQuantBlock; ++f) slot[f] = quantized.bits == 8 ? int8_slot(f) : int4_nibble(f);
+  for (int f = 0; f < kQuantBlock; ++f) slot[f] = quantized_layout::slot_of(quantized.bits, f);
+  const int64_t block_bytes = kQuantBlock * quantized.bits / 8;
   for (int64_t r = 0; r < count; ++r) {
     const uint8_t* in = packed + r * stride;
     float* x = out + r * k;
     for (int64_t j = 0; j < k; ++j) {
-      const int64_t block = j / kQuantBlock;
-      const int s = slot[j % kQuantBlock];
-      int code;
-      if (quantized.bits == 8) {
-        code = static_cast<int8_t>(in[block * kQuantBlock + s]);
-      } else {
-        code = ((in[block * 16 + s / 2] >> (4 * (s % 2))) & 0xf) - 8;
-      }
+      const int code =
+          quantized_layout::code_in_block(in + (j / kQuantBlock) * block_bytes, quantized.bits, slot[j % kQuantBlock]);
       x[j] = static_cast<float>(code) * half_to_float(scales[r * groups + j / group]);
     }
   }

@@ -1,0 +1,39 @@
+#pragma once
+
+// The storage order of quantized codes (quantized_tensor.h), shared by the quantizer, the CPU's dequantization and
+// the CUDA kernels that read codes one at a time.
+
+#include <cstdint>
+
+#include "core/host_device.h"
+
+namespace elephant::quantized_layout {
+
+// The byte of an int8 32-feature block that holds feature f (0..31).
+ELEPHANT_HOST_DEVICE inline int int8_slot(int f) {
+  const int half = f / 16, r = f % 16;
+  return half * 16 + 4 * ((r % 8) / 2) + (r >= 8 ? 2 : 0) + r % 2;
+}
+
+// The nibble (2 * byte + high) of an int4 32-feature block that holds feature f: word t = (f % 8) / 2 of the block
+// holds nibbles 8t .. 8t + 7, lowest first (little-endian).
+ELEPHANT_HOST_DEVICE inline int int4_nibble(int f) {
+  const int half = f / 16, r = f % 16;
+  return 8 * ((r % 8) / 2) + (r % 2 ? 4 : 0) + 2 * half + (r >= 8 ? 1 : 0);
+}
+
+// Where feature f of a 32-feature block is: int8_slot or int4_nibble.
+ELEPHANT_HOST_DEVICE inline int slot_of(int bits, int f) { return bits == 8 ? int8_slot(f) : int4_nibble(f); }
+
+// The signed code in slot `slot` of one 32-feature block (32 bytes for int8, 16 for int4).
+ELEPHANT_HOST_DEVICE inline int code_in_block(const uint8_t* block, int bits, int slot) {
+  if (bits == 8) return static_cast<int8_t>(block[slot]);
+  return ((block[slot / 2] >> (4 * (slot % 2))) & 0xf) - 8;
+}
+
+// The signed code of feature j of one row of packed codes (k * bits / 8 bytes).
+ELEPHANT_HOST_DEVICE inline int code_at(const uint8_t* row, int bits, int64_t j) {
+  return code_in_block(row + (j / 32) * 4 * bits, bits, slot_of(bits, static_cast<int>(j % 32)));
+}
+
+}  // namespace elephant::quantized_layout
