@@ -463,27 +463,31 @@ void sort_by_expert(const Tensor& expert, int num_experts, Tensor& sorted_rows, 
 
 namespace {
 
-// The checks every grouped GEMM shares; `weights` describes the stack [experts, n, k] (dense or quantized).
-// Returns false when there is nothing to compute.
-bool check_grouped_gemm(const Tensor& a, const Shape& weights_shape, Device weights_device, const std::string& weights,
-                        const Tensor& offsets, const Tensor& out, const GroupedGemmArgs& args) {
+// The checks every grouped GEMM shares; describe_weights() names the stack [experts, n, k] (dense or quantized) in
+// a message, and runs only when a check fails. Returns false when there is nothing to compute.
+template <typename DescribeWeights>
+bool check_grouped_gemm(const Tensor& a, const Shape& weights_shape, Device weights_device,
+                        DescribeWeights&& describe_weights, const Tensor& offsets, const Tensor& out,
+                        const GroupedGemmArgs& args) {
   same_device("grouped_gemm", a, offsets);
   same_device("grouped_gemm", a, out);
   check_floating("grouped_gemm", a);
   check_dtype("grouped_gemm", offsets, DType::I32, "offsets");
-  const std::string shapes =
-      "a " + describe(a) + ", weights " + weights + ", offsets " + describe(offsets) + ", out " + describe(out);
-  if (weights_device != a.device()) fail("grouped_gemm", "tensors on different devices: " + shapes);
-  if (a.rank() != 2 || weights_shape.size() != 3 || out.rank() != 2) fail("grouped_gemm", shapes);
+  const auto shapes = [&] {
+    return "a " + describe(a) + ", weights " + describe_weights() + ", offsets " + describe(offsets) + ", out " +
+           describe(out);
+  };
+  if (weights_device != a.device()) fail("grouped_gemm", "tensors on different devices: " + shapes());
+  if (a.rank() != 2 || weights_shape.size() != 3 || out.rank() != 2) fail("grouped_gemm", shapes());
   // The product's rows: a's, or as many as a_rows names; out's rows, or as many as out_rows names.
   const int64_t product_rows = args.a_rows ? args.a_rows->dim(0) : a.dim(0);
   const int64_t out_rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
   if (weights_shape[2] != a.dim(1) || product_rows != out_rows || out.dim(1) != weights_shape[1] ||
       offsets.shape() != Shape{weights_shape[0] + 1} || out.dtype() != a.dtype())
-    fail("grouped_gemm", shapes);
+    fail("grouped_gemm", shapes());
   const auto check_rows = [&](const Tensor* rows, const char* name) {
     if (rows && (rows->device() != a.device() || rows->dtype() != DType::I32 || rows->rank() != 1))
-      fail("grouped_gemm", std::string(name) + " " + describe(*rows) + " for " + shapes);
+      fail("grouped_gemm", std::string(name) + " " + describe(*rows) + " for " + shapes());
   };
   check_rows(args.a_rows, "a_rows");
   check_rows(args.out_rows, "out_rows");
@@ -491,10 +495,10 @@ bool check_grouped_gemm(const Tensor& a, const Shape& weights_shape, Device weig
       (args.out_scale && (args.out_scale->device() != a.device() || args.out_scale->dtype() != DType::F32 ||
                           args.out_scale->shape() != Shape{out.dim(0)})))
     fail("grouped_gemm", "out_rows and out_scale (F32 [rows of out]) go together; got out_scale " +
-                             (args.out_scale ? describe(*args.out_scale) : std::string("none")) + " for " + shapes);
+                             (args.out_scale ? describe(*args.out_scale) : std::string("none")) + " for " + shapes());
   if (args.bias && (args.bias->device() != a.device() || args.bias->dtype() != a.dtype() ||
                     args.bias->shape() != Shape{weights_shape[0], weights_shape[1]}))
-    fail("grouped_gemm", "bias " + describe(*args.bias) + " for " + shapes);
+    fail("grouped_gemm", "bias " + describe(*args.bias) + " for " + shapes());
   if (product_rows == 0) return false;
   if (a.device() == Device::CPU) {  // on a device the indices are trusted: reading them would synchronize
     const int64_t count = offsets.data<int32_t>()[offsets.dim(0) - 1];
@@ -518,16 +522,20 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
                   const GroupedGemmArgs& args) {
   if (weights.dtype() != a.dtype())
     fail("grouped_gemm", "weights " + describe(weights) + " for a " + describe(a) + " (the same dtype)");
-  if (!check_grouped_gemm(a, weights.shape(), weights.device(), describe(weights), offsets, out, args)) return;
+  if (!check_grouped_gemm(
+          a, weights.shape(), weights.device(), [&] { return describe(weights); }, offsets, out, args))
+    return;
   ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
 }
 
 void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
   check_quantized(weights, "grouped_gemm weights");
-  const std::string what = "int" + std::to_string(weights.bits) + " " + describe(weights.values) + " with scales " +
-                           describe(weights.scales);
-  if (weights.scales.device() != weights.device()) fail("grouped_gemm", "weights on two devices: " + what);
+  const auto what = [&] {
+    return "int" + std::to_string(weights.bits) + " " + describe(weights.values) + " with scales " +
+           describe(weights.scales);
+  };
+  if (weights.scales.device() != weights.device()) fail("grouped_gemm", "weights on two devices: " + what());
   if (!check_grouped_gemm(a, weights.shape, weights.device(), what, offsets, out, args)) return;
   ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
 }
