@@ -63,8 +63,10 @@ class TranslatorImpl {
   TranslatorImpl(const std::string& model_dir, const TranslatorOptions& options)
       : device_(resolve_device(options.device)),
         compute_type_(resolve_compute_type(options.compute_type, device_)),
-        model_(load_model(model_dir, {device_, dtype_of(compute_type_), options.cuda_graphs,
-                                      quantization_bits(options.quantization), options.quantization_group_size})),
+        model_(load_model(model_dir, {device_,
+                                      dtype_of(compute_type_),
+                                      options.cuda_graphs,
+                                      {quantization_bits(options.quantization), options.quantization_group_size}})),
         tokenizer_path_(model_dir + "/spiece.model") {
     // Text needs the SentencePiece model; token ids (translate_ids, benchmarks) do not.
     if (std::filesystem::exists(tokenizer_path_)) tokenizer_ = Tokenizer::load(tokenizer_path_);

@@ -10,6 +10,7 @@
 #include "core/tensor.h"
 #include "elephant/model_info.h"
 #include "ops/attention.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant {
 
@@ -26,9 +27,8 @@ struct ModelOptions {
   Device device = Device::CPU;
   DType dtype = DType::F32;
   bool cuda_graphs = true;  // on CUDA, decode steps are replayed from CUDA graphs; false: launched kernel by kernel
-  // Expert weights quantized at load time (quantization/quantized_tensor.h): 0 keeps them as stored, 8 or 4 bits.
-  int quantize_bits = 0;
-  int64_t quantize_group_size = 0;  // 0: one scale per output channel; 64 or 128
+  // Expert weights quantized at load time (quantization/quantized_tensor.h); none keeps them as stored.
+  QuantizationScheme quantize;
 };
 
 // Encoder states of a batch of sources, packed token-major without padding: source i owns the rows

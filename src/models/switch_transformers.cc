@@ -192,14 +192,14 @@ class LayerBuilder {
           load_quantized_matrices(checkpoint_, names, {rows, columns}, c_.quantization).to(options_.device);
       return weights;
     }
-    const bool quantizing = options_.quantize_bits != 0;
+    const bool quantizing = options_.quantize.quantized();
     Tensor stacked = Tensor::empty({c_.num_experts, rows, columns}, quantizing ? DType::F32 : options_.dtype);
     for (int e = 0; e < c_.num_experts; ++e) {
       const Tensor expert = checkpoint_.load(names[e], {rows, columns}, stacked.dtype());
       stacked.narrow(e, 1).reshape({rows, columns}).copy_from(expert);
     }
     if (quantizing) {
-      weights.quantized = quantize(stacked, options_.quantize_bits, options_.quantize_group_size, names[0] + " ...")
+      weights.quantized = quantize(stacked, options_.quantize.bits, options_.quantize.group_size, names[0] + " ...")
                               .to(options_.device);
     } else {
       weights.dense = stacked.to(options_.device);
@@ -262,8 +262,7 @@ class LayerBuilder {
 // float weights are gone, and quantizing the codes again would only add error).
 void check_requested_quantization(const SwitchTransformersConfig& c, const ModelOptions& options,
                                   const std::string& model_dir) {
-  if (!c.quantization.quantized() || options.quantize_bits == 0) return;
-  if (options.quantize_bits == c.quantization.bits && options.quantize_group_size == c.quantization.group_size) return;
+  if (!c.quantization.quantized() || !options.quantize.quantized() || options.quantize == c.quantization) return;
   throw ModelError(model_dir + " is already quantized to " + quantization_description(c.quantization) +
                    "; load it without --quantize");
 }

@@ -40,7 +40,7 @@ struct SwitchTransformersConfig {
   int decoder_start_token_id = 0;
   int eos_token_id = 1;
   int pad_token_id = 0;
-  CheckpointQuantization quantization;  // elephant_quantization: the experts as `elephant quantize` stored them
+  QuantizationScheme quantization;  // elephant_quantization: the experts as `elephant quantize` stored them
 
   static SwitchTransformersConfig parse(const JsonConfig& json);
 

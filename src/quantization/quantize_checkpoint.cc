@@ -25,9 +25,9 @@ namespace {
 const char* const kCopiedFiles[] = {"spiece.model", "generation_config.json", "languages.json"};
 
 void check_options(const QuantizeOptions& options) {
-  if (options.bits != 8 && options.bits != 4)
+  if (!supported_bits(options.bits))
     throw UsageError("--bits " + std::to_string(options.bits) + ": experts are quantized to 8 or 4 bits");
-  if (options.group_size != 0 && options.group_size != 64 && options.group_size != 128)
+  if (!supported_group_size(options.group_size))
     throw UsageError("--group-size " + std::to_string(options.group_size) +
                      ": supported are 0 (one scale per output channel), 64 and 128");
   if (options.max_shard_bytes <= 0)

@@ -6,7 +6,7 @@
 
 namespace elephant {
 
-CheckpointQuantization read_checkpoint_quantization(const JsonConfig& config) {
+QuantizationScheme read_checkpoint_quantization(const JsonConfig& config) {
   if (!config.has(kQuantizationConfigKey) || config.is_null(kQuantizationConfigKey)) return {};
   const JsonConfig entry = config.get_object(kQuantizationConfigKey);
   const auto fail = [&](const std::string& why) { throw ModelError(entry.path() + ": " + why); };
@@ -14,26 +14,26 @@ CheckpointQuantization read_checkpoint_quantization(const JsonConfig& config) {
   if (version != kQuantizedCheckpointVersion)
     fail("unknown format_version " + std::to_string(version) + " (this elephant reads version " +
          std::to_string(kQuantizedCheckpointVersion) + ")");
-  CheckpointQuantization quantization;
+  QuantizationScheme quantization;
   quantization.bits = entry.get_int("bits");
-  if (quantization.bits != 8 && quantization.bits != 4)
+  if (!supported_bits(quantization.bits))
     fail("bits " + std::to_string(quantization.bits) + " is not supported (8 or 4)");
   quantization.group_size = entry.get_int("group_size");
-  if (quantization.group_size != 0 && quantization.group_size != 64 && quantization.group_size != 128)
+  if (!supported_group_size(quantization.group_size))
     fail("group_size " + std::to_string(quantization.group_size) + " is not supported (0 = per channel, 64, 128)");
   const std::string quantized = entry.get_string("quantized");
   if (quantized != "experts") fail("quantized \"" + quantized + "\" is not supported (\"experts\")");
   return quantization;
 }
 
-nlohmann::json checkpoint_quantization_json(const CheckpointQuantization& quantization) {
+nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization) {
   return {{"format_version", kQuantizedCheckpointVersion},
           {"bits", quantization.bits},
           {"group_size", quantization.group_size},
           {"quantized", "experts"}};
 }
 
-std::string quantization_description(const CheckpointQuantization& quantization) {
+std::string quantization_description(const QuantizationScheme& quantization) {
   if (!quantization.quantized()) return "none";
   return "int" + std::to_string(quantization.bits) + ", " +
          (quantization.group_size == 0 ? std::string("per channel")
@@ -45,7 +45,7 @@ std::string scale_tensor_name(const std::string& weight_name) { return weight_na
 namespace {
 
 QuantizedTensor load_quantized_matrix(Checkpoint& checkpoint, const std::string& name, const Shape& shape,
-                                      const CheckpointQuantization& quantization) {
+                                      const QuantizationScheme& quantization) {
   const std::string where = checkpoint.file_of(name) + ": " + name;
   const std::string scale_name = scale_tensor_name(name);
   if (!checkpoint.contains(scale_name))
@@ -70,7 +70,7 @@ Shape stacked_shape(int64_t count, const Shape& shape) {
 }  // namespace
 
 QuantizedTensor load_quantized_matrices(Checkpoint& checkpoint, const std::vector<std::string>& names,
-                                        const Shape& matrix_shape, const CheckpointQuantization& quantization) {
+                                        const Shape& matrix_shape, const QuantizationScheme& quantization) {
   const auto count = static_cast<int64_t>(names.size());
   QuantizedTensor stacked;
   stacked.bits = quantization.bits;

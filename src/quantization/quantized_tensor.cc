@@ -70,8 +70,8 @@ QuantizedTensor QuantizedTensor::to(Device device) const {
 }
 
 QuantizedTensor quantize(const Tensor& weights, int bits, int64_t group_size, const std::string& what) {
-  if (bits != 8 && bits != 4) throw Error(what + ": cannot quantize to " + std::to_string(bits) + " bits (8 or 4)");
-  if (group_size != 0 && group_size != 64 && group_size != 128)
+  if (!supported_bits(bits)) throw Error(what + ": cannot quantize to " + std::to_string(bits) + " bits (8 or 4)");
+  if (!supported_group_size(group_size))
     throw Error(what + ": group size " + std::to_string(group_size) + " is not supported (0 = per channel, 64, 128)");
   if (weights.rank() < 2 || weights.device() != Device::CPU)
     throw Error(what + ": quantize takes a CPU matrix or stack of matrices, got " + shape_text(weights.shape()));
@@ -159,7 +159,7 @@ Tensor dequantize(const QuantizedTensor& quantized) {
 
 void check_quantized(const QuantizedTensor& quantized, const std::string& what) {
   const auto fail = [&](const std::string& why) { throw ModelError(what + ": " + why); };
-  if (quantized.bits != 8 && quantized.bits != 4) fail(std::to_string(quantized.bits) + "-bit weights (8 or 4)");
+  if (!supported_bits(quantized.bits)) fail(std::to_string(quantized.bits) + "-bit weights (8 or 4)");
   if (quantized.shape.size() < 2) fail("quantized weights must be matrices, got " + shape_text(quantized.shape));
   const int64_t k = quantized.shape.back();
   if (k % kQuantBlock != 0) fail(std::to_string(k) + " input features, not a multiple of 32");

@@ -38,6 +38,23 @@ struct QuantizedTensor {
 
 constexpr int64_t kQuantBlock = 32;
 
+// The supported schemes: 8 or 4 bits; one scale per output channel (group size 0) or per 64 or 128 input features.
+constexpr bool supported_bits(int bits) { return bits == 8 || bits == 4; }
+constexpr bool supported_group_size(int64_t group_size) {
+  return group_size == 0 || group_size == 64 || group_size == 128;
+}
+
+// A quantization to ask for or to describe a checkpoint with; bits 0 means none (float weights).
+struct QuantizationScheme {
+  int bits = 0;
+  int64_t group_size = 0;
+
+  bool quantized() const { return bits != 0; }
+  bool operator==(const QuantizationScheme& other) const {
+    return bits == other.bits && group_size == other.group_size;
+  }
+};
+
 // Quantizes a CPU tensor [..., n, k] in F32, F16 or BF16. Throws elephant::Error naming `what` (a tensor name, for
 // the message) when k is not a multiple of 32 or of the group size, or bits / group_size are not supported (8 or 4;
 // 0, 64 or 128).

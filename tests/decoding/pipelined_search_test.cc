@@ -78,7 +78,7 @@ TEST(PipelinedSearchCuda, TokensMatchStepByStep) {
   for (const std::string& name : golden_names()) {
     const Golden golden = load_golden(name);
     for (const bool graphs : {true, false}) {
-      auto model = load_model(golden.model_dir, {Device::CUDA, DType::F32, graphs});
+      auto model = load_model(golden.model_dir, {Device::CUDA, DType::F32, graphs, {}});
       for (const int beam_size : {1, 4})
         for (const bool prune : {true, false}) {
           const auto expected = golden.expected(beam_size == 1 ? "greedy" : "beam4");

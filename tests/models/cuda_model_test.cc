@@ -23,7 +23,7 @@ class CudaGoldenTest : public ::testing::TestWithParam<std::string> {
     golden_ = load_golden(GetParam());
   }
   std::unique_ptr<EncoderDecoderModel> load(DType dtype) {
-    return load_model(golden_.model_dir, {Device::CUDA, dtype});
+    return load_model(golden_.model_dir, {Device::CUDA, dtype, true, {}});
   }
 
   Golden golden_;
@@ -82,8 +82,8 @@ TEST_P(CudaGoldenTest, HalfPrecisionPruningDoesNotChangeTokens) {
 // are identical, with pruning (the batch shrinks through several buckets, each a new capture) and without.
 TEST_P(CudaGoldenTest, CudaGraphsDoNotChangeTokens) {
   for (const DType dtype : {DType::F32, DType::F16}) {
-    auto replayed = load_model(golden_.model_dir, {Device::CUDA, dtype, true});
-    auto launched = load_model(golden_.model_dir, {Device::CUDA, dtype, false});
+    auto replayed = load_model(golden_.model_dir, {Device::CUDA, dtype, true, {}});
+    auto launched = load_model(golden_.model_dir, {Device::CUDA, dtype, false, {}});
     for (const int beam : {1, 4})
       for (const bool prune : {true, false})
         EXPECT_EQ(generate_all(*replayed, golden_, beam, prune), generate_all(*launched, golden_, beam, prune))
@@ -102,8 +102,8 @@ INSTANTIATE_TEST_SUITE_P(Goldens, CudaGoldenTest, ::testing::ValuesIn(golden_nam
 TEST(CudaGraphSteps, ReplayedStepsEqualLaunchedSteps) {
   ELEPHANT_REQUIRE_CUDA();
   const Golden golden = load_golden(golden_names().front());
-  auto replayed = load_model(golden.model_dir, {Device::CUDA, DType::F32, true});
-  auto launched = load_model(golden.model_dir, {Device::CUDA, DType::F32, false});
+  auto replayed = load_model(golden.model_dir, {Device::CUDA, DType::F32, true, {}});
+  auto launched = load_model(golden.model_dir, {Device::CUDA, DType::F32, false, {}});
   const EncoderOutput encoded_replayed = replayed->encode(golden.sources);
   const EncoderOutput encoded_launched = launched->encode(golden.sources);
   const int max_steps = 12;
@@ -169,7 +169,7 @@ TEST(CudaGoldens, HalfPrecisionGreedyTokensMatchTransformersAsOftenAsItsOwnHalfP
     size_t reference_identical = 0;  // transformers' own fp16/bf16 greedy against its fp32 greedy
     for (const std::string& name : golden_names()) {
       const Golden golden = load_golden(name);
-      auto model = load_model(golden.model_dir, {Device::CUDA, dtype});
+      auto model = load_model(golden.model_dir, {Device::CUDA, dtype, true, {}});
       auto cpu = load_model(golden.model_dir);
       const auto greedy = generate_all(*model, golden, 1, true);
       const auto expected = golden.expected("greedy");
