@@ -151,12 +151,12 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     jobs = write_test_files(args.test_dir, args.out, langs, args.limit)
     ja = score.resolve_ja_tokenizer(args.ja_tokenize)
-    todo = variants(args.groups)
+    selected = variants(args.groups)
     print(f"{len(jobs)} directions x {sum(n for _, _, n in jobs) // len(jobs)} sentences, variants "
-          f"{', '.join(n for n, _ in todo)}, beams {beams}; {machine()}", flush=True)
+          f"{', '.join(n for n, _ in selected)}, beams {beams}; {machine()}", flush=True)
 
     timing = {}
-    for name, flags in todo:
+    for name, flags in selected:
         folder = os.path.join(args.out, name)
         os.makedirs(folder, exist_ok=True)
         for beam in beams:
@@ -171,7 +171,7 @@ def main():
             print(f"{name} beam {beam}: {done} sentences translated in {time.time() - t0:.1f} s", flush=True)
 
     results = {}
-    for name, _ in todo:
+    for name, _ in selected:
         folder = os.path.join(args.out, name)
         scores = {b: {d: score.score_lines(score.read_lines(os.path.join(folder, f"hyp.{b}.{d}.txt")),
                                            score.read_lines(os.path.join(args.out, f"ref.{d}.txt")),
@@ -179,7 +179,7 @@ def main():
         results[name] = dict(scores=scores, averages={b: score.averages(s) for b, s in scores.items()},
                              delta={}, identical={})
     directions = {d for d, _, _ in jobs}
-    for name in [n for n, _ in todo][1:]:
+    for name in [n for n, _ in selected][1:]:
         r, base = results[name], results["fp32"]
         r["delta"] = {b: {k: round(r["averages"][b]["avg"][k] - base["averages"][b]["avg"][k], 2)
                           for k in ("bleu", "chrf")} for b in beams}
@@ -188,7 +188,7 @@ def main():
             files = [v for d, v in cmp["per_file"][b].items() if d in directions]
             r["identical"][b] = sum(v["match"] for v in files) / max(1, sum(v["sentences"] for v in files))
 
-    names = [n for n, _ in todo]
+    names = [n for n, _ in selected]
     print()
     print(markdown(results, names, beams))
     print()
@@ -214,7 +214,7 @@ def main():
                    avg_change_vs_fp32={str(b): v for b, v in results[name]["delta"].items()},
                    scores={str(b): dict(per_direction=s, **results[name]["averages"][b])
                            for b, s in results[name]["scores"].items()})
-        for name, flags in todo})
+        for name, flags in selected})
     with open(os.path.join(args.out, "scores.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
     print(f"wrote {os.path.join(args.out, 'scores.json')}")
