@@ -53,7 +53,7 @@ std::vector<int32_t> fixed_routing(int64_t tokens) {
 
 // Expert weights of each matrix kind: fp16/bf16, or quantized (per channel) with fp16 scales.
 struct Layer {
-  layers::ExpertWeights wi, wo;
+  layers::Weight wi, wo;
 };
 std::vector<Layer> g_layers[4];  // fp16, bf16, int8, int4
 
@@ -66,7 +66,7 @@ __global__ void fill_bytes(uint8_t* out, int64_t n, uint64_t seed) {
     out[i] = static_cast<uint8_t>(splitmix64(seed + static_cast<uint64_t>(i)) >> 56);
 }
 
-layers::ExpertWeights random_experts(int64_t n, int64_t k, int bits, DType dtype, std::mt19937& rng) {
+layers::Weight random_experts(int64_t n, int64_t k, int bits, DType dtype, std::mt19937& rng) {
   if (bits == 16) return {random_device({kExperts, n, k}, 0.03f, dtype, rng), {}};
   QuantizedTensor q;
   q.bits = bits;

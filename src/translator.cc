@@ -66,7 +66,8 @@ class TranslatorImpl {
         model_(load_model(model_dir, {device_,
                                       dtype_of(compute_type_),
                                       options.cuda_graphs,
-                                      {quantization_bits(options.quantization), options.quantization_group_size}})),
+                                      {quantization_bits(options.quantization), options.quantization_group_size},
+                                      options.quantize_non_experts})),
         tokenizer_path_(model_dir + "/spiece.model") {
     // Text needs the SentencePiece model; token ids (translate_ids, benchmarks) do not.
     if (std::filesystem::exists(tokenizer_path_)) tokenizer_ = Tokenizer::load(tokenizer_path_);

@@ -21,6 +21,7 @@ struct TranslateFlags {
   int group_size = 0;
   int threads = 0;
   TranslationOptions options;
+  bool quantize_non_experts = false;
   bool no_pruning = false;
   bool no_cuda_graphs = false;
   bool no_pipeline = false;
@@ -50,6 +51,7 @@ int run_translate(const TranslateFlags& flags) {
   translator_options.num_threads = flags.threads;
   translator_options.quantization = parse_quantization(flags.quantize);
   translator_options.quantization_group_size = flags.group_size;
+  translator_options.quantize_non_experts = flags.quantize_non_experts;
   translator_options.cuda_graphs = !flags.no_cuda_graphs;
   TranslationOptions options = flags.options;
   options.prune_finished = !flags.no_pruning;
@@ -123,6 +125,8 @@ Runner add_translate_command(CLI::App& app) {
                   "With --quantize: input features per scale (0: one scale per output channel)")
       ->check(CLI::IsMember({0, 64, 128}))
       ->capture_default_str();
+  cmd->add_flag("--quantize-non-experts", flags->quantize_non_experts,
+                "Quantize the attention and dense FFN weights to int8 (per output channel) at load time too");
   cmd->add_option("--threads", flags->threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   cmd->add_flag("--no-pruning", flags->no_pruning, "Keep finished sentences in the batch (for testing)");
   cmd->add_flag("--no-cuda-graphs", flags->no_cuda_graphs,

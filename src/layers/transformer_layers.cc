@@ -25,20 +25,45 @@ Tensor RmsNorm::linear(const Tensor& x, const Tensor& weights) const {
   return y;
 }
 
-namespace {
+Tensor RmsNorm::linear(const Tensor& x, const Weight& w) const {
+  return w.quantized.defined() ? layers::linear((*this)(x), w) : linear(x, w.dense);
+}
 
-// The residual adds ride in the output projections' GEMMs (beta = 1): no separate add kernel, no temporary.
-ops::GemmArgs add_to_output() {
+Tensor linear(const Tensor& x, const Weight& w) {
+  if (!w.quantized.defined()) return ops::linear(x, w.dense);
+  Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
+  ops::quantized_linear(x, w.quantized, y);
+  return y;
+}
+
+void linear(const Tensor& x, const Weight& w, Tensor& y) {
+  if (w.quantized.defined()) {
+    ops::quantized_linear(x, w.quantized, y);
+    return;
+  }
+  ops::GemmArgs args;
+  args.b_is_weight = true;
+  ops::gemm(x, w.dense, y, args);
+}
+
+// Dense: the residual add rides in the GEMM (beta = 1), no separate add kernel, no temporary.
+void add_linear(const Tensor& x, const Weight& w, Tensor& hidden) {
+  if (w.quantized.defined()) {
+    ops::add_in_place(hidden, linear(x, w));
+    return;
+  }
   ops::GemmArgs args;
   args.beta = 1.0f;
   args.b_is_weight = true;
-  return args;
+  ops::gemm(x, w.dense, hidden, args);
 }
+
+namespace {
 
 // hidden += wo(act(h)) for h = wi(x).
 void add_dense_ffn_output(const DenseFeedForward& ffn, ops::Activation activation, Tensor h, Tensor& hidden) {
   ops::activate(activation, h);
-  ops::gemm(h, ffn.wo, hidden, add_to_output());
+  add_linear(h, ffn.wo, hidden);
 }
 
 // Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix (the first reading the rows
@@ -69,7 +94,7 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
 
 }  // namespace
 
-void grouped_gemm(const Tensor& a, const ExpertWeights& weights, const Tensor& offsets, Tensor& out,
+void grouped_gemm(const Tensor& a, const Weight& weights, const Tensor& offsets, Tensor& out,
                   const ops::GroupedGemmArgs& args) {
   if (weights.quantized.defined()) {
     ops::grouped_gemm(a, weights.quantized, offsets, out, args);
@@ -82,7 +107,7 @@ void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, c
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, x, hidden, active);
   } else {
-    add_dense_ffn_output(*ffn.dense, ffn.activation, ops::linear(x, ffn.dense->wi), hidden);
+    add_dense_ffn_output(*ffn.dense, ffn.activation, linear(x, ffn.dense->wi), hidden);
   }
 }
 
@@ -108,12 +133,19 @@ void add_attention_output(const MultiHeadAttention& attention, const Tensor& que
 }
 
 void add_attention_projection(const MultiHeadAttention& attention, const Tensor& context, Tensor& hidden) {
-  ops::gemm(context, attention.o, hidden, add_to_output());
+  add_linear(context, attention.o, hidden);
 }
 
 Tensor project_qkv(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& x) {
-  if (!attention.qkv.defined()) throw std::logic_error("project_qkv: the attention has no stacked qkv weight");
-  return norm.linear(x, attention.qkv);
+  if (attention.qkv.defined()) return norm.linear(x, attention.qkv);
+  const Tensor normalized = norm(x);
+  Tensor qkv = Tensor::empty({3, x.dim(0), attention.q.dim(0)}, x.dtype(), x.device());
+  const Weight* weights[] = {&attention.q, &attention.k, &attention.v};
+  for (int i = 0; i < 3; ++i) {
+    Tensor y = stacked(qkv, i);
+    linear(normalized, *weights[i], y);
+  }
+  return qkv;
 }
 
 Tensor stacked(const Tensor& stack, int64_t i) { return stack.narrow(i, 1).reshape({stack.dim(1), stack.dim(2)}); }

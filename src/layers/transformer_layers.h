@@ -13,8 +13,25 @@
 namespace elephant::layers {
 
 // Blocks shared by encoder-decoder architectures, on any device. Weights are in the Linear layout
-// [out_features, in_features] and in the model's compute dtype (F32 on the CPU; F32, F16 or BF16 on CUDA), except
-// the router, which stays F32; hidden states are packed token-major [tokens, d_model] in the compute dtype.
+// [out_features, in_features] and in the model's compute dtype (F32 on the CPU; F32, F16 or BF16 on CUDA), or
+// quantized (Weight), except the router, which stays F32; hidden states are packed token-major [tokens, d_model] in
+// the compute dtype.
+
+// A Linear weight [n, k], or every expert's matrix of one kind stacked [experts, n, k] for the grouped GEMM: in the
+// compute dtype, or quantized to int8 / int4 (quantization/quantized_tensor.h), the other one undefined.
+struct Weight {
+  Tensor dense;
+  QuantizedTensor quantized;
+
+  int64_t dim(int axis) const { return quantized.defined() ? quantized.dim(axis) : dense.dim(axis); }
+};
+
+// y = x · w^T for x [rows, k], in x's dtype.
+Tensor linear(const Tensor& x, const Weight& w);
+// The same into y [rows, n] (a view of a larger tensor may be given).
+void linear(const Tensor& x, const Weight& w, Tensor& y);
+// hidden += x · w^T: a residual add in the GEMM (beta = 1) for dense weights, after it for quantized ones.
+void add_linear(const Tensor& x, const Weight& w, Tensor& hidden);
 
 struct RmsNorm {
   Tensor weight;
@@ -25,40 +42,34 @@ struct RmsNorm {
   // [rows, n], or by every weight of a stack [count, n, d_model] into [count, rows, n]. One launch on CUDA for a
   // decode step's few rows (ops::rms_norm_linear).
   Tensor linear(const Tensor& x, const Tensor& weights) const;
+  // The same by a Linear weight in either form (quantized: the norm, then layers::linear).
+  Tensor linear(const Tensor& x, const Weight& w) const;
 };
 
 struct MultiHeadAttention {
-  Tensor q, k, v, o;  // q, k, v: [heads * head_dim, d_model]; o: [d_model, heads * head_dim]
-  // Self-attention keeps q, k and v only stacked, [3, heads * head_dim, d_model] (q, k and v undefined), so that the
-  // three projections of the same rows are one launch (project_qkv). Undefined for cross-attention.
+  Weight q, k, v, o;  // q, k, v: [heads * head_dim, d_model]; o: [d_model, heads * head_dim]
+  // Self-attention with dense weights keeps q, k and v only stacked, [3, heads * head_dim, d_model] (q, k and v
+  // undefined), so that the three projections of the same rows are one launch (project_qkv). Undefined for
+  // cross-attention and for quantized weights.
   Tensor qkv;
   int num_heads = 0;
   int head_dim = 0;
 };
 
 struct DenseFeedForward {
-  Tensor wi;  // [d_ff, d_model]
-  Tensor wo;  // [d_model, d_ff]
+  Weight wi;  // [d_ff, d_model]
+  Weight wo;  // [d_model, d_ff]
 };
 
-// Every expert's matrix of one kind, stacked [experts, n, k] for the grouped GEMM: in the compute dtype, or
-// quantized to int8 / int4 (quantization/quantized_tensor.h), the other one undefined.
-struct ExpertWeights {
-  Tensor dense;
-  QuantizedTensor quantized;
-
-  int64_t dim(int axis) const { return quantized.defined() ? quantized.dim(axis) : dense.dim(axis); }
-};
-
-// ops::grouped_gemm on whichever form the expert weights have.
-void grouped_gemm(const Tensor& a, const ExpertWeights& weights, const Tensor& offsets, Tensor& out,
+// ops::grouped_gemm on whichever form the expert weights [experts, n, k] have.
+void grouped_gemm(const Tensor& a, const Weight& weights, const Tensor& offsets, Tensor& out,
                   const ops::GroupedGemmArgs& args = {});
 
 struct MixtureOfExperts {
   Tensor router;       // F32 [experts, d_model]: routing runs in float32
   Tensor router_bias;  // F32 [experts] or undefined
-  ExpertWeights wi;    // [experts, d_ff, d_model]
-  ExpertWeights wo;    // [experts, d_model, d_ff]
+  Weight wi;           // [experts, d_ff, d_model]
+  Weight wo;           // [experts, d_model, d_ff]
 
   int num_experts() const { return static_cast<int>(wi.dim(0)); }
 };
@@ -87,7 +98,8 @@ void add_attention_output(const MultiHeadAttention& attention, const Tensor& que
 // hidden += o(context), context being an attention's output for hidden's rows.
 void add_attention_projection(const MultiHeadAttention& attention, const Tensor& context, Tensor& hidden);
 
-// Self-attention's three projections of norm(x) in one launch: [3, rows, heads * head_dim] (queries, keys, values).
+// Self-attention's three projections of norm(x): [3, rows, heads * head_dim] (queries, keys, values); one launch for
+// the dense stack qkv.
 Tensor project_qkv(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& x);
 // Matrix i of a stack [count, rows, columns], as a [rows, columns] view.
 Tensor stacked(const Tensor& stack, int64_t i);

@@ -29,6 +29,9 @@ struct ModelOptions {
   bool cuda_graphs = true;  // on CUDA, decode steps are replayed from CUDA graphs; false: launched kernel by kernel
   // Expert weights quantized at load time (quantization/quantized_tensor.h); none keeps them as stored.
   QuantizationScheme quantize;
+  // The attention projections and dense FFNs quantized to int8 per output channel at load time too (the router, the
+  // norms and the embeddings / lm_head stay in the compute dtype).
+  bool quantize_non_experts = false;
 };
 
 // Encoder states of a batch of sources, packed token-major without padding: source i owns the rows

@@ -176,6 +176,16 @@ class LayerBuilder {
   Tensor load(const std::string& name, const Shape& shape) {
     return checkpoint_.load(name, shape, options_.dtype).to(options_.device);
   }
+  // A Linear weight: in the compute dtype, or int8 per output channel with quantize_non_experts.
+  layers::Weight load_linear(const std::string& name, const Shape& shape) {
+    layers::Weight weight;
+    if (options_.quantize_non_experts) {
+      weight.quantized = quantize(checkpoint_.load(name, shape), 8, 0, name).to(options_.device);
+    } else {
+      weight.dense = load(name, shape);
+    }
+    return weight;
+  }
   // A weight kept in float32 (routers).
   Tensor load_f32(const std::string& name, const Shape& shape) {
     return checkpoint_.load(name, shape).to(options_.device);
@@ -183,10 +193,10 @@ class LayerBuilder {
 
   // Every expert's matrix `name` of the FFN `ffn`, stacked into one [experts, rows, columns] tensor for the grouped
   // GEMM: as a quantized checkpoint stores them, else quantized here when the options ask for it, else dense.
-  layers::ExpertWeights load_experts(const std::string& ffn, const std::string& name, int64_t rows, int64_t columns) {
+  layers::Weight load_experts(const std::string& ffn, const std::string& name, int64_t rows, int64_t columns) {
     std::vector<std::string> names;
     for (int e = 0; e < c_.num_experts; ++e) names.push_back(expert_name(ffn, e, name));
-    layers::ExpertWeights weights;
+    layers::Weight weights;
     if (c_.quantization.quantized()) {
       weights.quantized =
           load_quantized_matrices(checkpoint_, names, {rows, columns}, c_.quantization).to(options_.device);
@@ -211,29 +221,30 @@ class LayerBuilder {
     return {load(prefix + ".layer_norm.weight", {c_.d_model}), c_.layer_norm_epsilon};
   }
 
-  // Self-attention keeps q, k and v stacked, for one projection launch (layers::project_qkv).
+  // Self-attention keeps dense q, k and v stacked, for one projection launch (layers::project_qkv).
   layers::MultiHeadAttention attention(const std::string& prefix, bool self) {
     const int64_t inner = static_cast<int64_t>(c_.num_heads) * c_.d_kv;
     layers::MultiHeadAttention a;
-    if (self) {
+    if (self && !options_.quantize_non_experts) {
       Tensor qkv = Tensor::empty({3, inner, c_.d_model}, options_.dtype);
       for (int i = 0; i < 3; ++i)
         layers::stacked(qkv, i).copy_from(
             checkpoint_.load(prefix + "." + "qkv"[i] + ".weight", {inner, c_.d_model}, options_.dtype));
       a.qkv = qkv.to(options_.device);
     } else {
-      a.q = load(prefix + ".q.weight", {inner, c_.d_model});
-      a.k = load(prefix + ".k.weight", {inner, c_.d_model});
-      a.v = load(prefix + ".v.weight", {inner, c_.d_model});
+      a.q = load_linear(prefix + ".q.weight", {inner, c_.d_model});
+      a.k = load_linear(prefix + ".k.weight", {inner, c_.d_model});
+      a.v = load_linear(prefix + ".v.weight", {inner, c_.d_model});
     }
-    a.o = load(prefix + ".o.weight", {c_.d_model, inner});
+    a.o = load_linear(prefix + ".o.weight", {c_.d_model, inner});
     a.num_heads = c_.num_heads;
     a.head_dim = c_.d_kv;
     return a;
   }
 
   layers::DenseFeedForward dense(const std::string& prefix) {
-    return {load(prefix + ".wi.weight", {c_.d_ff, c_.d_model}), load(prefix + ".wo.weight", {c_.d_model, c_.d_ff})};
+    return {load_linear(prefix + ".wi.weight", {c_.d_ff, c_.d_model}),
+            load_linear(prefix + ".wo.weight", {c_.d_model, c_.d_ff})};
   }
 
   layers::FeedForward feed_forward(const std::string& prefix, bool sparse) {
@@ -383,8 +394,8 @@ std::unique_ptr<DecoderState> SwitchTransformersModel::start_decoding(const Enco
     cache.self_keys = Tensor::empty({state->rows(), slots, inner}, options_.dtype, options_.device);
     cache.self_values = Tensor::empty({state->rows(), slots, inner}, options_.dtype, options_.device);
     // Cross-attention keys and values are computed once per source, shared by its beams.
-    cache.cross_keys = ops::linear(encoded.hidden, layer.cross_attention.k);
-    cache.cross_values = ops::linear(encoded.hidden, layer.cross_attention.v);
+    cache.cross_keys = layers::linear(encoded.hidden, layer.cross_attention.k);
+    cache.cross_values = layers::linear(encoded.hidden, layer.cross_attention.v);
     state->layers().push_back(std::move(cache));
   }
   // One bias table for every (query, key) distance of this decode: keys never follow the query, and the

@@ -94,6 +94,20 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
   return y;
 }
 
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+  check_quantized(weight, "quantized_linear weight");
+  same_device("quantized_linear", x, y);
+  check_floating("quantized_linear", x);
+  if (weight.device() != x.device() || weight.scales.device() != x.device() || weight.shape.size() != 2 ||
+      x.rank() != 2 || y.rank() != 2 || x.dim(1) != weight.dim(1) || y.dim(0) != x.dim(0) ||
+      y.dim(1) != weight.dim(0) || y.dtype() != x.dtype())
+    fail("quantized_linear", "x " + describe(x) + ", int" + std::to_string(weight.bits) + " weight " +
+                                 describe(weight.values) + " (logical [" + std::to_string(weight.dim(0)) + ", " +
+                                 std::to_string(weight.dim(-1)) + "]), y " + describe(y));
+  if (y.numel() == 0) return;
+  ELEPHANT_DISPATCH(x.device(), quantized_linear(x, weight, y));
+}
+
 void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
   same_device("linear_stack", x, weights);
   same_device("linear_stack", x, y);

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "core/tensor.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant::ops {
 
@@ -20,6 +21,12 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args = {}
 
 // y[..., n] = x[..., k] · weight[n, k]^T: a Linear layer without bias, output in x's dtype and device (b_is_weight).
 Tensor linear(const Tensor& x, const Tensor& weight);
+
+// y[rows, n] = x[rows, k] · weight^T for a Linear weight [n, k] quantized to int8 or int4
+// (quantization/quantized_tensor.h): x and y in the compute dtype, accumulated in float32. CPU: the weight
+// dequantized into float32, then the BLAS sgemm. CUDA: the quantized grouped GEMM (ops/moe.h) with one group of all
+// rows, dequantizing in its main loop.
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y);
 
 // y[i] = x · weights[i]^T for every Linear weight of a stack: x [rows, k], weights [count, n, k], y [count, rows, n]
 // in x's dtype. One launch on CUDA (a strided batched GEMM): the query, key and value projections of the same

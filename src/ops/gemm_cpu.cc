@@ -1,6 +1,7 @@
 #include <cblas.h>
 
 #include "ops/backends.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant::ops::cpu {
 
@@ -19,6 +20,12 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
   for (int64_t i = 0; i < weights.dim(0); ++i)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x.data<float>(), k,
                 weights.data<float>() + i * n * k, k, 0.0f, y.data<float>() + i * m * n, n);
+}
+
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+  Tensor dense = Tensor::empty({weight.dim(0), weight.dim(1)}, DType::F32, Device::CPU);
+  dequantize_rows(weight, 0, 0, weight.dim(0), dense.data<float>());
+  cpu::gemm(x, dense, y, GemmArgs{});
 }
 
 }  // namespace elephant::ops::cpu

@@ -1,4 +1,5 @@
-// The experts' grouped GEMM: one launch for every expert, each expert's rows read from `offsets` on the device.
+// The experts' grouped GEMM: one launch for every expert, each expert's rows read from `offsets` on the device. A
+// Linear layer with quantized weights is the same GEMM with one group of all rows.
 //
 // Half precision runs on the tensor cores (mma.sync m16n8k16, float32 accumulation). The expert weights are the
 // 16-row operand and the tokens the 8-column one, out^T = W · a^T, so a decode step with one or two rows per expert
@@ -231,15 +232,26 @@ __device__ __forceinline__ void convert_tile(const unsigned char* packed, T* til
   }
 }
 
+// Where each group's rows start: offsets[e] (I32 [experts + 1], on the device), or, for a plain Linear layer
+// (offsets null, one group), 0 and `rows`.
+struct GroupRows {
+  const int32_t* offsets;
+  int rows;
+
+  __device__ __forceinline__ int begin(int e) const {
+    return offsets != nullptr ? __ldg(offsets + e) : e == 0 ? 0 : rows;
+  }
+};
+
 // prefix[e] = row chunks of the experts before e; prefix[experts] = all chunks. Warp 0 scans, 32 experts a step.
 template <int BM>
-__device__ void build_chunk_prefix(const int32_t* __restrict__ offsets, int experts, int* prefix) {
+__device__ void build_chunk_prefix(const GroupRows& group_rows, int experts, int* prefix) {
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     int carry = 0;
     for (int base = 0; base < experts; base += 32) {
       const int e = base + lane;
-      const int chunks = e < experts ? (max(offsets[e + 1] - offsets[e], 0) + BM - 1) / BM : 0;
+      const int chunks = e < experts ? (max(group_rows.begin(e + 1) - group_rows.begin(e), 0) + BM - 1) / BM : 0;
       int sum = chunks;
 #pragma unroll
       for (int d = 1; d < 32; d <<= 1) {
@@ -302,7 +314,7 @@ __device__ __forceinline__ void store_8(const rt::Pack<T, 8>& v, T* __restrict__
 template <typename T, typename C, int BITS, bool SPLIT>
 __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     grouped_gemm_mma_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows,
-                            const void* __restrict__ weights, QuantArgs quant, const int32_t* __restrict__ offsets,
+                            const void* __restrict__ weights, QuantArgs quant, GroupRows group_rows,
                             const T* __restrict__ bias, T* __restrict__ out, const int32_t* __restrict__ out_rows,
                             const float* __restrict__ out_scale, int experts, int n, int k, int activation,
                             bool vector_store, SplitK split) {
@@ -323,7 +335,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   const int warp_m = warp / C::WARPS_N;
   constexpr int BK = C::BK;
 
-  build_chunk_prefix<C::BM>(offsets, experts, chunk_prefix);
+  build_chunk_prefix<C::BM>(group_rows, experts, chunk_prefix);
   const int n_tiles = (n + C::BN - 1) / C::BN;
   const int items = chunk_prefix[experts] * n_tiles;
   const int k_tiles = (k + BK - 1) / BK;
@@ -361,8 +373,8 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     const int expert_chunks = chunk_prefix[e + 1] - chunk_prefix[e];
     const int local = item - chunk_prefix[e] * n_tiles;
     const int n0 = (local / expert_chunks) * C::BN;
-    const int m0 = __ldg(offsets + e) + (local % expert_chunks) * C::BM;
-    const int rows = min(C::BM, __ldg(offsets + e + 1) - m0);
+    const int m0 = group_rows.begin(e) + (local % expert_chunks) * C::BM;
+    const int rows = min(C::BM, group_rows.begin(e + 1) - m0);
 
     const T* w_src =
         static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
@@ -602,7 +614,7 @@ struct Problem {
   const void* weights;    // T [experts, n, k], or packed codes when bits < 16
   QuantArgs quant;
   int bits;  // 16, 8 or 4
-  const int32_t* offsets;
+  GroupRows group_rows;
   const T* bias;  // or null
   T* out;
   const int32_t* out_rows;  // or null: row i of the product is row i of out
@@ -627,7 +639,7 @@ void launch_mma(const Problem<T>& p, const SplitK& split = {}, int64_t most_unit
   const int64_t n_tiles = (p.n + C::BN - 1) / C::BN;
   const int64_t most_items = n_tiles * ((p.rows + C::BM - 1) / C::BM + p.experts);
   const auto grid = static_cast<unsigned>(std::min<int64_t>(SPLIT ? most_units : most_items, grid_limit));
-  rt::launch(kernel, grid, C::THREADS, smem_bytes, p.a, p.a_rows, p.weights, p.quant, p.offsets, p.bias, p.out,
+  rt::launch(kernel, grid, C::THREADS, smem_bytes, p.a, p.a_rows, p.weights, p.quant, p.group_rows, p.bias, p.out,
              p.out_rows, p.out_scale, p.experts, p.n, p.k, p.activation, p.vector_store, split);
 }
 
@@ -694,15 +706,14 @@ __device__ __forceinline__ float weight_at(const void* weights, const QuantArgs&
 template <typename T>
 __global__ void __launch_bounds__(kSimtTile* kSimtTile)
     grouped_gemm_simt_kernel(const T* __restrict__ a, const int32_t* __restrict__ a_rows,
-                             const void* __restrict__ weights, QuantArgs quant, int bits,
-                             const int32_t* __restrict__ offsets, const T* __restrict__ bias, T* __restrict__ out,
-                             const int32_t* __restrict__ out_rows, const float* __restrict__ out_scale, int n, int k,
-                             int activation) {
+                             const void* __restrict__ weights, QuantArgs quant, int bits, GroupRows group_rows,
+                             const T* __restrict__ bias, T* __restrict__ out, const int32_t* __restrict__ out_rows,
+                             const float* __restrict__ out_scale, int n, int k, int activation) {
   rt::await_previous_kernel();
   __shared__ float sa[kSimtTile][kSimtTile + 1];  // [token][k]
   __shared__ float sw[kSimtTile][kSimtTile + 1];  // [n][k]
   const int e = blockIdx.y;
-  const int begin = offsets[e], end = offsets[e + 1];
+  const int begin = group_rows.begin(e), end = group_rows.begin(e + 1);
   const int tx = threadIdx.x % kSimtTile, ty = threadIdx.x / kSimtTile;
   const int n0 = blockIdx.x * kSimtTile;
   for (int m0 = begin + blockIdx.z * kSimtTile; m0 < end; m0 += gridDim.z * kSimtTile) {
@@ -741,7 +752,7 @@ void launch_simt(const Problem<T>& p) {
                                             std::min<int64_t>(rt::blocks_for(p.rows, kSimtTile), 65535));
   const dim3 grid(rt::blocks_for(p.n, kSimtTile), static_cast<unsigned>(p.experts), static_cast<unsigned>(split));
   rt::launch(grouped_gemm_simt_kernel<T>, grid, kSimtTile * kSimtTile, 0, p.a, p.a_rows, p.weights, p.quant, p.bits,
-             p.offsets, p.bias, p.out, p.out_rows, p.out_scale, p.n, p.k, p.activation);
+             p.group_rows, p.bias, p.out, p.out_rows, p.out_scale, p.n, p.k, p.activation);
 }
 
 bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -782,13 +793,13 @@ void run_grouped_gemm(Problem<T>& p) {
 }
 
 template <typename T>
-Problem<T> problem_of(const Tensor& a, const Tensor& offsets, Tensor& out, const GroupedGemmArgs& args, int experts,
+Problem<T> problem_of(const Tensor& a, const Tensor* offsets, Tensor& out, const GroupedGemmArgs& args, int experts,
                       int n, int k) {
   Problem<T> p{};
   p.a = a.data<T>();
   p.a_rows = args.a_rows ? args.a_rows->data<int32_t>() : nullptr;
   p.bits = 16;
-  p.offsets = offsets.data<int32_t>();
+  p.group_rows = {offsets != nullptr ? offsets->data<int32_t>() : nullptr, static_cast<int>(a.dim(0))};
   p.bias = args.bias ? args.bias->data<T>() : nullptr;
   p.out = out.data<T>();
   p.out_rows = args.out_rows ? args.out_rows->data<int32_t>() : nullptr;
@@ -803,7 +814,7 @@ Problem<T> problem_of(const Tensor& a, const Tensor& offsets, Tensor& out, const
 
 // The launch both entry points share; set_weights points the problem at the weights (dense or packed).
 template <typename SetWeights>
-void grouped_gemm_of(const Tensor& a, const Shape& weights_shape, const Tensor& offsets, Tensor& out,
+void grouped_gemm_of(const Tensor& a, const Shape& weights_shape, const Tensor* offsets, Tensor& out,
                      const GroupedGemmArgs& args, SetWeights&& set_weights) {
   const int experts = static_cast<int>(weights_shape[0]);
   const int n = static_cast<int>(weights_shape[1]);
@@ -818,20 +829,30 @@ void grouped_gemm_of(const Tensor& a, const Shape& weights_shape, const Tensor& 
   });
 }
 
+// Points a problem at packed weights.
+auto quantized_weights(const QuantizedTensor& weights) {
+  return [&weights](auto& p) {
+    p.weights = weights.values.raw();
+    p.bits = weights.bits;
+    p.quant = {static_cast<const __half*>(weights.scales.raw()), static_cast<int>(weights.group_size)};
+  };
+}
+
 }  // namespace
 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
-  grouped_gemm_of(a, weights.shape(), offsets, out, args, [&](auto& p) { p.weights = weights.raw(); });
+  grouped_gemm_of(a, weights.shape(), &offsets, out, args, [&](auto& p) { p.weights = weights.raw(); });
 }
 
 void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
-  grouped_gemm_of(a, weights.shape, offsets, out, args, [&](auto& p) {
-    p.weights = weights.values.raw();
-    p.bits = weights.bits;
-    p.quant = {static_cast<const __half*>(weights.scales.raw()), static_cast<int>(weights.group_size)};
-  });
+  grouped_gemm_of(a, weights.shape, &offsets, out, args, quantized_weights(weights));
+}
+
+// One group of all rows: offsets null.
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+  grouped_gemm_of(x, Shape{1, weight.dim(0), weight.dim(1)}, nullptr, y, {}, quantized_weights(weight));
 }
 
 }  // namespace elephant::ops::cuda

@@ -2,6 +2,7 @@
 // name the file, tensor or line, and the translate/inspect/quantize happy paths.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -261,6 +262,23 @@ TEST(Cli, QuantizedModelInspectsAndTranslates) {
   const Outcome requantized = run_cli("translate --quantize int8 --model " + quantized, lines);
   EXPECT_EQ(requantized.exit_code, 1);
   EXPECT_CONTAINS(requantized.err, "is already quantized to int4, per channel; load it without --quantize");
+}
+
+// --quantize-non-experts: the attention and dense FFN weights in int8 at load time. A model whose Linear widths are
+// not multiples of 32 is refused, naming the first weight that cannot be quantized.
+TEST(Cli, QuantizeNonExpertsTranslatesOrNamesTheWeight) {
+  const std::string lines = "File not found\nSave the file\nQuit the program now please\n";
+  const Outcome translated =
+      run_cli("translate --max-length 12 --quantize-non-experts --model " + golden_model(), lines);
+  ASSERT_EQ(translated.exit_code, 0) << translated.err;
+  EXPECT_EQ(std::count(translated.out.begin(), translated.out.end(), '\n'), 3);
+
+  const Outcome refused =
+      run_cli("translate --quantize-non-experts --model " + goldens_dir() + "/e3_sharded/model", lines);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_CONTAINS(refused.err,
+                  "encoder.block.0.layer.0.SelfAttention.q.weight: 24 input features; quantized weights need a "
+                  "multiple of 32");
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "ops/reference_helpers.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant {
 namespace {
@@ -40,17 +41,19 @@ std::vector<double> row(const Tensor& x, int64_t r) {
 // wo · act(wi · x) for one token.
 std::vector<double> dense_ffn(const layers::DenseFeedForward& ffn, Activation activation,
                               const std::vector<double>& x) {
-  std::vector<double> h = matvec(ffn.wi, x);
+  std::vector<double> h = matvec(ffn.wi.dense, x);
   for (double& v : h) v = activate(activation, v);
-  return matvec(ffn.wo, h);
+  return matvec(ffn.wo.dense, h);
 }
 
 layers::DenseFeedForward random_dense(int64_t d_model, int64_t d_ff, std::mt19937& rng) {
   // Scaled like an initialized layer so that activations stay O(1).
   const float in_scale = 1.0f / std::sqrt(static_cast<float>(d_model));
   const float out_scale = 1.0f / std::sqrt(static_cast<float>(d_ff));
-  return {random_tensor({d_ff, d_model}, rng, -2 * in_scale, 2 * in_scale),
-          random_tensor({d_model, d_ff}, rng, -2 * out_scale, 2 * out_scale)};
+  layers::DenseFeedForward ffn;
+  ffn.wi.dense = random_tensor({d_ff, d_model}, rng, -2 * in_scale, 2 * in_scale);
+  ffn.wo.dense = random_tensor({d_model, d_ff}, rng, -2 * out_scale, 2 * out_scale);
+  return ffn;
 }
 
 // Two float GEMMs of length d_model and d_ff with O(1) terms: each output's error is ~1e-6 at most for the
@@ -91,7 +94,10 @@ struct MoeCase {
 layers::DenseFeedForward expert_of(const layers::MixtureOfExperts& moe, int e) {
   const Tensor& wi = moe.wi.dense;
   const Tensor& wo = moe.wo.dense;
-  return {wi.narrow(e, 1).reshape({wi.dim(1), wi.dim(2)}), wo.narrow(e, 1).reshape({wo.dim(1), wo.dim(2)})};
+  layers::DenseFeedForward expert;
+  expert.wi.dense = wi.narrow(e, 1).reshape({wi.dim(1), wi.dim(2)});
+  expert.wo.dense = wo.narrow(e, 1).reshape({wo.dim(1), wo.dim(2)});
+  return expert;
 }
 
 layers::MixtureOfExperts random_moe(const MoeCase& c, std::mt19937& rng) {
@@ -103,8 +109,8 @@ layers::MixtureOfExperts random_moe(const MoeCase& c, std::mt19937& rng) {
   for (int e = 0; e < c.num_experts; ++e) {
     const layers::DenseFeedForward dense = random_dense(c.d_model, c.d_ff, rng);
     layers::DenseFeedForward slot = expert_of(moe, e);
-    slot.wi.copy_from(dense.wi);
-    slot.wo.copy_from(dense.wo);
+    slot.wi.dense.copy_from(dense.wi.dense);
+    slot.wo.dense.copy_from(dense.wo.dense);
   }
   return moe;
 }
@@ -230,8 +236,8 @@ TEST(FeedForwardTest, IdleExpertsAreNeverRead) {
   ffn.moe->router_bias = Tensor::from_vector(std::vector<float>{-50.0f, 50.0f, -50.0f}, {3});
   for (int e : {0, 2}) {
     layers::DenseFeedForward slot = expert_of(*ffn.moe, e);
-    slot.wi.copy_from(testref::filled_tensor({c.d_ff, c.d_model}, NAN));
-    slot.wo.copy_from(testref::filled_tensor({c.d_model, c.d_ff}, NAN));
+    slot.wi.dense.copy_from(testref::filled_tensor({c.d_ff, c.d_model}, NAN));
+    slot.wo.dense.copy_from(testref::filled_tensor({c.d_model, c.d_ff}, NAN));
   }
   const Tensor x = random_tensor({c.tokens, c.d_model}, rng);
   Tensor hidden = random_tensor({c.tokens, c.d_model}, rng);
@@ -268,8 +274,8 @@ TEST(FeedForwardTest, InactiveRowsCostNoExpertWork) {
     ASSERT_GT(std::count(active.begin(), active.end(), 0), 0) << "test data: no row routed to the poisoned expert";
     ASSERT_GT(std::count(active.begin(), active.end(), 1), 0);
     layers::DenseFeedForward slot = expert_of(*ffn.moe, poisoned);
-    slot.wi.copy_from(testref::filled_tensor({c.d_ff, c.d_model}, NAN));
-    slot.wo.copy_from(testref::filled_tensor({c.d_model, c.d_ff}, NAN));
+    slot.wi.dense.copy_from(testref::filled_tensor({c.d_ff, c.d_model}, NAN));
+    slot.wo.dense.copy_from(testref::filled_tensor({c.d_model, c.d_ff}, NAN));
 
     const NaiveMoe ref = naive_moe(*ffn.moe, ffn.activation, x, hidden, active);
     const Tensor active_flags = flags(active);
@@ -333,7 +339,7 @@ std::vector<double> naive_attention_layer(const layers::MultiHeadAttention& attn
   for (size_t s = 0; s + 1 < layout.query_begin.size(); ++s) {
     for (int64_t r = layout.query_begin[s]; r < layout.query_begin[s + 1]; ++r) {
       const int64_t position = layout.query_position[s] + (r - layout.query_begin[s]);
-      const std::vector<double> q = matvec(attn.q, row(x, r));
+      const std::vector<double> q = matvec(attn.q.dense, row(x, r));
       std::vector<double> context(static_cast<size_t>(inner), 0.0);
       for (int64_t h = 0; h < heads; ++h) {
         std::vector<double> scores;
@@ -352,7 +358,7 @@ std::vector<double> naive_attention_layer(const layers::MultiHeadAttention& attn
           for (int64_t d = 0; d < head_dim; ++d)
             context[h * head_dim + d] += scores[j] / sum * v[(layout.key_begin[s] + j) * inner + h * head_dim + d];
       }
-      const std::vector<double> y = matvec(attn.o, context);
+      const std::vector<double> y = matvec(attn.o.dense, context);
       for (int64_t i = 0; i < d_model; ++i) out[r * d_model + i] += y[i];
     }
   }
@@ -392,10 +398,10 @@ TEST(FeedForwardTest, AddAttentionMatchesNaive) {
       layers::MultiHeadAttention attn;
       attn.num_heads = heads;
       attn.head_dim = head_dim;
-      attn.q = random_tensor({inner, d_model}, rng, -2 * scale_in, 2 * scale_in);
-      attn.k = random_tensor({inner, d_model}, rng, -2 * scale_in, 2 * scale_in);
-      attn.v = random_tensor({inner, d_model}, rng, -2 * scale_in, 2 * scale_in);
-      attn.o = random_tensor({d_model, inner}, rng, -2 * scale_out, 2 * scale_out);
+      attn.q.dense = random_tensor({inner, d_model}, rng, -2 * scale_in, 2 * scale_in);
+      attn.k.dense = random_tensor({inner, d_model}, rng, -2 * scale_in, 2 * scale_in);
+      attn.v.dense = random_tensor({inner, d_model}, rng, -2 * scale_in, 2 * scale_in);
+      attn.o.dense = random_tensor({d_model, inner}, rng, -2 * scale_out, 2 * scale_out);
       // Three packed sequences, self-attention with a position bias.
       HostLayout layout;
       layout.query_begin = {0, 5, 6, 15};
@@ -405,8 +411,8 @@ TEST(FeedForwardTest, AddAttentionMatchesNaive) {
       Tensor hidden = random_tensor({15, d_model}, rng, -2.0f, 2.0f);
       const layers::RmsNorm norm{random_tensor({d_model}, rng, 0.5f, 1.5f), 1e-6f};
       const Tensor x = norm(hidden);  // the queries' input; the memory here too
-      const Tensor keys = ops::linear(x, attn.k);
-      const Tensor values = ops::linear(x, attn.v);
+      const Tensor keys = ops::linear(x, attn.k.dense);
+      const Tensor values = ops::linear(x, attn.v.dense);
       const Tensor bias = random_tensor({heads, 2 * 8 + 1}, rng, -2.0f, 2.0f);
       ops::AttentionArgs args;
       args.num_heads = heads;
@@ -428,13 +434,13 @@ TEST(FeedForwardTest, AddAttentionCrossAttentionToOtherMemory) {
   layers::MultiHeadAttention attn;
   attn.num_heads = heads;
   attn.head_dim = head_dim;
-  attn.q = random_tensor({inner, d_model}, rng, -0.5f, 0.5f);
-  attn.k = random_tensor({inner, d_model}, rng, -0.5f, 0.5f);
-  attn.v = random_tensor({inner, d_model}, rng, -0.5f, 0.5f);
-  attn.o = random_tensor({d_model, inner}, rng, -0.5f, 0.5f);
+  attn.q.dense = random_tensor({inner, d_model}, rng, -0.5f, 0.5f);
+  attn.k.dense = random_tensor({inner, d_model}, rng, -0.5f, 0.5f);
+  attn.v.dense = random_tensor({inner, d_model}, rng, -0.5f, 0.5f);
+  attn.o.dense = random_tensor({d_model, inner}, rng, -0.5f, 0.5f);
   const Tensor memory = random_tensor({11, d_model}, rng);
-  const Tensor keys = ops::linear(memory, attn.k);
-  const Tensor values = ops::linear(memory, attn.v);
+  const Tensor keys = ops::linear(memory, attn.k.dense);
+  const Tensor values = ops::linear(memory, attn.v.dense);
   HostLayout layout;  // rows 0, 1 -> source 1 (tokens 4..10); row 2 -> source 0 (tokens 0..3)
   layout.query_begin = {0, 1, 2, 3};
   layout.key_begin = {4, 4, 0};
@@ -448,6 +454,63 @@ TEST(FeedForwardTest, AddAttentionCrossAttentionToOtherMemory) {
   const std::vector<double> ref = naive_attention_layer(attn, norm(hidden), keys, values, layout, args, hidden);
   layers::add_attention(attn, norm, keys, values, layout.build(), args, hidden);
   EXPECT_TRUE(testref::close_to_reference(hidden, ref, kRelTolerance));
+}
+
+// --quantize-non-experts: a Linear weight held quantized must compute what its dequantized float32 weight computes,
+// through every layer entry that takes one (the dense FFN with and without its norm, the attention projections,
+// self-attention's q, k and v, which are not stacked when quantized).
+layers::Weight quantized_weight(const Shape& shape, std::mt19937& rng) {
+  layers::Weight w;
+  w.quantized = quantize(random_tensor(shape, rng, -0.3f, 0.3f), 8, 0, "w");
+  return w;
+}
+
+layers::Weight dequantized(const layers::Weight& w) {
+  layers::Weight dense;
+  dense.dense = dequantize(w.quantized);
+  return dense;
+}
+
+TEST(FeedForwardTest, QuantizedLinearWeightsComputeTheirDequantizedWeights) {
+  std::mt19937 rng(907);
+  const int64_t d_model = 64, d_ff = 96, heads = 2, head_dim = 32, inner = heads * head_dim, rows = 7;
+  const layers::RmsNorm norm{random_tensor({d_model}, rng, 0.5f, 1.5f), 1e-6f};
+  const Tensor hidden0 = random_tensor({rows, d_model}, rng, -2.0f, 2.0f);
+
+  layers::FeedForward quantized_ffn, dense_ffn;
+  quantized_ffn.dense =
+      layers::DenseFeedForward{quantized_weight({d_ff, d_model}, rng), quantized_weight({d_model, d_ff}, rng)};
+  dense_ffn.dense =
+      layers::DenseFeedForward{dequantized(quantized_ffn.dense->wi), dequantized(quantized_ffn.dense->wo)};
+  Tensor a = hidden0.clone(), b = hidden0.clone();
+  layers::add_feed_forward(quantized_ffn, norm, a);
+  layers::add_feed_forward(dense_ffn, norm, b);
+  EXPECT_TRUE(testref::close_to_reference(a, to_double(b), kRelTolerance));
+  layers::add_feed_forward(quantized_ffn, hidden0, a);
+  layers::add_feed_forward(dense_ffn, hidden0, b);
+  EXPECT_TRUE(testref::close_to_reference(a, to_double(b), kRelTolerance));
+
+  layers::MultiHeadAttention quantized_attention, dense_attention;
+  quantized_attention.q = quantized_weight({inner, d_model}, rng);
+  quantized_attention.k = quantized_weight({inner, d_model}, rng);
+  quantized_attention.v = quantized_weight({inner, d_model}, rng);
+  quantized_attention.o = quantized_weight({d_model, inner}, rng);
+  dense_attention.o = dequantized(quantized_attention.o);
+  dense_attention.qkv = Tensor::empty({3, inner, d_model});
+  const layers::Weight* projections[] = {&quantized_attention.q, &quantized_attention.k, &quantized_attention.v};
+  for (int i = 0; i < 3; ++i) layers::stacked(dense_attention.qkv, i).copy_from(dequantize(projections[i]->quantized));
+  EXPECT_TRUE(testref::close_to_reference(layers::project_qkv(quantized_attention, norm, hidden0),
+                                          to_double(layers::project_qkv(dense_attention, norm, hidden0)),
+                                          kRelTolerance));
+  const Tensor context = random_tensor({rows, inner}, rng);
+  a = hidden0.clone();
+  b = hidden0.clone();
+  layers::add_attention_projection(quantized_attention, context, a);
+  layers::add_attention_projection(dense_attention, context, b);
+  EXPECT_TRUE(testref::close_to_reference(a, to_double(b), kRelTolerance));
+  EXPECT_TRUE(testref::close_to_reference(layers::linear(hidden0, quantized_attention.k),
+                                          to_double(ops::linear(hidden0, dequantize(quantized_attention.k.quantized))),
+                                          kRelTolerance));
 }
 
 TEST(FeedForwardTest, AddInPlaceAddsAndChecksShapes) {

@@ -115,26 +115,31 @@ TEST(DemoModel, CudaFp16GreedyMatchesFp32OnTheTestSet) {
   EXPECT_GE(static_cast<double>(same), 0.99 * static_cast<double>(expected.size()));
 }
 
-// Quantized experts, CPU and CUDA on the same quantized weights, 400 test-set translations (20 sentences per file,
-// both directions). fp32 on the GPU must give the CPU's tokens on every one, as it does unquantized. fp16 is held to
-// 98%: measured on the H100, int8 398 and int4 395 of 400 (unquantized fp16: 997 of 1,000); int4 weights leave more
-// near-ties for fp16 rounding to flip.
+// Quantized experts (and, with int8 experts, the non-expert weights in int8 too), CPU and CUDA on the same quantized
+// weights, 400 test-set translations (20 sentences per file, both directions). fp32 on the GPU must give the CPU's
+// tokens on every one, as it does unquantized. fp16 is held to 98%: measured on the H100, int8 398 and int4 395 of
+// 400 (unquantized fp16: 997 of 1,000); int4 weights leave more near-ties for fp16 rounding to flip.
 TEST(DemoModel, CudaQuantizedMatchesCpuQuantized) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "GPU test: no CUDA device in this build or machine";
   const std::string demo = std::string(ELEPHANT_SOURCE_DIR) + "/models/demo";
-  for (Quantization q : {Quantization::Int8, Quantization::Int4}) {
-    SCOPED_TRACE(quantization_bits(q) == 8 ? "int8" : "int4");
+  for (const auto& [q, non_experts] : {std::pair{Quantization::Int8, false}, std::pair{Quantization::Int4, false},
+                                       std::pair{Quantization::Int8, true}}) {
+    const std::string name = std::string(quantization_bits(q) == 8 ? "int8" : "int4") +
+                             (non_experts ? " experts, int8 non-experts" : " experts");
+    SCOPED_TRACE(name);
     TranslatorOptions cpu_options{DeviceRequest::CPU};
     cpu_options.quantization = q;
+    cpu_options.quantize_non_experts = non_experts;
     Translator cpu(demo, cpu_options);
     const Ids expected = translate_test_set(cpu, 20);
     for (const ComputeType type : {ComputeType::FP32, ComputeType::FP16}) {
-      TranslatorOptions gpu_options{DeviceRequest::CUDA, type};
-      gpu_options.quantization = q;
+      TranslatorOptions gpu_options = cpu_options;
+      gpu_options.device = DeviceRequest::CUDA;
+      gpu_options.compute_type = type;
       Translator gpu(demo, gpu_options);
       const size_t same = identical(expected, translate_test_set(gpu, 20));
       const bool fp32 = type == ComputeType::FP32;
-      std::printf("int%d, %s greedy on the GPU: %zu of %zu identical to fp32 on the CPU\n", quantization_bits(q),
+      std::printf("%s, %s greedy on the GPU: %zu of %zu identical to fp32 on the CPU\n", name.c_str(),
                   fp32 ? "fp32" : "fp16", same, expected.size());
       EXPECT_GE(static_cast<double>(same), (fp32 ? 1.0 : 0.98) * static_cast<double>(expected.size()));
     }

@@ -10,9 +10,11 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ops/device_helpers.h"
+#include "ops/gemm.h"
 #include "ops/moe.h"
 #include "quantization/quantized_tensor.h"
 
@@ -125,6 +127,28 @@ TEST(CudaQuantizedGemm, EveryVariantMatchesCpu) {
     for (const QuantCase& tc : {QuantCase{1024, 4096, {1, 0, 2}, 1}, QuantCase{1024, 1024, {70, 0, 130}, 1}})
       for (Variant variant : {Variant::Plain, Variant::BiasAndActivation, Variant::ReadRows, Variant::AddToRows})
         expect_quantized_gemm_matches_cpu(tc, bits, 0, DType::F16, variant, rng);
+}
+
+// A Linear layer with quantized weights (--quantize-non-experts): the grouped GEMM with one group of all rows (no
+// offsets tensor), from one row (split-k) to the large tiles, against the CPU's dequantized sgemm.
+TEST(CudaQuantizedGemm, LinearMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(63);
+  for (int bits : {8, 4})
+    for (int64_t group_size : {0, 128})
+      for (DType dtype : testdev::cuda_dtypes())
+        for (const auto& [rows, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+                 {1, 1024, 1024}, {3, 200, 1024}, {8, 4096, 1024}, {40, 1024, 4096}, {300, 1024, 1024}}) {
+          SCOPED_TRACE("int" + std::to_string(bits) + " group " + std::to_string(group_size) + " " + dtype_name(dtype) +
+                       " rows=" + std::to_string(rows) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
+          const QuantizedTensor w = quantize(random_cpu({n, k}, rng, -0.2f, 0.2f), bits, group_size, "w");
+          const Tensor x = rounded_to(random_cpu({rows, k}, rng), dtype);
+          Tensor expected = Tensor::empty({rows, n});
+          ops::quantized_linear(x, w, expected);
+          Tensor out = poisoned({rows, n}, dtype, Device::CUDA);
+          ops::quantized_linear(to_cuda(x, dtype), w.to(Device::CUDA), out);
+          EXPECT_TRUE(relative_l2_within(to_cpu_float(out), expected, tolerance_for(dtype)));
+        }
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // format says (int4: a quarter of fp16, plus the fp16 scales).
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -83,6 +84,30 @@ TEST(DemoQuantized, CheckpointTranslatesLikeLoadTimeQuantization) {
 int64_t bytes_of(const std::map<std::string, int64_t>& by_dtype, const std::string& dtype) {
   const auto it = by_dtype.find(dtype);
   return it == by_dtype.end() ? 0 : it->second;
+}
+
+// --quantize-non-experts on top of int8 experts: every Linear weight in int8. The six sentences must keep fp32's
+// translations but for near-ties: at least 5 of 6 identical, greedy and beam 4 (quality on the whole test split:
+// README "Quality (Table 2)").
+TEST(DemoQuantized, NonExpertInt8KeepsFp32Translations) {
+  Translator fp32(demo_model(), {DeviceRequest::CPU});
+  TranslatorOptions options;
+  options.device = DeviceRequest::CPU;
+  options.quantization = Quantization::Int8;
+  options.quantize_non_experts = true;
+  Translator all_int8(demo_model(), options);
+  for (const int beam_size : {1, 4}) {
+    const std::vector<TranslationResult> expected = translate_sentences(fp32, beam_size);
+    const std::vector<TranslationResult> actual = translate_sentences(all_int8, beam_size);
+    ASSERT_EQ(actual.size(), expected.size());
+    size_t same = 0;
+    for (size_t i = 0; i < actual.size(); ++i) {
+      EXPECT_FALSE(actual[i].ids.empty()) << i;
+      same += actual[i].ids == expected[i].ids;
+    }
+    std::printf("beam %d: %zu of %zu identical to fp32\n", beam_size, same, actual.size());
+    EXPECT_GE(same, 5u) << "beam " << beam_size;
+  }
 }
 
 TEST(DemoQuantized, QuantizedExpertsTakeTheDocumentedBytes) {

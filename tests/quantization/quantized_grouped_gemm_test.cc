@@ -9,9 +9,13 @@
 #include <numeric>
 #include <optional>
 #include <random>
+#include <stdexcept>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "ops/device_helpers.h"
+#include "ops/gemm.h"
 #include "ops/moe.h"
 #include "quantization/quantized_tensor.h"
 
@@ -145,6 +149,39 @@ TEST(QuantizedGroupedGemmTest, ScaledRowAddsMatch) {
       args.out_rows = &out_rows;
       args.out_scale = &out_scale;
       expect_same_product(a, q, s, random_cpu({s.rows, s.n}, rng), args);
+    }
+  }
+}
+
+// A Linear layer with quantized weights (--quantize-non-experts): the float32 GEMM on the dequantized weight.
+TEST(QuantizedLinearTest, MatchesFloatGemmOnDequantizedWeights) {
+  std::mt19937 rng(925);
+  for (const Scheme& scheme : kSchemes)
+    for (const int64_t rows : {1, 7, 64}) {
+      SCOPED_TRACE(::testing::Message() << "int" << scheme.bits << ", group " << scheme.group_size << ", rows "
+                                        << rows);
+      const QuantizedTensor q = quantize(random_cpu({96, 256}, rng), scheme.bits, scheme.group_size, "weight");
+      const Tensor x = random_cpu({rows, 256}, rng);
+      Tensor y = nan_tensor({rows, 96});
+      ops::quantized_linear(x, q, y);
+      EXPECT_TRUE(relative_l2_within(y, ops::linear(x, dequantize(q)), 1e-5));
+    }
+}
+
+TEST(QuantizedLinearTest, MismatchedShapesNameThem) {
+  std::mt19937 rng(926);
+  const QuantizedTensor q = quantize(random_cpu({96, 256}, rng), 8, 0, "weight");
+  const QuantizedTensor stack = quantize(random_cpu({2, 96, 256}, rng), 8, 0, "stack");
+  Tensor y = Tensor::empty({3, 96});
+  for (const auto& [x, w, out] :
+       {std::tuple{random_cpu({3, 128}, rng), q, y}, std::tuple{random_cpu({3, 256}, rng), q, Tensor::empty({3, 95})},
+        std::tuple{random_cpu({3, 256}, rng), stack, y}}) {
+    Tensor o = out;
+    try {
+      ops::quantized_linear(x, w, o);
+      ADD_FAILURE() << "no error";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("quantized_linear"), std::string::npos) << e.what();
     }
   }
 }

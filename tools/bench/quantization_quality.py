@@ -8,6 +8,7 @@ same BLEU/chrF as tools/train/evaluate.py). Variants:
     fp32         expert weights as loaded (no --quantize)
     int8, int4   --quantize int8|int4: symmetric, one fp16 scale per output channel
     int8-g128, int4-g128   with --groups: --group-size 128 (one scale per 128 input features)
+    int8-ne8, int4-ne8     with --non-experts: --quantize-non-experts too (attention and dense FFN weights int8)
 
 Each engine call is `elephant translate --model M --device cpu --dtype fp32 --target-lang <tgt>
 --beam-size B --max-length 64 --input src.<dir>.txt --output <variant>/hyp.<B>.<dir>.txt`, as tools/train/README.md
@@ -35,11 +36,13 @@ from cli_help import HelpFormatter  # noqa: E402
 TARGETS = {"int8": -0.1, "int4": -0.3}  # average BLEU change vs fp32 that each bit width must stay above
 
 
-def variants(with_groups):
+def variants(with_groups, with_non_experts):
     """[(name, extra engine flags)]"""
     out = [("fp32", []), ("int8", ["--quantize", "int8"]), ("int4", ["--quantize", "int4"])]
     if with_groups:
         out += [(f"{q}-g128", ["--quantize", q, "--group-size", "128"]) for q in ("int8", "int4")]
+    if with_non_experts:
+        out += [(f"{q}-ne8", ["--quantize", q, "--quantize-non-experts"]) for q in ("int8", "int4")]
     return out
 
 
@@ -132,6 +135,8 @@ def main():
     ap.add_argument("--langs", default=None, help="comma-separated (default: every <lang>.tsv in --test-dir)")
     ap.add_argument("--beams", default="1,4", help="beam sizes to run (1 = greedy)")
     ap.add_argument("--groups", action="store_true", help="also run int8/int4 with --group-size 128")
+    ap.add_argument("--non-experts", action="store_true",
+                    help="also run int8/int4 experts with the non-expert weights in int8 (--quantize-non-experts)")
     ap.add_argument("--limit", type=int, default=None, help="first N test pairs per language (quick runs)")
     ap.add_argument("--threads", type=int, default=0,
                     help="engine --threads (0: all cores; on a busy machine 1 can be several times faster)")
@@ -151,7 +156,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     jobs = write_test_files(args.test_dir, args.out, langs, args.limit)
     ja = score.resolve_ja_tokenizer(args.ja_tokenize)
-    selected = variants(args.groups)
+    selected = variants(args.groups, args.non_experts)
     print(f"{len(jobs)} directions x {sum(n for _, _, n in jobs) // len(jobs)} sentences, variants "
           f"{', '.join(n for n, _ in selected)}, beams {beams}; {machine()}", flush=True)
 
