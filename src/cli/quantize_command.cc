@@ -12,16 +12,21 @@ struct QuantizeFlags {
   std::string output;
   int bits = 0;
   int group_size = 0;
+  bool non_experts = false;
 };
 
 int run_quantize(const QuantizeFlags& flags) {
   QuantizeOptions options;
   options.bits = flags.bits;
   options.group_size = flags.group_size;
+  options.non_experts = flags.non_experts;
   const QuantizeSummary summary = quantize_model(flags.model, flags.output, options);
   std::cout << "quantized " << summary.quantized_matrices << " expert matrices to "
-            << quantization_text(flags.bits, flags.group_size) << ": " << human_bytes(summary.input_bytes) << " -> "
-            << human_bytes(summary.output_bytes) << " of tensors in " << flags.output << '\n';
+            << quantization_text(flags.bits, flags.group_size);
+  if (flags.non_experts)
+    std::cout << ", and " << summary.quantized_non_expert_matrices << " non-expert matrices to int8, per channel";
+  std::cout << ": " << human_bytes(summary.input_bytes) << " -> " << human_bytes(summary.output_bytes)
+            << " of tensors in " << flags.output << '\n';
   return 0;
 }
 
@@ -38,6 +43,8 @@ Runner add_quantize_command(CLI::App& app) {
   cmd->add_option("--group-size", flags->group_size, "Input features per scale (0: one scale per output channel)")
       ->check(CLI::IsMember({0, 64, 128}))
       ->capture_default_str();
+  cmd->add_flag("--non-experts", flags->non_experts,
+                "Quantize the attention and dense FFN matrices to int8 (per output channel) too");
   cmd->add_option("--output", flags->output, "Directory to write; must not exist or be empty")->required();
   return [flags] { return run_quantize(*flags); };
 }

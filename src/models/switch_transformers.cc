@@ -62,6 +62,7 @@ SwitchTransformersConfig SwitchTransformersConfig::parse(const JsonConfig& json)
     c.eos_token_id = eos[0];
   }
   c.quantization = read_checkpoint_quantization(json);
+  c.non_experts_quantized = checkpoint_non_experts_quantized(json);
 
   const auto fail = [&](const std::string& message) { throw ModelError(json.path() + ": " + message); };
   if (c.num_sparse_encoder_layers < 0 || c.num_sparse_encoder_layers > c.num_layers)
@@ -92,6 +93,10 @@ SwitchTransformersConfig SwitchTransformersConfig::parse(const JsonConfig& json)
 
 namespace {
 
+std::string encoder_attention(int layer) { return encoder_block(layer) + ".layer.0.SelfAttention"; }
+std::string decoder_self_attention(int layer) { return decoder_block(layer) + ".layer.0.SelfAttention"; }
+std::string decoder_cross_attention(int layer) { return decoder_block(layer) + ".layer.1.EncDecAttention"; }
+
 int sparse_step(int layers, int sparse_layers) { return sparse_layers > 0 ? layers / sparse_layers : layers; }
 
 bool layer_is_sparse(int layer, int step) { return step > 0 && (layer % step == 1 || step == 1); }
@@ -109,18 +114,42 @@ bool SwitchTransformersConfig::decoder_layer_is_sparse(int layer) const {
   return layer_is_sparse(layer, decoder_sparse_step());
 }
 
-std::vector<ExpertMatrix> SwitchTransformersConfig::expert_matrices() const {
+std::vector<NamedMatrix> SwitchTransformersConfig::expert_matrices() const {
   std::vector<std::string> sparse_ffns;
   for (int i = 0; i < num_layers; ++i)
     if (encoder_layer_is_sparse(i)) sparse_ffns.push_back(encoder_ffn(i));
   for (int i = 0; i < num_decoder_layers; ++i)
     if (decoder_layer_is_sparse(i)) sparse_ffns.push_back(decoder_ffn(i));
-  std::vector<ExpertMatrix> matrices;
+  std::vector<NamedMatrix> matrices;
   for (const std::string& ffn : sparse_ffns)
     for (int e = 0; e < num_experts; ++e) {
       matrices.push_back({expert_name(ffn, e, "wi.weight"), {d_ff, d_model}});
       matrices.push_back({expert_name(ffn, e, "wo.weight"), {d_model, d_ff}});
     }
+  return matrices;
+}
+
+std::vector<NamedMatrix> SwitchTransformersConfig::non_expert_matrices() const {
+  const int64_t inner = static_cast<int64_t>(num_heads) * d_kv;
+  std::vector<NamedMatrix> matrices;
+  const auto attention = [&](const std::string& prefix) {
+    for (const char* projection : {".q.weight", ".k.weight", ".v.weight"})
+      matrices.push_back({prefix + projection, {inner, d_model}});
+    matrices.push_back({prefix + ".o.weight", {d_model, inner}});
+  };
+  const auto dense = [&](const std::string& ffn) {
+    matrices.push_back({ffn + ".wi.weight", {d_ff, d_model}});
+    matrices.push_back({ffn + ".wo.weight", {d_model, d_ff}});
+  };
+  for (int i = 0; i < num_layers; ++i) {
+    attention(encoder_attention(i));
+    if (!encoder_layer_is_sparse(i)) dense(encoder_ffn(i));
+  }
+  for (int i = 0; i < num_decoder_layers; ++i) {
+    attention(decoder_self_attention(i));
+    attention(decoder_cross_attention(i));
+    if (!decoder_layer_is_sparse(i)) dense(decoder_ffn(i));
+  }
   return matrices;
 }
 
@@ -134,7 +163,12 @@ int64_t stored_elements(const Checkpoint& checkpoint, const std::string& name) {
 int64_t logical_parameter_count(const SwitchTransformersConfig& c, const Checkpoint& checkpoint) {
   int64_t count = checkpoint.parameter_count();
   if (!c.quantization.quantized()) return count;
-  for (const ExpertMatrix& matrix : c.expert_matrices())
+  std::vector<NamedMatrix> quantized = c.expert_matrices();
+  if (c.non_experts_quantized) {
+    const std::vector<NamedMatrix> non_experts = c.non_expert_matrices();
+    quantized.insert(quantized.end(), non_experts.begin(), non_experts.end());
+  }
+  for (const NamedMatrix& matrix : quantized)
     count += shape_numel(matrix.shape) - stored_elements(checkpoint, matrix.name) -
              stored_elements(checkpoint, scale_tensor_name(matrix.name));
   return count;
@@ -161,6 +195,7 @@ ModelInfo SwitchTransformersModel::describe(const SwitchTransformersConfig& c, c
   info.bytes_by_dtype = checkpoint.bytes_by_dtype();
   info.quantized_bits = c.quantization.bits;
   info.quantization_group_size = static_cast<int>(c.quantization.group_size);
+  info.quantized_non_experts = c.non_experts_quantized;
   return info;
 }
 
@@ -176,10 +211,16 @@ class LayerBuilder {
   Tensor load(const std::string& name, const Shape& shape) {
     return checkpoint_.load(name, shape, options_.dtype).to(options_.device);
   }
-  // A Linear weight: in the compute dtype, or int8 per output channel with quantize_non_experts.
+  // Whether the non-expert Linear weights are int8: stored so, or quantized here.
+  bool non_experts_quantized() const { return c_.non_experts_quantized || options_.quantize_non_experts; }
+
+  // A Linear weight: in the compute dtype, or int8 per output channel (as the checkpoint stores it, or quantized
+  // here with quantize_non_experts).
   layers::Weight load_linear(const std::string& name, const Shape& shape) {
     layers::Weight weight;
-    if (options_.quantize_non_experts) {
+    if (c_.non_experts_quantized) {
+      weight.quantized = load_quantized_matrix(checkpoint_, name, shape, kNonExpertQuantization).to(options_.device);
+    } else if (options_.quantize_non_experts) {
       weight.quantized = quantize(checkpoint_.load(name, shape), 8, 0, name).to(options_.device);
     } else {
       weight.dense = load(name, shape);
@@ -225,7 +266,7 @@ class LayerBuilder {
   layers::MultiHeadAttention attention(const std::string& prefix, bool self) {
     const int64_t inner = static_cast<int64_t>(c_.num_heads) * c_.d_kv;
     layers::MultiHeadAttention a;
-    if (self && !options_.quantize_non_experts) {
+    if (self && !non_experts_quantized()) {
       Tensor qkv = Tensor::empty({3, inner, c_.d_model}, options_.dtype);
       for (int i = 0; i < 3; ++i)
         layers::stacked(qkv, i).copy_from(
@@ -310,7 +351,7 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
     const std::string block = encoder_block(i);
     EncoderLayer layer;
     layer.attention_norm = builder.norm(block + ".layer.0");
-    layer.attention = builder.attention(block + ".layer.0.SelfAttention", true);
+    layer.attention = builder.attention(encoder_attention(i), true);
     layer.ffn_norm = builder.norm(block + ".layer.1");
     layer.ffn = builder.feed_forward(encoder_ffn(i), c.encoder_layer_is_sparse(i));
     encoder_layers_.push_back(std::move(layer));
@@ -323,9 +364,9 @@ SwitchTransformersModel::SwitchTransformersModel(const SwitchTransformersConfig&
     const std::string block = decoder_block(i);
     DecoderLayer layer;
     layer.self_attention_norm = builder.norm(block + ".layer.0");
-    layer.self_attention = builder.attention(block + ".layer.0.SelfAttention", true);
+    layer.self_attention = builder.attention(decoder_self_attention(i), true);
     layer.cross_attention_norm = builder.norm(block + ".layer.1");
-    layer.cross_attention = builder.attention(block + ".layer.1.EncDecAttention", false);
+    layer.cross_attention = builder.attention(decoder_cross_attention(i), false);
     layer.ffn_norm = builder.norm(block + ".layer.2");
     layer.ffn = builder.feed_forward(decoder_ffn(i), c.decoder_layer_is_sparse(i));
     decoder_layers_.push_back(std::move(layer));

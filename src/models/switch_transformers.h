@@ -13,8 +13,8 @@ namespace elephant {
 class Checkpoint;
 class JsonConfig;
 
-// One expert matrix of a checkpoint: transformers' tensor name and its logical shape [n, k].
-struct ExpertMatrix {
+// One weight matrix of a checkpoint: transformers' tensor name and its logical shape [n, k].
+struct NamedMatrix {
   std::string name;
   Shape shape;
 };
@@ -40,7 +40,8 @@ struct SwitchTransformersConfig {
   int decoder_start_token_id = 0;
   int eos_token_id = 1;
   int pad_token_id = 0;
-  QuantizationScheme quantization;  // elephant_quantization: the experts as `elephant quantize` stored them
+  QuantizationScheme quantization;     // elephant_quantization: the experts as `elephant quantize` stored them
+  bool non_experts_quantized = false;  // elephant_quantization: the non-expert matrices stored in int8 too
 
   static SwitchTransformersConfig parse(const JsonConfig& json);
 
@@ -53,7 +54,10 @@ struct SwitchTransformersConfig {
   bool decoder_layer_is_sparse(int layer) const;
 
   // Every expert matrix the checkpoint holds (wi and wo of each expert of each sparse layer), in layer order.
-  std::vector<ExpertMatrix> expert_matrices() const;
+  std::vector<NamedMatrix> expert_matrices() const;
+  // Every other Linear matrix that --quantize-non-experts quantizes: q, k, v and o of each attention, wi and wo of
+  // each dense FFN (not the router, the norms, the embeddings or lm_head), in layer order.
+  std::vector<NamedMatrix> non_expert_matrices() const;
 };
 
 class SwitchTransformersModel final : public EncoderDecoderModel {

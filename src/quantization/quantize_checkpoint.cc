@@ -35,14 +35,14 @@ void check_options(const QuantizeOptions& options) {
 }
 
 // Quantized weights store k in blocks of 32 features, and a group never straddles two.
-void check_input_features(const JsonConfig& json, const char* key, int64_t k, const char* matrix,
-                          const QuantizeOptions& options) {
-  const int64_t multiple = std::max<int64_t>(kQuantBlock, options.group_size);
+void check_input_features(const JsonConfig& json, const std::string& key, int64_t k, const std::string& matrices,
+                          int64_t group_size) {
+  const int64_t multiple = std::max<int64_t>(kQuantBlock, group_size);
   if (k % multiple != 0)
     throw ModelError(json.path() + ": " + key + " " + std::to_string(k) + " is not a multiple of " +
-                     std::to_string(multiple) + ": the experts' " + matrix + " matrices have " + std::to_string(k) +
+                     std::to_string(multiple) + ": the " + matrices + " matrices have " + std::to_string(k) +
                      " input features, and quantized weights need whole blocks of 32" +
-                     (options.group_size ? " and groups of " + std::to_string(options.group_size) : std::string()));
+                     (group_size ? " and groups of " + std::to_string(group_size) : std::string()));
 }
 
 // The input's configuration, checked to be a Switch Transformers model that is not quantized yet and whose experts
@@ -58,12 +58,18 @@ SwitchTransformersConfig quantizable_config(const JsonConfig& json, const std::s
     throw ModelError(model_dir + " is already quantized to " + quantization_description(config.quantization) +
                      "; quantize the original checkpoint instead");
   if (config.expert_matrices().empty()) throw ModelError(json.path() + ": the model has no experts to quantize");
-  check_input_features(json, "d_model", config.d_model, "wi", options);
-  check_input_features(json, "d_ff", config.d_ff, "wo", options);
+  check_input_features(json, "d_model", config.d_model, "experts' wi", options.group_size);
+  check_input_features(json, "d_ff", config.d_ff, "experts' wo", options.group_size);
+  if (options.non_experts) {
+    check_input_features(json, "d_model", config.d_model, "attention q, k, v and dense FFN wi", 0);
+    check_input_features(json, "num_heads * d_kv", static_cast<int64_t>(config.num_heads) * config.d_kv, "attention o",
+                         0);
+    check_input_features(json, "d_ff", config.d_ff, "dense FFN wo", 0);
+  }
   return config;
 }
 
-void check_expert_tensor(const Checkpoint& checkpoint, const ExpertMatrix& matrix) {
+void check_float_matrix(const Checkpoint& checkpoint, const NamedMatrix& matrix) {
   const TensorInfo& info = checkpoint.info(matrix.name);  // throws "DIR: missing tensor NAME"
   if (info.shape != matrix.shape || !is_floating(info.dtype))
     throw ModelError(checkpoint.file_of(matrix.name) + ": tensor " + matrix.name + " is " + dtype_name(info.dtype) +
@@ -73,31 +79,36 @@ void check_expert_tensor(const Checkpoint& checkpoint, const ExpertMatrix& matri
                      scale_tensor_name(matrix.name) + "; is it quantized already?");
 }
 
+// A matrix to quantize, and how.
+struct QuantizedMatrix {
+  NamedMatrix matrix;
+  QuantizationScheme scheme;
+};
+
 // One tensor of the input, as the output will hold it.
 struct OutputTensor {
   std::string name;
-  const ExpertMatrix* expert = nullptr;  // set: quantized into NAME and NAME_scale
+  const QuantizedMatrix* quantized = nullptr;  // set: quantized into NAME and NAME_scale
   int64_t bytes = 0;
 };
 
-int64_t quantized_bytes(const Shape& shape, const QuantizeOptions& options) {
-  const int64_t n = shape[0], k = shape[1];
-  const int64_t groups = options.group_size ? k / options.group_size : 1;
-  return n * k * options.bits / 8 + n * groups * static_cast<int64_t>(sizeof(uint16_t));
+int64_t quantized_bytes(const QuantizedMatrix& m) {
+  const int64_t n = m.matrix.shape[0], k = m.matrix.shape[1];
+  const int64_t groups = m.scheme.group_size ? k / m.scheme.group_size : 1;
+  return n * k * m.scheme.bits / 8 + n * groups * static_cast<int64_t>(sizeof(uint16_t));
 }
 
-std::vector<OutputTensor> output_tensors(const Checkpoint& checkpoint, const std::vector<ExpertMatrix>& experts,
-                                         const QuantizeOptions& options) {
-  std::map<std::string, const ExpertMatrix*> expert_by_name;
-  for (const ExpertMatrix& matrix : experts) expert_by_name[matrix.name] = &matrix;
+std::vector<OutputTensor> output_tensors(const Checkpoint& checkpoint, const std::vector<QuantizedMatrix>& matrices) {
+  std::map<std::string, const QuantizedMatrix*> by_name;
+  for (const QuantizedMatrix& m : matrices) by_name[m.matrix.name] = &m;
   std::vector<OutputTensor> tensors;
   for (const CheckpointEntry& entry : checkpoint.entries()) {
-    const auto expert = expert_by_name.find(entry.name);
-    if (expert == expert_by_name.end()) {
+    const auto quantized = by_name.find(entry.name);
+    if (quantized == by_name.end()) {
       tensors.push_back(
           {entry.name, nullptr, shape_numel(entry.shape) * static_cast<int64_t>(dtype_size(entry.dtype))});
     } else {
-      tensors.push_back({entry.name, expert->second, quantized_bytes(expert->second->shape, options)});
+      tensors.push_back({entry.name, quantized->second, quantized_bytes(*quantized->second)});
     }
   }
   return tensors;
@@ -125,18 +136,18 @@ std::string shard_file_name(size_t index, size_t count) {
   return name;
 }
 
-// A shard's tensors: the others borrowed from the input's mapping, the experts quantized from float32.
+// A shard's tensors: the others borrowed from the input's mapping, the quantized ones quantized from float32.
 std::vector<std::pair<std::string, Tensor>> shard_tensors(Checkpoint& checkpoint,
-                                                          const std::vector<OutputTensor>& shard,
-                                                          const QuantizeOptions& options) {
+                                                          const std::vector<OutputTensor>& shard) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const OutputTensor& tensor : shard) {
-    if (!tensor.expert) {
+    if (!tensor.quantized) {
       tensors.emplace_back(tensor.name, checkpoint.load_stored(tensor.name));
       continue;
     }
+    const QuantizationScheme& scheme = tensor.quantized->scheme;
     const QuantizedTensor quantized =
-        quantize(checkpoint.load(tensor.name, tensor.expert->shape), options.bits, options.group_size,
+        quantize(checkpoint.load(tensor.name, tensor.quantized->matrix.shape), scheme.bits, scheme.group_size,
                  checkpoint.file_of(tensor.name) + ": " + tensor.name);
     tensors.emplace_back(tensor.name, quantized.values);
     tensors.emplace_back(scale_tensor_name(tensor.name), quantized.scales);
@@ -203,17 +214,22 @@ QuantizeSummary quantize_model(const std::string& model_dir, const std::string& 
   const JsonConfig json = JsonConfig::load((fs::path(model_dir) / "config.json").string());
   const SwitchTransformersConfig config = quantizable_config(json, model_dir, options);
   Checkpoint checkpoint = Checkpoint::open(model_dir);
-  const std::vector<ExpertMatrix> experts = config.expert_matrices();
-  for (const ExpertMatrix& matrix : experts) check_expert_tensor(checkpoint, matrix);
+  const std::vector<NamedMatrix> experts = config.expert_matrices();
+  const std::vector<NamedMatrix> non_experts =
+      options.non_experts ? config.non_expert_matrices() : std::vector<NamedMatrix>{};
+  std::vector<QuantizedMatrix> matrices;
+  for (const NamedMatrix& matrix : experts) matrices.push_back({matrix, {options.bits, options.group_size}});
+  for (const NamedMatrix& matrix : non_experts) matrices.push_back({matrix, kNonExpertQuantization});
+  for (const QuantizedMatrix& matrix : matrices) check_float_matrix(checkpoint, matrix.matrix);
   const std::vector<std::vector<OutputTensor>> shards =
-      plan_shards(output_tensors(checkpoint, experts, options), options.max_shard_bytes);
+      plan_shards(output_tensors(checkpoint, matrices), options.max_shard_bytes);
 
   QuantizeSummary summary;
   for (const auto& [dtype, bytes] : checkpoint.bytes_by_dtype()) summary.input_bytes += bytes;
   nlohmann::json weight_map = nlohmann::json::object();
   for (size_t s = 0; s < shards.size(); ++s) {
     const std::string shard_name = shard_file_name(s, shards.size());
-    const auto tensors = shard_tensors(checkpoint, shards[s], options);
+    const auto tensors = shard_tensors(checkpoint, shards[s]);
     write_safetensors(output.file(shard_name), tensors, {{"format", "pt"}});
     for (const auto& [name, tensor] : tensors) {
       weight_map[name] = shard_name;
@@ -233,10 +249,12 @@ QuantizeSummary quantize_model(const std::string& model_dir, const std::string& 
   }
   // config.json last: a directory without it is recognizably incomplete.
   nlohmann::json quantized_config = json.json();
-  quantized_config[kQuantizationConfigKey] = checkpoint_quantization_json({options.bits, options.group_size});
+  quantized_config[kQuantizationConfigKey] =
+      checkpoint_quantization_json({options.bits, options.group_size}, options.non_experts);
   write_file(output.file("config.json"), pretty_json(quantized_config));
 
   summary.quantized_matrices = static_cast<int>(experts.size());
+  summary.quantized_non_expert_matrices = static_cast<int>(non_experts.size());
   summary.files = output.written();
   output.commit();
   return summary;

@@ -21,16 +21,25 @@ QuantizationScheme read_checkpoint_quantization(const JsonConfig& config) {
   quantization.group_size = entry.get_int("group_size");
   if (!supported_group_size(quantization.group_size))
     fail("group_size " + std::to_string(quantization.group_size) + " is not supported (0 = per channel, 64, 128)");
-  const std::string quantized = entry.get_string("quantized");
-  if (quantized != "experts") fail("quantized \"" + quantized + "\" is not supported (\"experts\")");
+  checkpoint_non_experts_quantized(config);
   return quantization;
 }
 
-nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization) {
+bool checkpoint_non_experts_quantized(const JsonConfig& config) {
+  if (!config.has(kQuantizationConfigKey) || config.is_null(kQuantizationConfigKey)) return false;
+  const JsonConfig entry = config.get_object(kQuantizationConfigKey);
+  const std::string quantized = entry.get_string("quantized");
+  if (quantized != "experts" && quantized != "experts+non_experts")
+    throw ModelError(entry.path() + ": quantized \"" + quantized +
+                     "\" is not supported (\"experts\" or \"experts+non_experts\")");
+  return quantized == "experts+non_experts";
+}
+
+nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization, bool non_experts) {
   return {{"format_version", kQuantizedCheckpointVersion},
           {"bits", quantization.bits},
           {"group_size", quantization.group_size},
-          {"quantized", "experts"}};
+          {"quantized", non_experts ? "experts+non_experts" : "experts"}};
 }
 
 std::string quantization_description(const QuantizationScheme& quantization) {
@@ -42,14 +51,12 @@ std::string quantization_description(const QuantizationScheme& quantization) {
 
 std::string scale_tensor_name(const std::string& weight_name) { return weight_name + "_scale"; }
 
-namespace {
-
 QuantizedTensor load_quantized_matrix(Checkpoint& checkpoint, const std::string& name, const Shape& shape,
                                       const QuantizationScheme& quantization) {
   const std::string where = checkpoint.file_of(name) + ": " + name;
   const std::string scale_name = scale_tensor_name(name);
   if (!checkpoint.contains(scale_name))
-    throw ModelError(where + ": its scales " + scale_name + " are missing (the config says the experts are " +
+    throw ModelError(where + ": its scales " + scale_name + " are missing (the config says it is " +
                      quantization_description(quantization) + ")");
   QuantizedTensor matrix;
   matrix.values = checkpoint.load_stored(name);
@@ -60,6 +67,8 @@ QuantizedTensor load_quantized_matrix(Checkpoint& checkpoint, const std::string&
   check_quantized(matrix, where);
   return matrix;
 }
+
+namespace {
 
 Shape stacked_shape(int64_t count, const Shape& shape) {
   Shape stacked{count};

@@ -13,23 +13,33 @@ class Checkpoint;
 class JsonConfig;
 
 // A checkpoint written by `elephant quantize` names the scheme of its expert matrices in config.json's
-// "elephant_quantization" (README "Quantized checkpoints"); without it the checkpoint stores them as floats.
+// "elephant_quantization" (README "Quantized checkpoints"), and whether its non-expert Linear matrices are int8 per
+// channel too ("quantized": "experts" or "experts+non_experts"); without it the checkpoint stores floats.
 
 constexpr int kQuantizedCheckpointVersion = 1;
 constexpr const char* kQuantizationConfigKey = "elephant_quantization";
 
 // Reads config.json's "elephant_quantization" (absent or null: not quantized). Throws ModelError naming the file
-// and the key for an unknown format_version, bits other than 8 or 4, an unsupported group size, or anything but
-// "experts" quantized.
+// and the key for an unknown format_version, bits other than 8 or 4, an unsupported group size, or "quantized"
+// other than "experts" and "experts+non_experts".
 QuantizationScheme read_checkpoint_quantization(const JsonConfig& config);
+// Whether "elephant_quantization" says the non-expert matrices are int8 too ("experts+non_experts").
+bool checkpoint_non_experts_quantized(const JsonConfig& config);
 // The "elephant_quantization" object the writer stores.
-nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization);
+nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization, bool non_experts);
+// The scheme of quantized non-expert matrices: int8, one scale per output channel.
+constexpr QuantizationScheme kNonExpertQuantization{8, 0};
 
 // "int8, per channel", "int4, groups of 64"; "none" when not quantized.
 std::string quantization_description(const QuantizationScheme& quantization);
 
 // The tensor holding the fp16 scales of the quantized matrix `weight_name`.
 std::string scale_tensor_name(const std::string& weight_name);
+
+// The quantized matrix `name` (values NAME, scales NAME_scale) of the logical shape `shape` [n, k], on the CPU;
+// errors as load_quantized_matrices.
+QuantizedTensor load_quantized_matrix(Checkpoint& checkpoint, const std::string& name, const Shape& shape,
+                                      const QuantizationScheme& quantization);
 
 // The quantized matrices `names`, each stored as values NAME and scales NAME_scale of the logical shape
 // `matrix_shape` [n, k], stacked into one QuantizedTensor [count, n, k] on the CPU. Throws ModelError naming the

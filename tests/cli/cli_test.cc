@@ -264,14 +264,28 @@ TEST(Cli, QuantizedModelInspectsAndTranslates) {
   EXPECT_CONTAINS(requantized.err, "is already quantized to int4, per channel; load it without --quantize");
 }
 
-// --quantize-non-experts: the attention and dense FFN weights in int8 at load time. A model whose Linear widths are
-// not multiples of 32 is refused, naming the first weight that cannot be quantized.
+// --quantize-non-experts: the attention and dense FFN weights in int8 at load time, or stored so by `quantize
+// --non-experts`. A model whose Linear widths are not multiples of 32 is refused, naming the first weight that cannot
+// be quantized.
 TEST(Cli, QuantizeNonExpertsTranslatesOrNamesTheWeight) {
   const std::string lines = "File not found\nSave the file\nQuit the program now please\n";
   const Outcome translated =
       run_cli("translate --max-length 12 --quantize-non-experts --model " + golden_model(), lines);
   ASSERT_EQ(translated.exit_code, 0) << translated.err;
   EXPECT_EQ(std::count(translated.out.begin(), translated.out.end(), '\n'), 3);
+
+  TempDir dir;
+  const std::string quantized = dir.file("int8_all");
+  const Outcome made = run_cli("quantize --non-experts --model " + golden_model() + " --bits 8 --output " + quantized);
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  EXPECT_CONTAINS(made.out, "quantized 24 expert matrices to int8, per channel, and 38 non-expert matrices to int8");
+  EXPECT_CONTAINS(run_cli("inspect " + golden_model()).out, "quantized others   none\n");
+  EXPECT_CONTAINS(run_cli("inspect " + quantized).out, "quantized others   int8, per channel\n");
+  const Outcome from_checkpoint = run_cli("translate --max-length 12 --model " + quantized, lines);
+  ASSERT_EQ(from_checkpoint.exit_code, 0) << from_checkpoint.err;
+  const Outcome at_load =
+      run_cli("translate --max-length 12 --quantize int8 --quantize-non-experts --model " + golden_model(), lines);
+  EXPECT_EQ(from_checkpoint.out, at_load.out);
 
   const Outcome refused =
       run_cli("translate --quantize-non-experts --model " + goldens_dir() + "/e3_sharded/model", lines);

@@ -59,11 +59,12 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
 
 // Token ids through the library (no tokenizer involved), greedy and beam 3.
 std::vector<std::vector<int>> translate_ids(const std::string& model, Quantization quantization = Quantization::None,
-                                            int group_size = 0) {
+                                            int group_size = 0, bool quantize_non_experts = false) {
   TranslatorOptions options;
   options.device = DeviceRequest::CPU;
   options.quantization = quantization;
   options.quantization_group_size = group_size;
+  options.quantize_non_experts = quantize_non_experts;
   Translator translator(model, options);
   const std::vector<std::vector<int>> sources = {{5, 17, 42, 9, 1}, {100, 3, 1}, {7, 1}, {300, 200, 100, 50, 25, 1}};
   std::vector<std::vector<int>> ids;
@@ -139,6 +140,40 @@ TEST(QuantizedCheckpointTest, LoadsLikeLoadTimeQuantization) {
     // The same quantization asked for again at load time changes nothing.
     EXPECT_EQ(from_checkpoint, translate_ids(output, quantization));
   }
+}
+
+// --non-experts: every attention and dense FFN matrix in int8 per channel too (q, k, v, o of 4 + 2 x 2 attentions,
+// wi and wo of 2 + 1 dense FFNs in tiny_e4), everything else as before.
+TEST(QuantizedCheckpointTest, NonExpertMatricesAreWrittenInInt8AndLoadLikeLoadTimeQuantization) {
+  TempDir dir;
+  const std::string output = dir.file("int4_non_experts");
+  const QuantizeSummary summary = quantize_model(tiny_model(), output, {4, 0, true});
+  EXPECT_EQ(summary.quantized_matrices, kExpertMatrices);
+  EXPECT_EQ(summary.quantized_non_expert_matrices, (4 + 2 * 2) * 4 + (2 + 1) * 2);
+  EXPECT_EQ(read_json(output + "/config.json").at("elephant_quantization").at("quantized"), "experts+non_experts");
+
+  Checkpoint original = Checkpoint::open(tiny_model());
+  Checkpoint quantized = Checkpoint::open(output);
+  for (const std::string name :
+       {"encoder.block.0.layer.0.SelfAttention.q.weight", "decoder.block.1.layer.1.EncDecAttention.o.weight",
+        "encoder.block.0.layer.1.mlp.wi.weight", "decoder.block.0.layer.2.mlp.wo.weight"}) {
+    const TensorInfo& info = original.info(name);
+    const QuantizedTensor expected = quantize(original.load(name, info.shape), 8, 0, name);
+    EXPECT_TRUE(same_bytes(quantized.load_stored(name), expected.values)) << name;
+    EXPECT_TRUE(same_bytes(quantized.load_stored(name + "_scale"), expected.scales)) << name;
+  }
+  for (const std::string name : {"shared.weight", "encoder.block.1.layer.1.mlp.router.classifier.weight",
+                                 "encoder.block.0.layer.0.layer_norm.weight",
+                                 "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"})
+    EXPECT_TRUE(same_bytes(quantized.load_stored(name), original.load_stored(name))) << name;
+
+  const auto from_checkpoint = translate_ids(output);
+  EXPECT_EQ(from_checkpoint, translate_ids(tiny_model(), Quantization::Int4, 0, true));
+  EXPECT_EQ(from_checkpoint, translate_ids(output, Quantization::Int4, 0, true));  // asked again: no change
+
+  const ModelInfo info = inspect_model(output);
+  EXPECT_TRUE(info.quantized_non_experts);
+  EXPECT_EQ(info.parameters, inspect_model(tiny_model()).parameters);
 }
 
 TEST(QuantizedCheckpointTest, AnotherQuantizationAtLoadTimeIsRefused) {
@@ -277,6 +312,13 @@ TEST(QuantizedCheckpointTest, RefusesInputsItCannotQuantize) {
   const std::string e3 = quantize_error(goldens_dir() + "/e3_sharded/model", dir.file("out"), {8});
   EXPECT_CONTAINS(e3, "config.json: d_model 24 is not a multiple of 32");
   EXPECT_CONTAINS(quantize_error(tiny_model(), dir.file("out"), {4, 64}), "d_model 32 is not a multiple of 64");
+  // With --non-experts, attention widths too (tiny_e4 with d_kv 6: 4 heads x 6 = 24 input features of o).
+  const std::string narrow = dir.file("narrow");
+  fs::copy(tiny_model(), narrow);
+  edit_config(narrow, [](nlohmann::json& config) { config["d_kv"] = 6; });
+  EXPECT_CONTAINS(quantize_error(narrow, dir.file("out"), {8, 0, true}),
+                  "config.json: num_heads * d_kv 24 is not a multiple of 32: the attention o matrices have 24 input "
+                  "features");
   // A missing expert.
   const std::string missing = dir.file("missing");
   fs::copy(tiny_model(), missing);
@@ -334,6 +376,21 @@ TEST_F(CorruptedQuantizedCheckpoint, MissingScales) {
   EXPECT_CONTAINS(message, model_ + "/model.safetensors: " + kWi + ": its scales " + kWi + "_scale are missing");
 }
 
+TEST_F(CorruptedQuantizedCheckpoint, NonExpertMatrixWithoutScales) {
+  const std::string output = dir_.file("non_experts");
+  quantize_model(tiny_model(), output, {8, 0, true});
+  const std::string q = "decoder.block.0.layer.1.EncDecAttention.q.weight";
+  rewrite_checkpoint(output, [&](auto& tensors) {
+    tensors.erase(std::find_if(tensors.begin(), tensors.end(), [&](const auto& t) { return t.first == q + "_scale"; }));
+  });
+  EXPECT_CONTAINS(model_error_of([&] { load_model(output); }),
+                  output + "/model.safetensors: " + q + ": its scales " + q + "_scale are missing");
+  // A float matrix where the config says int8.
+  edit_config(model_,
+              [](nlohmann::json& config) { config["elephant_quantization"]["quantized"] = "experts+non_experts"; });
+  EXPECT_CONTAINS(load_error(), "encoder.block.0.layer.0.SelfAttention.q.weight: its scales");
+}
+
 TEST_F(CorruptedQuantizedCheckpoint, FloatExpertLeftInAQuantizedCheckpoint) {
   rewrite_checkpoint(model_, [](auto& tensors) { tensor_named(tensors, kWi) = Tensor::zeros({64, 32}); });
   EXPECT_CONTAINS(load_error(), kWi + ": values are F32 [64, 32], expected U8 [64, 16]");
@@ -365,7 +422,7 @@ TEST_F(CorruptedQuantizedCheckpoint, MalformedQuantizationEntry) {
   });
   EXPECT_CONTAINS(load_error(), "config.json: elephant_quantization: missing key quantized");
   edit_config(model_, [](nlohmann::json& config) { config["elephant_quantization"]["quantized"] = "everything"; });
-  EXPECT_CONTAINS(load_error(), "quantized \"everything\" is not supported");
+  EXPECT_CONTAINS(load_error(), "quantized \"everything\" is not supported (\"experts\" or \"experts+non_experts\")");
 }
 
 // The right bits in the config, the wrong bits in the file: int8 values where int4 ones are expected.
