@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path,
                          quantize = "none";
   int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
-  bool no_cuda_graphs = false, no_pipeline = false;
+  bool no_cuda_graphs = false, no_pipeline = false, quantize_non_experts = false;
   app.add_option("model_dir", model_dir)->required();
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path);
   app.add_option("--quantize", quantize, "expert weights quantized at load time (per channel)")
       ->check(CLI::IsMember({"none", "int8", "int4"}));
+  app.add_flag("--quantize-non-experts", quantize_non_experts, "attention and dense FFN weights in int8 too");
   app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
   app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
     translator_options.compute_type = parse_compute_type(dtype);
     translator_options.cuda_graphs = !no_cuda_graphs;
     translator_options.quantization = parse_quantization(quantize);
+    translator_options.quantize_non_experts = quantize_non_experts;
     Translator translator(model_dir, translator_options);
     const int vocab = static_cast<int>(translator.info().vocab_size);
     std::mt19937 rng(static_cast<unsigned>(seed));

@@ -16,8 +16,8 @@
 #            tools/bench/hf_generate_bench.py (transformers fp16 generate)
 #   quant    bench_cuda_moe's quantized rows: the paper's Table 1 (ExpertGemm: 40 tokens over 1-32 experts, fp16 /
 #            int8 / int4 wi GEMM) and the MoE layer with int8 / int4 experts next to fp16
-#   table3q  Table 3 with quantized experts: bench_translate fp16, --quantize int8, --quantize int4 (next to the
-#            transformers numbers when table3 ran in the same call)
+#   table3q  Table 3 with quantized experts: bench_translate fp16, --quantize int8, --quantize int4, and int4 with
+#            --quantize-non-experts (next to the transformers numbers when table3 ran in the same call)
 #   cpu      bench_cpu
 #   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1): API calls, kernels
@@ -191,28 +191,36 @@ if [[ $stages == *" table3q "* ]]; then
   [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
   # fp16 experts: table3's engine run when it ran in this call, else one of its own.
   [ -f "$logs/table3_engine.json" ] && cp "$logs/table3_engine.json" "$logs/table3q_none.json"
-  for q in none int8 int4; do
+  # int4ne: int4 experts and the attention / dense FFN weights in int8 (--quantize-non-experts).
+  for q in none int8 int4 int4ne; do
     [ -f "$logs/table3q_$q.json" ] && continue
-    build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --quantize $q \
+    case $q in
+      int4ne) flags=(--quantize int4 --quantize-non-experts) ;;
+      *) flags=(--quantize "$q") ;;
+    esac
+    build-device/bin/bench_translate "$model" --device cuda --dtype fp16 "${flags[@]}" \
       --json "$logs/table3q_$q.json" >"$logs/table3q_$q.txt" 2>&1 || status=1
   done
-  echo "== Table 3, fp16 activations, experts fp16 / int8 / int4 (input tokens/s; ratio to transformers fp16)"
+  echo "== Table 3, fp16 activations, experts fp16 / int8 / int4, and int4 with int8 non-experts (input tokens/s;"
+  echo "   ratio to transformers fp16)"
   python3 - "$logs" <<'PY' || status=1
 import json, os, sys
 logs = sys.argv[1]
 key = lambda r: (r["batch"], r.get("beam", r.get("beams")))
-runs = {q: {key(r): r for r in json.load(open(f"{logs}/table3q_{q}.json"))["rows"]} for q in ("none", "int8", "int4")}
+runs = {q: {key(r): r for r in json.load(open(f"{logs}/table3q_{q}.json"))["rows"]}
+        for q in ("none", "int8", "int4", "int4ne")}
 hf_path = f"{logs}/table3_hf.json"
 hf = {key(r): r["input_tokens_per_s"] for r in json.load(open(hf_path))["rows"]} if os.path.exists(hf_path) else {}
-print("| batch | beam | transformers | fp16 | int8 | int4 | int8 / fp16 | int4 / fp16 | peak GiB fp16 / int8 / int4 |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| batch | beam | transformers | fp16 | int8 | int4 | int4 + int8 non-experts | int8 / fp16 | int4 / fp16 | "
+      "int4ne / fp16 | peak GiB fp16 / int8 / int4 / int4ne |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for k in runs["none"]:
     t = {q: runs[q][k]["input_tokens_per_s"] for q in runs}
     ratio = lambda q: f" ({t[q] / hf[k]:.1f}x)" if k in hf else ""
     peak = " / ".join(f"{runs[q][k]['peak_gpu_bytes'] / 2**30:.2f}" for q in runs)
     print(f"| {k[0]} | {k[1]} | {hf.get(k, float('nan')):,.1f} | {t['none']:,.0f}{ratio('none')} | "
-          f"{t['int8']:,.0f}{ratio('int8')} | {t['int4']:,.0f}{ratio('int4')} | {t['int8'] / t['none']:.2f} | "
-          f"{t['int4'] / t['none']:.2f} | {peak} |")
+          f"{t['int8']:,.0f}{ratio('int8')} | {t['int4']:,.0f}{ratio('int4')} | {t['int4ne']:,.0f}{ratio('int4ne')} | "
+          f"{t['int8'] / t['none']:.2f} | {t['int4'] / t['none']:.2f} | {t['int4ne'] / t['none']:.2f} | {peak} |")
 PY
 fi
 
