@@ -126,25 +126,41 @@ QuantizedTensor quantize(const Tensor& weights, int bits, int64_t group_size, co
   return q;
 }
 
+namespace {
+
+// Rows of one matrix, 32-feature block by block: a block has one scale (groups are whole blocks) and its codes sit
+// in the slots the layout gives, so the per-feature work is one table lookup, one decode and one multiply.
+template <int BITS>
+void dequantize_blocks(const uint8_t* packed, const uint16_t* scales, int64_t count, int64_t k, int64_t groups,
+                       float* out) {
+  int slot[kQuantBlock];
+  for (int f = 0; f < kQuantBlock; ++f) slot[f] = quantized_layout::slot_of(BITS, f);
+  constexpr int64_t kBlockBytes = kQuantBlock * BITS / 8;
+  const int64_t blocks = k / kQuantBlock, blocks_per_group = blocks / groups;
+  for (int64_t r = 0; r < count; ++r) {
+    const uint8_t* in = packed + r * blocks * kBlockBytes;
+    float* x = out + r * k;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float scale = half_to_float(scales[r * groups + b / blocks_per_group]);
+      const uint8_t* block = in + b * kBlockBytes;
+      for (int f = 0; f < kQuantBlock; ++f)
+        x[b * kQuantBlock + f] = static_cast<float>(quantized_layout::code_in_block(block, BITS, slot[f])) * scale;
+    }
+  }
+}
+
+}  // namespace
+
 void dequantize_rows(const QuantizedTensor& quantized, int64_t matrix, int64_t row, int64_t count, float* out) {
   const int64_t n = quantized.dim(-2), k = quantized.dim(-1);
-  const int64_t groups = quantized.groups(), group = k / groups;
+  const int64_t groups = quantized.groups();
   const int64_t first = matrix * n + row;
   const auto* scales = static_cast<const uint16_t*>(quantized.scales.raw()) + first * groups;
-  const int64_t stride = quantized.bits == 8 ? k : k / 2;
-  const auto* packed = static_cast<const uint8_t*>(quantized.values.raw()) + first * stride;
-  // The storage order of one 32-feature block, once.
-  int slot[kQuantBlock];
-  for (int f = 0; f < kQuantBlock; ++f) slot[f] = quantized_layout::slot_of(quantized.bits, f);
-  const int64_t block_bytes = kQuantBlock * quantized.bits / 8;
-  for (int64_t r = 0; r < count; ++r) {
-    const uint8_t* in = packed + r * stride;
-    float* x = out + r * k;
-    for (int64_t j = 0; j < k; ++j) {
-      const int code =
-          quantized_layout::code_in_block(in + (j / kQuantBlock) * block_bytes, quantized.bits, slot[j % kQuantBlock]);
-      x[j] = static_cast<float>(code) * half_to_float(scales[r * groups + j / group]);
-    }
+  const auto* packed = static_cast<const uint8_t*>(quantized.values.raw()) + first * (k * quantized.bits / 8);
+  if (quantized.bits == 8) {
+    dequantize_blocks<8>(packed, scales, count, k, groups, out);
+  } else {
+    dequantize_blocks<4>(packed, scales, count, k, groups, out);
   }
 }
 
