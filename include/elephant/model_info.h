@@ -28,7 +28,8 @@ struct ModelInfo {
   // output channel (group size 0) or per 64 or 128 input features; 0 bits: stored as floats.
   int quantized_bits = 0;
   int quantization_group_size = 0;
-  bool quantized_non_experts = false;  // attention and dense FFN matrices stored in int8, per channel
+  // The attention and dense FFN matrices stored in int8 too, with the experts' group size.
+  bool quantized_non_experts = false;
 };
 
 }  // namespace elephant

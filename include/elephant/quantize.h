@@ -9,7 +9,7 @@ namespace elephant {
 struct QuantizeOptions {
   int bits = 8;        // 8 or 4
   int group_size = 0;  // 0: one scale per output channel; 64 or 128 input features per scale
-  // The non-expert Linear matrices (attention projections, dense FFNs) in int8, one scale per output channel, too.
+  // The non-expert Linear matrices (attention projections, dense FFNs) in int8 too, with group_size's scales.
   bool non_experts = false;
   // Tensor bytes per safetensors file: a larger checkpoint is split into shards named by
   // model.safetensors.index.json, as transformers does.

@@ -19,8 +19,9 @@ struct TranslatorOptions {
   // stores them. A checkpoint written by `elephant quantize` is loaded quantized with None.
   Quantization quantization = Quantization::None;
   int quantization_group_size = 0;  // 0: one scale per output channel; 64 or 128 input features per scale
-  // The non-expert Linear weights (attention projections, dense FFNs) quantized to int8 per output channel at load
-  // time too; the router, the norms and the embeddings / lm_head stay in the compute dtype.
+  // The non-expert Linear weights (attention projections, dense FFNs) quantized to int8 at load time too, with the
+  // experts' group size (a quantized checkpoint's, else quantization_group_size); the router, the norms and the
+  // embeddings / lm_head stay in the compute dtype.
   bool quantize_non_experts = false;
 };
 

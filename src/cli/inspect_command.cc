@@ -39,7 +39,8 @@ int run_inspect(const std::string& model_dir) {
             << "experts per layer  " << info.num_experts << " (top-1)\n"
             << "parameters         " << info.parameters << " (" << info.expert_parameters << " in experts)\n"
             << "quantized experts  " << quantization_text(info.quantized_bits, info.quantization_group_size) << '\n'
-            << "quantized others   " << (info.quantized_non_experts ? "int8, per channel" : "none") << '\n';
+            << "quantized others   "
+            << (info.quantized_non_experts ? quantization_text(8, info.quantization_group_size) : "none") << '\n';
   int64_t total = 0;
   for (const auto& [dtype, bytes] : info.bytes_by_dtype) {
     std::cout << "bytes " << std::left << std::setw(13) << dtype << human_bytes(bytes) << " (" << bytes << ")\n";

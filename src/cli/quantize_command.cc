@@ -24,7 +24,8 @@ int run_quantize(const QuantizeFlags& flags) {
   std::cout << "quantized " << summary.quantized_matrices << " expert matrices to "
             << quantization_text(flags.bits, flags.group_size);
   if (flags.non_experts)
-    std::cout << ", and " << summary.quantized_non_expert_matrices << " non-expert matrices to int8, per channel";
+    std::cout << ", and " << summary.quantized_non_expert_matrices << " non-expert matrices to "
+              << quantization_text(8, flags.group_size);
   std::cout << ": " << human_bytes(summary.input_bytes) << " -> " << human_bytes(summary.output_bytes)
             << " of tensors in " << flags.output << '\n';
   return 0;
@@ -44,7 +45,7 @@ Runner add_quantize_command(CLI::App& app) {
       ->check(CLI::IsMember({0, 64, 128}))
       ->capture_default_str();
   cmd->add_flag("--non-experts", flags->non_experts,
-                "Quantize the attention and dense FFN matrices to int8 (per output channel) too");
+                "Quantize the attention and dense FFN matrices to int8 too, with --group-size's scales");
   cmd->add_option("--output", flags->output, "Directory to write; must not exist or be empty")->required();
   return [flags] { return run_quantize(*flags); };
 }

@@ -121,12 +121,13 @@ Runner add_translate_command(CLI::App& app) {
                   "Quantize the expert weights at load time: int8, int4 or none (as the checkpoint stores them)")
       ->check(CLI::IsMember({"int8", "int4", "none"}))
       ->capture_default_str();
-  cmd->add_option("--group-size", flags->group_size,
-                  "With --quantize: input features per scale (0: one scale per output channel)")
+  cmd->add_option(
+         "--group-size", flags->group_size,
+         "With --quantize or --quantize-non-experts: input features per scale (0: one scale per output channel)")
       ->check(CLI::IsMember({0, 64, 128}))
       ->capture_default_str();
   cmd->add_flag("--quantize-non-experts", flags->quantize_non_experts,
-                "Quantize the attention and dense FFN weights to int8 (per output channel) at load time too");
+                "Quantize the attention and dense FFN weights to int8 at load time too (scales as --group-size says)");
   cmd->add_option("--threads", flags->threads, "CPU threads (0: all cores)")->check(CLI::Range(0, 1024));
   cmd->add_flag("--no-pruning", flags->no_pruning, "Keep finished sentences in the batch (for testing)");
   cmd->add_flag("--no-cuda-graphs", flags->no_cuda_graphs,

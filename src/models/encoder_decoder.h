@@ -29,8 +29,8 @@ struct ModelOptions {
   bool cuda_graphs = true;  // on CUDA, decode steps are replayed from CUDA graphs; false: launched kernel by kernel
   // Expert weights quantized at load time (quantization/quantized_tensor.h); none keeps them as stored.
   QuantizationScheme quantize;
-  // The attention projections and dense FFNs quantized to int8 per output channel at load time too (the router, the
-  // norms and the embeddings / lm_head stay in the compute dtype).
+  // The attention projections and dense FFNs quantized to int8 at load time too, with the experts' group size (the
+  // router, the norms and the embeddings / lm_head stay in the compute dtype).
   bool quantize_non_experts = false;
 };
 

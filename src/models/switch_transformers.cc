@@ -214,14 +214,18 @@ class LayerBuilder {
   // Whether the non-expert Linear weights are int8: stored so, or quantized here.
   bool non_experts_quantized() const { return c_.non_experts_quantized || options_.quantize_non_experts; }
 
-  // A Linear weight: in the compute dtype, or int8 per output channel (as the checkpoint stores it, or quantized
-  // here with quantize_non_experts).
+  // A Linear weight: in the compute dtype, or int8 (as the checkpoint stores it, or quantized here with
+  // quantize_non_experts) with the experts' group size: the checkpoint's, else the one asked for.
   layers::Weight load_linear(const std::string& name, const Shape& shape) {
     layers::Weight weight;
     if (c_.non_experts_quantized) {
-      weight.quantized = load_quantized_matrix(checkpoint_, name, shape, kNonExpertQuantization).to(options_.device);
+      weight.quantized =
+          load_quantized_matrix(checkpoint_, name, shape, non_expert_quantization(c_.quantization.group_size))
+              .to(options_.device);
     } else if (options_.quantize_non_experts) {
-      weight.quantized = quantize(checkpoint_.load(name, shape), 8, 0, name).to(options_.device);
+      const int64_t group_size =
+          c_.quantization.quantized() ? c_.quantization.group_size : options_.quantize.group_size;
+      weight.quantized = quantize(checkpoint_.load(name, shape), 8, group_size, name).to(options_.device);
     } else {
       weight.dense = load(name, shape);
     }

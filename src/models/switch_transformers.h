@@ -41,7 +41,8 @@ struct SwitchTransformersConfig {
   int eos_token_id = 1;
   int pad_token_id = 0;
   QuantizationScheme quantization;     // elephant_quantization: the experts as `elephant quantize` stored them
-  bool non_experts_quantized = false;  // elephant_quantization: the non-expert matrices stored in int8 too
+  bool non_experts_quantized = false;  // elephant_quantization: the non-expert matrices stored in int8 too, with
+                                       // the experts' group size
 
   static SwitchTransformersConfig parse(const JsonConfig& json);
 

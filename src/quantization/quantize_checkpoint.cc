@@ -60,12 +60,10 @@ SwitchTransformersConfig quantizable_config(const JsonConfig& json, const std::s
   if (config.expert_matrices().empty()) throw ModelError(json.path() + ": the model has no experts to quantize");
   check_input_features(json, "d_model", config.d_model, "experts' wi", options.group_size);
   check_input_features(json, "d_ff", config.d_ff, "experts' wo", options.group_size);
-  if (options.non_experts) {
-    check_input_features(json, "d_model", config.d_model, "attention q, k, v and dense FFN wi", 0);
+  // The other matrices' input features are d_model and d_ff too, except attention o's.
+  if (options.non_experts)
     check_input_features(json, "num_heads * d_kv", static_cast<int64_t>(config.num_heads) * config.d_kv, "attention o",
-                         0);
-    check_input_features(json, "d_ff", config.d_ff, "dense FFN wo", 0);
-  }
+                         options.group_size);
   return config;
 }
 
@@ -219,7 +217,8 @@ QuantizeSummary quantize_model(const std::string& model_dir, const std::string& 
       options.non_experts ? config.non_expert_matrices() : std::vector<NamedMatrix>{};
   std::vector<QuantizedMatrix> matrices;
   for (const NamedMatrix& matrix : experts) matrices.push_back({matrix, {options.bits, options.group_size}});
-  for (const NamedMatrix& matrix : non_experts) matrices.push_back({matrix, kNonExpertQuantization});
+  for (const NamedMatrix& matrix : non_experts)
+    matrices.push_back({matrix, non_expert_quantization(options.group_size)});
   for (const QuantizedMatrix& matrix : matrices) check_float_matrix(checkpoint, matrix.matrix);
   const std::vector<std::vector<OutputTensor>> shards =
       plan_shards(output_tensors(checkpoint, matrices), options.max_shard_bytes);

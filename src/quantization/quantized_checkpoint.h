@@ -14,7 +14,7 @@ class JsonConfig;
 
 // A checkpoint written by `elephant quantize` names the scheme of its expert matrices in config.json's
 // "elephant_quantization" (README "Quantized checkpoints"), and whether its non-expert Linear matrices are int8 per
-// channel too ("quantized": "experts" or "experts+non_experts"); without it the checkpoint stores floats.
+// channel or group too ("quantized": "experts" or "experts+non_experts"); without it the checkpoint stores floats.
 
 constexpr int kQuantizedCheckpointVersion = 1;
 constexpr const char* kQuantizationConfigKey = "elephant_quantization";
@@ -27,8 +27,8 @@ QuantizationScheme read_checkpoint_quantization(const JsonConfig& config);
 bool checkpoint_non_experts_quantized(const JsonConfig& config);
 // The "elephant_quantization" object the writer stores.
 nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization, bool non_experts);
-// The scheme of quantized non-expert matrices: int8, one scale per output channel.
-constexpr QuantizationScheme kNonExpertQuantization{8, 0};
+// The scheme of quantized non-expert matrices: int8, with the experts' group size (0: one scale per output channel).
+constexpr QuantizationScheme non_expert_quantization(int64_t group_size) { return {8, group_size}; }
 
 // "int8, per channel", "int4, groups of 64"; "none" when not quantized.
 std::string quantization_description(const QuantizationScheme& quantization);

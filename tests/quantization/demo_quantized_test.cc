@@ -48,26 +48,41 @@ std::vector<TranslationResult> translate_sentences(Translator& translator, int b
   return translator.translate(english_sentences(), options);
 }
 
-std::string quantize_demo(const TempDir& dir, int bits, int group_size = 0) {
-  const std::string output = dir.file("demo_int" + std::to_string(bits) + "_g" + std::to_string(group_size));
-  const CliOutcome o = run_cli("quantize --model " + demo_model() + " --bits " + std::to_string(bits) +
-                               " --group-size " + std::to_string(group_size) + " --output " + output);
+std::string quantize_demo(const TempDir& dir, int bits, int group_size = 0, bool non_experts = false) {
+  const std::string output =
+      dir.file("demo_int" + std::to_string(bits) + "_g" + std::to_string(group_size) + (non_experts ? "_all" : ""));
+  const CliOutcome o =
+      run_cli("quantize --model " + demo_model() + " --bits " + std::to_string(bits) + " --group-size " +
+              std::to_string(group_size) + (non_experts ? " --non-experts" : "") + " --output " + output);
   EXPECT_EQ(o.exit_code, 0) << o.err;
   return output;
 }
 
 TEST(DemoQuantized, CheckpointTranslatesLikeLoadTimeQuantization) {
   TempDir dir;
-  for (const auto& [bits, quantization, group_size] : {std::tuple<int, Quantization, int>{8, Quantization::Int8, 0},
-                                                       {4, Quantization::Int4, 0},
-                                                       {4, Quantization::Int4, 128}}) {
-    SCOPED_TRACE(::testing::Message() << "int" << bits << ", group size " << group_size);
-    Translator from_checkpoint(quantize_demo(dir, bits, group_size), {DeviceRequest::CPU});
+  // The last two with the non-expert matrices in int8 too, with the experts' group size.
+  for (const auto& [bits, quantization, group_size, non_experts] :
+       {std::tuple<int, Quantization, int, bool>{8, Quantization::Int8, 0, false},
+        {4, Quantization::Int4, 0, false},
+        {4, Quantization::Int4, 128, false},
+        {8, Quantization::Int8, 0, true},
+        {4, Quantization::Int4, 128, true}}) {
+    SCOPED_TRACE(::testing::Message() << "int" << bits << ", group size " << group_size << ", non-experts "
+                                      << non_experts);
+    const std::string checkpoint = quantize_demo(dir, bits, group_size, non_experts);
+    Translator from_checkpoint(checkpoint, {DeviceRequest::CPU});
     EXPECT_EQ(from_checkpoint.info().quantized_bits, bits);
+    EXPECT_EQ(from_checkpoint.info().quantized_non_experts, non_experts);
+    if (non_experts) {
+      // wo of the first dense FFN: [256, 512], so one scale per row or per 128 of its 512 input features.
+      const Shape scales = Checkpoint::open(checkpoint).info("encoder.block.0.layer.1.mlp.wo.weight_scale").shape;
+      EXPECT_EQ(scales, (Shape{256, group_size == 0 ? 1 : 512 / group_size}));
+    }
     TranslatorOptions load_time;
     load_time.device = DeviceRequest::CPU;
     load_time.quantization = quantization;
     load_time.quantization_group_size = group_size;
+    load_time.quantize_non_experts = non_experts;
     Translator at_load(demo_model(), load_time);
     for (const int beam_size : {1, 4}) {
       const std::vector<TranslationResult> a = translate_sentences(from_checkpoint, beam_size);

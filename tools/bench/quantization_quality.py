@@ -8,7 +8,8 @@ same BLEU/chrF as tools/train/evaluate.py). Variants:
     fp32         expert weights as loaded (no --quantize)
     int8, int4   --quantize int8|int4: symmetric, one fp16 scale per output channel
     int8-g128, int4-g128   with --groups: --group-size 128 (one scale per 128 input features)
-    int8-ne8, int4-ne8     with --non-experts: --quantize-non-experts too (attention and dense FFN weights int8)
+    int8-ne8, int4-ne8     with --non-experts: --quantize-non-experts too (attention and dense FFN weights int8,
+                           with the experts' scales: int8-g128-ne8, int4-g128-ne8 with --groups too)
 
 Each engine call is `elephant translate --model M --device cpu --dtype fp32 --target-lang <tgt>
 --beam-size B --max-length 64 --input src.<dir>.txt --output <variant>/hyp.<B>.<dir>.txt`, as tools/train/README.md
@@ -42,7 +43,7 @@ def variants(with_groups, with_non_experts):
     if with_groups:
         out += [(f"{q}-g128", ["--quantize", q, "--group-size", "128"]) for q in ("int8", "int4")]
     if with_non_experts:
-        out += [(f"{q}-ne8", ["--quantize", q, "--quantize-non-experts"]) for q in ("int8", "int4")]
+        out += [(f"{name}-ne8", flags + ["--quantize-non-experts"]) for name, flags in out[1:]]
     return out
 
 
