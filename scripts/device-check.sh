@@ -21,6 +21,7 @@
 #   cpu      bench_cpu
 #   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1): API calls, kernels
+#   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages=" ${STAGES:-tests memcheck bench} "
@@ -245,6 +246,23 @@ for r in rows[:12]: print(f\"{int(float(r['Total Time (ns)'])):>12} {r['Num Call
     rm -f "$logs/profile.nsys-rep" "$logs/profile.sqlite"
   else
     echo "== profile: no nsys on this machine"
+  fi
+fi
+
+if [[ $stages == *" kernels "* ]]; then
+  # Nsight Compute over the first grouped-GEMM launches of one bench_cuda_moe row (NCU_FILTER): bandwidth against
+  # the peak, occupancy and where warps stall.
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$ncu" ]; then
+    "$ncu" --kernel-name regex:grouped_gemm --launch-count "${NCU_LAUNCHES:-2}" --section SpeedOfLight \
+      --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+      build-device/bin/bench_cuda_moe --benchmark_filter="${NCU_FILTER:-ExpertGemm/int4/32}" \
+      --benchmark_min_time=0.01 >"$logs/ncu.txt" 2>&1 || status=1
+    echo "== Nsight Compute: ${NCU_FILTER:-ExpertGemm/int4/32} (full report in ncu.txt)"
+    grep -E "grouped_gemm|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Stall" \
+      "$logs/ncu.txt" | head -40
+  else
+    echo "== kernels: no ncu on this machine"
   fi
 fi
 
