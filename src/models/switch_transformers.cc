@@ -315,12 +315,17 @@ class LayerBuilder {
 };
 
 // --quantize on a quantized checkpoint: asking for the quantization it has is a no-op; any other is refused (the
-// float weights are gone, and quantizing the codes again would only add error).
+// float weights are gone, and quantizing the codes again would only add error). The non-expert weights take the
+// checkpoint's group size, so asking --quantize-non-experts for another one is refused too.
 void check_requested_quantization(const SwitchTransformersConfig& c, const ModelOptions& options,
                                   const std::string& model_dir) {
-  if (!c.quantization.quantized() || !options.quantize.quantized() || options.quantize == c.quantization) return;
-  throw ModelError(model_dir + " is already quantized to " + quantization_description(c.quantization) +
-                   "; load it without --quantize");
+  if (!c.quantization.quantized()) return;
+  const std::string quantized = model_dir + " is already quantized to " + quantization_description(c.quantization);
+  if (options.quantize.quantized() && !(options.quantize == c.quantization))
+    throw ModelError(quantized + "; load it without --quantize");
+  if (!options.quantize.quantized() && options.quantize_non_experts && options.quantize.group_size != 0 &&
+      options.quantize.group_size != c.quantization.group_size)
+    throw ModelError(quantized + "; its non-expert weights take those scales, load it without --group-size");
 }
 
 }  // namespace

@@ -184,6 +184,11 @@ TEST(QuantizedCheckpointTest, AnotherQuantizationAtLoadTimeIsRefused) {
     const std::string message = model_error_of([&] { translate_ids(output, quantization, group_size); });
     EXPECT_CONTAINS(message, output + " is already quantized to int8, per channel; load it without --quantize");
   }
+  // --quantize-non-experts takes the checkpoint's scales; another group size is refused.
+  const std::string message = model_error_of([&] { translate_ids(output, Quantization::None, 64, true); });
+  EXPECT_CONTAINS(message, output +
+                               " is already quantized to int8, per channel; its non-expert weights take those "
+                               "scales, load it without --group-size");
 }
 
 TEST(QuantizedCheckpointTest, InspectCountsLogicalParameters) {
