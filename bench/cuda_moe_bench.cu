@@ -168,7 +168,7 @@ void register_benchmarks() {
   for (const Format& f : {Format{"fp16", DType::F16, 16}, Format{"bf16", DType::BF16, 16},
                           Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}}) {
     auto* b = benchmark::RegisterBenchmark((std::string("MoeLayer/") + f.name).c_str(), BM_MoeLayer, f.dtype, f.bits);
-    for (int64_t tokens : {1, 8, 40, 96, 320, 1280, 3840}) b->Arg(tokens);
+    for (int64_t tokens : {1, 2, 8, 40, 96, 320, 1280, 3840}) b->Arg(tokens);
     b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
   }
   for (const Format& f :

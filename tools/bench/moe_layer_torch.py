@@ -59,7 +59,7 @@ def time_per_layer(fn, graph, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", default="1,8,40,96,320,1280,3840")
+    ap.add_argument("--tokens", default="1,2,8,40,96,320,1280,3840")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
