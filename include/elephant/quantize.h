@@ -6,6 +6,10 @@
 
 namespace elephant {
 
+// "int4, per channel", "int8, groups of 128"; "none" for 0 bits: how the CLI, inspect and error messages name a
+// quantization.
+std::string quantization_description(int bits, int64_t group_size);
+
 struct QuantizeOptions {
   int bits = 8;        // 8 or 4
   int group_size = 0;  // 0: one scale per output channel; 64 or 128 input features per scale

@@ -13,7 +13,5 @@ Runner add_quantize_command(CLI::App& app);
 
 // "27.04 MiB"
 std::string human_bytes(int64_t bytes);
-// "int4, per channel", "int8, groups of 64"; "none" for 0 bits.
-std::string quantization_text(int bits, int group_size);
 
 }  // namespace elephant::cli

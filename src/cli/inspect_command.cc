@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "elephant/quantize.h"
 #include "elephant/translator.h"
 
 namespace elephant::cli {
@@ -19,12 +20,6 @@ std::string human_bytes(int64_t bytes) {
   return out.str();
 }
 
-std::string quantization_text(int bits, int group_size) {
-  if (bits == 0) return "none";
-  return "int" + std::to_string(bits) + ", " +
-         (group_size == 0 ? std::string("per channel") : "groups of " + std::to_string(group_size));
-}
-
 namespace {
 
 int run_inspect(const std::string& model_dir) {
@@ -38,9 +33,11 @@ int run_inspect(const std::string& model_dir) {
             << "decoder layers     " << info.decoder_layers << " (" << info.sparse_decoder_layers << " MoE)\n"
             << "experts per layer  " << info.num_experts << " (top-1)\n"
             << "parameters         " << info.parameters << " (" << info.expert_parameters << " in experts)\n"
-            << "quantized experts  " << quantization_text(info.quantized_bits, info.quantization_group_size) << '\n'
+            << "quantized experts  " << quantization_description(info.quantized_bits, info.quantization_group_size)
+            << '\n'
             << "quantized others   "
-            << (info.quantized_non_experts ? quantization_text(8, info.quantization_group_size) : "none") << '\n';
+            << (info.quantized_non_experts ? quantization_description(8, info.quantization_group_size) : "none")
+            << '\n';
   int64_t total = 0;
   for (const auto& [dtype, bytes] : info.bytes_by_dtype) {
     std::cout << "bytes " << std::left << std::setw(13) << dtype << human_bytes(bytes) << " (" << bytes << ")\n";

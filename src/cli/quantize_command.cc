@@ -22,10 +22,10 @@ int run_quantize(const QuantizeFlags& flags) {
   options.non_experts = flags.non_experts;
   const QuantizeSummary summary = quantize_model(flags.model, flags.output, options);
   std::cout << "quantized " << summary.quantized_matrices << " expert matrices to "
-            << quantization_text(flags.bits, flags.group_size);
+            << quantization_description(flags.bits, flags.group_size);
   if (flags.non_experts)
     std::cout << ", and " << summary.quantized_non_expert_matrices << " non-expert matrices to "
-              << quantization_text(8, flags.group_size);
+              << quantization_description(8, flags.group_size);
   std::cout << ": " << human_bytes(summary.input_bytes) << " -> " << human_bytes(summary.output_bytes)
             << " of tensors in " << flags.output << '\n';
   return 0;

@@ -5,6 +5,7 @@
 
 #include "core/device_memory.h"
 #include "elephant/error.h"
+#include "elephant/quantize.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 #include "ops/gather.h"
@@ -320,7 +321,8 @@ class LayerBuilder {
 void check_requested_quantization(const SwitchTransformersConfig& c, const ModelOptions& options,
                                   const std::string& model_dir) {
   if (!c.quantization.quantized()) return;
-  const std::string quantized = model_dir + " is already quantized to " + quantization_description(c.quantization);
+  const std::string quantized = model_dir + " is already quantized to " +
+                                quantization_description(c.quantization.bits, c.quantization.group_size);
   if (options.quantize.quantized() && !(options.quantize == c.quantization))
     throw ModelError(quantized + "; load it without --quantize");
   if (!options.quantize.quantized() && options.quantize_non_experts && options.quantize.group_size != 0 &&

@@ -55,7 +55,8 @@ SwitchTransformersConfig quantizable_config(const JsonConfig& json, const std::s
                      "\" (elephant quantize supports switch_transformers)");
   const SwitchTransformersConfig config = SwitchTransformersConfig::parse(json);
   if (config.quantization.quantized())
-    throw ModelError(model_dir + " is already quantized to " + quantization_description(config.quantization) +
+    throw ModelError(model_dir + " is already quantized to " +
+                     quantization_description(config.quantization.bits, config.quantization.group_size) +
                      "; quantize the original checkpoint instead");
   if (config.expert_matrices().empty()) throw ModelError(json.path() + ": the model has no experts to quantize");
   check_input_features(json, "d_model", config.d_model, "experts' wi", options.group_size);

@@ -1,6 +1,7 @@
 #include "quantization/quantized_checkpoint.h"
 
 #include "elephant/error.h"
+#include "elephant/quantize.h"
 #include "io/checkpoint.h"
 #include "io/json_config.h"
 
@@ -42,11 +43,10 @@ nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantizati
           {"quantized", non_experts ? "experts+non_experts" : "experts"}};
 }
 
-std::string quantization_description(const QuantizationScheme& quantization) {
-  if (!quantization.quantized()) return "none";
-  return "int" + std::to_string(quantization.bits) + ", " +
-         (quantization.group_size == 0 ? std::string("per channel")
-                                       : "groups of " + std::to_string(quantization.group_size));
+std::string quantization_description(int bits, int64_t group_size) {
+  if (bits == 0) return "none";
+  return "int" + std::to_string(bits) + ", " +
+         (group_size == 0 ? std::string("per channel") : "groups of " + std::to_string(group_size));
 }
 
 std::string scale_tensor_name(const std::string& weight_name) { return weight_name + "_scale"; }
@@ -57,7 +57,7 @@ QuantizedTensor load_quantized_matrix(Checkpoint& checkpoint, const std::string&
   const std::string scale_name = scale_tensor_name(name);
   if (!checkpoint.contains(scale_name))
     throw ModelError(where + ": its scales " + scale_name + " are missing (the config says it is " +
-                     quantization_description(quantization) + ")");
+                     quantization_description(quantization.bits, quantization.group_size) + ")");
   QuantizedTensor matrix;
   matrix.values = checkpoint.load_stored(name);
   matrix.scales = checkpoint.load_stored(scale_name);

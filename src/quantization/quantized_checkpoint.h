@@ -30,9 +30,6 @@ nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantizati
 // The scheme of quantized non-expert matrices: int8, with the experts' group size (0: one scale per output channel).
 constexpr QuantizationScheme non_expert_quantization(int64_t group_size) { return {8, group_size}; }
 
-// "int8, per channel", "int4, groups of 64"; "none" when not quantized.
-std::string quantization_description(const QuantizationScheme& quantization);
-
 // The tensor holding the fp16 scales of the quantized matrix `weight_name`.
 std::string scale_tensor_name(const std::string& weight_name);
 
