@@ -62,8 +62,9 @@ SwitchTransformersConfig SwitchTransformersConfig::parse(const JsonConfig& json)
       throw ModelError(json.path() + ": eos_token_id must name exactly one token, got " + std::to_string(eos.size()));
     c.eos_token_id = eos[0];
   }
-  c.quantization = read_checkpoint_quantization(json);
-  c.non_experts_quantized = checkpoint_non_experts_quantized(json);
+  const CheckpointQuantization quantization = read_checkpoint_quantization(json);
+  c.quantization = quantization.experts;
+  c.non_experts_quantized = quantization.non_experts;
 
   const auto fail = [&](const std::string& message) { throw ModelError(json.path() + ": " + message); };
   if (c.num_sparse_encoder_layers < 0 || c.num_sparse_encoder_layers > c.num_layers)

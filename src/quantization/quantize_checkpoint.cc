@@ -250,7 +250,7 @@ QuantizeSummary quantize_model(const std::string& model_dir, const std::string& 
   // config.json last: a directory without it is recognizably incomplete.
   nlohmann::json quantized_config = json.json();
   quantized_config[kQuantizationConfigKey] =
-      checkpoint_quantization_json({options.bits, options.group_size}, options.non_experts);
+      checkpoint_quantization_json({{options.bits, options.group_size}, options.non_experts});
   write_file(output.file("config.json"), pretty_json(quantized_config));
 
   summary.quantized_matrices = static_cast<int>(experts.size());

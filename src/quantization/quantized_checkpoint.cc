@@ -7,7 +7,7 @@
 
 namespace elephant {
 
-QuantizationScheme read_checkpoint_quantization(const JsonConfig& config) {
+CheckpointQuantization read_checkpoint_quantization(const JsonConfig& config) {
   if (!config.has(kQuantizationConfigKey) || config.is_null(kQuantizationConfigKey)) return {};
   const JsonConfig entry = config.get_object(kQuantizationConfigKey);
   const auto fail = [&](const std::string& why) { throw ModelError(entry.path() + ": " + why); };
@@ -15,32 +15,26 @@ QuantizationScheme read_checkpoint_quantization(const JsonConfig& config) {
   if (version != kQuantizedCheckpointVersion)
     fail("unknown format_version " + std::to_string(version) + " (this elephant reads version " +
          std::to_string(kQuantizedCheckpointVersion) + ")");
-  QuantizationScheme quantization;
-  quantization.bits = entry.get_int("bits");
-  if (!supported_bits(quantization.bits))
-    fail("bits " + std::to_string(quantization.bits) + " is not supported (8 or 4)");
-  quantization.group_size = entry.get_int("group_size");
-  if (!supported_group_size(quantization.group_size))
-    fail("group_size " + std::to_string(quantization.group_size) + " is not supported (0 = per channel, 64, 128)");
-  checkpoint_non_experts_quantized(config);
+  CheckpointQuantization quantization;
+  quantization.experts.bits = entry.get_int("bits");
+  if (!supported_bits(quantization.experts.bits))
+    fail("bits " + std::to_string(quantization.experts.bits) + " is not supported (8 or 4)");
+  quantization.experts.group_size = entry.get_int("group_size");
+  if (!supported_group_size(quantization.experts.group_size))
+    fail("group_size " + std::to_string(quantization.experts.group_size) +
+         " is not supported (0 = per channel, 64, 128)");
+  const std::string quantized = entry.get_string("quantized");
+  if (quantized != "experts" && quantized != "experts+non_experts")
+    fail("quantized \"" + quantized + "\" is not supported (\"experts\" or \"experts+non_experts\")");
+  quantization.non_experts = quantized == "experts+non_experts";
   return quantization;
 }
 
-bool checkpoint_non_experts_quantized(const JsonConfig& config) {
-  if (!config.has(kQuantizationConfigKey) || config.is_null(kQuantizationConfigKey)) return false;
-  const JsonConfig entry = config.get_object(kQuantizationConfigKey);
-  const std::string quantized = entry.get_string("quantized");
-  if (quantized != "experts" && quantized != "experts+non_experts")
-    throw ModelError(entry.path() + ": quantized \"" + quantized +
-                     "\" is not supported (\"experts\" or \"experts+non_experts\")");
-  return quantized == "experts+non_experts";
-}
-
-nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization, bool non_experts) {
+nlohmann::json checkpoint_quantization_json(const CheckpointQuantization& quantization) {
   return {{"format_version", kQuantizedCheckpointVersion},
-          {"bits", quantization.bits},
-          {"group_size", quantization.group_size},
-          {"quantized", non_experts ? "experts+non_experts" : "experts"}};
+          {"bits", quantization.experts.bits},
+          {"group_size", quantization.experts.group_size},
+          {"quantized", quantization.non_experts ? "experts+non_experts" : "experts"}};
 }
 
 std::string quantization_description(int bits, int64_t group_size) {

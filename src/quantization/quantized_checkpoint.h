@@ -19,14 +19,18 @@ class JsonConfig;
 constexpr int kQuantizedCheckpointVersion = 1;
 constexpr const char* kQuantizationConfigKey = "elephant_quantization";
 
+// What "elephant_quantization" says: the experts' scheme, and whether the non-expert matrices are int8 too.
+struct CheckpointQuantization {
+  QuantizationScheme experts;
+  bool non_experts = false;
+};
+
 // Reads config.json's "elephant_quantization" (absent or null: not quantized). Throws ModelError naming the file
 // and the key for an unknown format_version, bits other than 8 or 4, an unsupported group size, or "quantized"
 // other than "experts" and "experts+non_experts".
-QuantizationScheme read_checkpoint_quantization(const JsonConfig& config);
-// Whether "elephant_quantization" says the non-expert matrices are int8 too ("experts+non_experts").
-bool checkpoint_non_experts_quantized(const JsonConfig& config);
+CheckpointQuantization read_checkpoint_quantization(const JsonConfig& config);
 // The "elephant_quantization" object the writer stores.
-nlohmann::json checkpoint_quantization_json(const QuantizationScheme& quantization, bool non_experts);
+nlohmann::json checkpoint_quantization_json(const CheckpointQuantization& quantization);
 // The scheme of quantized non-expert matrices: int8, with the experts' group size (0: one scale per output channel).
 constexpr QuantizationScheme non_expert_quantization(int64_t group_size) { return {8, group_size}; }
 
