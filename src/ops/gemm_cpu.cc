@@ -24,7 +24,7 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
 
 void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
   Tensor dense = Tensor::empty({weight.dim(0), weight.dim(1)}, DType::F32, Device::CPU);
-  dequantize_rows(weight, 0, 0, weight.dim(0), dense.data<float>());
+  dequantize_matrix(weight, 0, dense.data<float>());
   cpu::gemm(x, dense, y, GemmArgs{});
 }
 

@@ -121,11 +121,7 @@ void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor&
   const int64_t n = weights.dim(1), k = weights.dim(2);
   Tensor expert = Tensor::empty({n, k});
   grouped_gemm_with(a, weights.dim(0), n, offsets, out, args, [&](int64_t e) {
-    float* data = expert.data<float>();
-    // Threads pay off from the paper's 4M-weight experts; a small expert converts faster than a team starts.
-#pragma omp parallel for if (n * k >= (1 << 21))
-    for (int64_t row = 0; row < n; row += 64)
-      dequantize_rows(weights, e, row, std::min<int64_t>(64, n - row), data + row * k);
+    dequantize_matrix(weights, e, expert.data<float>());
     return expert;
   });
 }

@@ -63,9 +63,9 @@ QuantizedTensor quantize(const Tensor& weights, int bits, int64_t group_size, co
 // The float32 weights q * scale (CPU), in the logical layout.
 Tensor dequantize(const QuantizedTensor& quantized);
 
-// Rows [row, row + count) of matrix `matrix` of the stack (flattened over the leading axes), dequantized into
-// out[count * k] float32: the CPU GEMM's per-tile conversion.
-void dequantize_rows(const QuantizedTensor& quantized, int64_t matrix, int64_t row, int64_t count, float* out);
+// Matrix `matrix` of the stack (flattened over the leading axes), dequantized into out[n * k] float32: the CPU GEMMs'
+// conversion right before their BLAS call, spread over threads for matrices of 2M weights and more.
+void dequantize_matrix(const QuantizedTensor& quantized, int64_t matrix, float* out);
 
 // Checks that values and scales have the dtypes and shapes `shape`, `bits` and `group_size` call for: throws
 // elephant::Error naming `what` and both shapes otherwise (a corrupted or mismatched checkpoint).
