@@ -30,9 +30,8 @@ Tensor RmsNorm::linear(const Tensor& x, const Weight& w) const {
 }
 
 Tensor linear(const Tensor& x, const Weight& w) {
-  if (!w.quantized.defined()) return ops::linear(x, w.dense);
   Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
-  ops::quantized_linear(x, w.quantized, y);
+  linear(x, w, y);
   return y;
 }
 

@@ -227,7 +227,9 @@ class LayerBuilder {
     } else if (options_.quantize_non_experts) {
       const int64_t group_size =
           c_.quantization.quantized() ? c_.quantization.group_size : options_.quantize.group_size;
-      weight.quantized = quantize(checkpoint_.load(name, shape), 8, group_size, name).to(options_.device);
+      const QuantizationScheme scheme = non_expert_quantization(group_size);
+      weight.quantized =
+          quantize(checkpoint_.load(name, shape), scheme.bits, scheme.group_size, name).to(options_.device);
     } else {
       weight.dense = load(name, shape);
     }
