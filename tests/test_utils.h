@@ -51,16 +51,22 @@ CliOutcome run_cli(const std::string& args, const std::string& stdin_text = "", 
 
 #define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
+// The message of the exception of type E that `function` throws; a test failure if it throws none.
+template <typename E, typename Function>
+std::string error_of(Function&& function) {
+  try {
+    function();
+  } catch (const E& error) {
+    return error.what();
+  }
+  ADD_FAILURE() << "expected an exception of the type asked for";
+  return {};
+}
+
 // The message of the ModelError `function` throws; a test failure if it throws none.
 template <typename Function>
 std::string model_error_of(Function&& function) {
-  try {
-    function();
-  } catch (const ModelError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected ModelError";
-  return {};
+  return error_of<ModelError>(std::forward<Function>(function));
 }
 
 }  // namespace elephant

@@ -254,19 +254,10 @@ TEST(QuantizedTensorTest, StackQuantizesLikeItsMatrices) {
 TEST(QuantizedTensorTest, RejectsUnsupportedShapesAndSchemes) {
   const Tensor w = Tensor::zeros({4, 96});
   EXPECT_NO_THROW(quantize(w, 8, 0, "w"));
-  const auto message = [](auto&& call) -> std::string {
-    try {
-      call();
-    } catch (const Error& error) {
-      return error.what();
-    }
-    ADD_FAILURE() << "expected elephant::Error";
-    return {};
-  };
-  EXPECT_CONTAINS(message([] { quantize(Tensor::zeros({4, 40}), 8, 0, "layer.wi"); }), "layer.wi");
-  EXPECT_CONTAINS(message([&] { quantize(w, 8, 64, "layer.wo"); }), "layer.wo");  // 96 is not a multiple of 64
-  EXPECT_CONTAINS(message([&] { quantize(w, 5, 0, "x"); }), "5 bits");
-  EXPECT_CONTAINS(message([&] { quantize(w, 4, 32, "x"); }), "group size 32");
+  EXPECT_CONTAINS(error_of<Error>([] { quantize(Tensor::zeros({4, 40}), 8, 0, "layer.wi"); }), "layer.wi");
+  EXPECT_CONTAINS(error_of<Error>([&] { quantize(w, 8, 64, "layer.wo"); }), "layer.wo");  // 96: not a multiple of 64
+  EXPECT_CONTAINS(error_of<Error>([&] { quantize(w, 5, 0, "x"); }), "5 bits");
+  EXPECT_CONTAINS(error_of<Error>([&] { quantize(w, 4, 32, "x"); }), "group size 32");
 }
 
 TEST(QuantizedTensorTest, CheckQuantizedNamesTheTensorAndBothShapes) {
