@@ -3,14 +3,15 @@
 # the CUDA backend for sm_90a, run every test (GPU suites included), compute-sanitizer on the GPU suites, the
 # benchmarks, and print a short table. Logs go to build-device/out and, packed in one file, to $OUT.
 #
-#   here:  scripts/fetch-device-deps.sh
-#   there: scripts/device-check.sh             (device call with carry [".deps/debs"])
+#   here:  scripts/fetch-device-deps.sh && scripts/fetch-cutlass.sh
+#   there: scripts/device-check.sh             (device call with carry [".deps/debs", ".deps/wheels"])
 #
 # STAGES picks what runs (default: "tests memcheck bench"):
 #   tests    ctest, every suite (the GPU suites run; nothing may be skipped there)
 #   gpu      only the GPU suites (ctest -R Cuda, or GPU_FILTER): the quick check after a CUDA change
 #   memcheck compute-sanitizer memcheck over the GPU suites (elephant_tests --gtest_filter=*Cuda*, or MEMCHECK_FILTER)
-#   bench    bench_cuda_moe (one MoE layer, fp16/bf16) next to tools/bench/moe_layer_torch.py (torch._grouped_mm)
+#   bench    bench_cuda_moe (one MoE layer, fp16/bf16; BENCH_FILTER: a benchmark filter) next to
+#            tools/bench/moe_layer_torch.py (torch._grouped_mm)
 #   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine, and
 #            again without one feature, TABLE3_ABLATION: no-pdl (default), no-pipeline, no-graphs or none) next to
 #            tools/bench/hf_generate_bench.py (transformers fp16 generate)
@@ -34,6 +35,7 @@ if [ -d .deps/debs ]; then
   mkdir -p "$root"
   for deb in .deps/debs/*.deb; do dpkg -x "$deb" "$root"; done
 fi
+scripts/fetch-cutlass.sh >/dev/null || { echo "no CUTLASS headers (carry .deps/wheels)"; exit 1; }
 export PKG_CONFIG_SYSROOT_DIR=$root
 export PKG_CONFIG_PATH=$root/usr/lib/$arch/pkgconfig:$root/usr/share/pkgconfig
 export LD_LIBRARY_PATH=$root/usr/lib/$arch:$root/usr/lib/$arch/openblas-openmp:${LD_LIBRARY_PATH:-}
@@ -90,7 +92,8 @@ if [[ $stages == *" memcheck "* ]]; then
 fi
 
 if [[ $stages == *" bench "* ]]; then
-  build-device/bin/bench_cuda_moe --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+  build-device/bin/bench_cuda_moe --benchmark_filter="${BENCH_FILTER:-.}" --benchmark_repetitions=5 \
+    --benchmark_report_aggregates_only=true \
     --benchmark_format=console --benchmark_out="$logs/bench_cuda_moe.json" --benchmark_out_format=json \
     >"$logs/bench_cuda_moe.txt" 2>&1 || status=1
   python3 tools/bench/moe_layer_torch.py --json "$logs/moe_torch.json" >"$logs/moe_torch.txt" 2>&1 || status=1

@@ -8,6 +8,7 @@ packages=(
   nlohmann-json3-dev          # config.json and safetensors headers
   libcli11-dev                # command-line flags
   libgtest-dev libbenchmark-dev
+  python3-pip                 # fetches the CUTLASS headers (scripts/fetch-cutlass.sh)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -18,5 +19,9 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+# The CUDA backend (built when nvcc is found) compiles against the CUTLASS headers.
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+  "$(dirname "$0")/fetch-cutlass.sh"
 fi
 echo "setup: all build dependencies present"

@@ -299,6 +299,27 @@ TEST(CudaMoe, GroupedGemmPaperShapesMatchCpu) {
       }
 }
 
+// More than 64 rows per expert, no bias, ReLU or no activation: on Hopper, CUTLASS's wgmma grouped GEMM (its
+// problem sizes read on the device), behind a gather for a_rows; elsewhere the mma.sync kernel. Experts without rows,
+// pruned rows, dimensions that are not whole 128 x 128 x 64 tiles.
+TEST(CudaMoe, GroupedGemmPrefillRowsMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(31);
+  const std::vector<GemmCase> cases = {
+      {1024, 4096, {130, 0, 70, 200}, 5},  // the paper's wi
+      {4096, 1024, {300, 150, 0}, 3},      // the paper's wo
+      {72, 40, {100, 80}, 0},              // one partial tile each way
+  };
+  int variant = 0;
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const GemmCase& tc : cases) {
+      const std::optional<ops::Activation> activation =
+          variant % 2 == 0 ? std::optional<ops::Activation>(ops::Activation::ReLU) : std::nullopt;
+      ++variant;
+      expect_grouped_gemm_matches_cpu(tc, dtype, false, activation, rng, 2, variant % 3 != 0);
+    }
+}
+
 // Decode-sized problems (a few rows in all) split k across blocks; each tile's last block sums the slices. Run twice:
 // the arrival counters must be zero again for the second launch.
 TEST(CudaMoe, GroupedGemmSplitKMatchesCpu) {
@@ -424,6 +445,7 @@ TEST(CudaMoe, GroupedGemmAddToRowsMatchesCpu) {
       {4096, 1024, {0, 1, 0, 0}, 1},        // one token, the paper's wo (split-k)
       {1024, 1024, {2, 0, 3, 1, 0, 2}, 3},  // a few tokens (split-k)
       {512, 1024, {40, 0, 90, 30}, 5},      // medium and large tiles
+      {512, 1024, {200, 0, 130, 70}, 5},    // many rows per expert (wgmma on Hopper, then a scatter-add)
       {520, 200, {3, 0, 5, 8}, 0},          // n a multiple of 8, not of the tile
       {1096, 100, {1, 0, 2, 0, 1}, 1},      // n without 16-byte rows
       {30, 36, {3, 0, 9, 1}, 2},            // k without 16-byte rows: the general path
@@ -496,7 +518,7 @@ TEST(CudaMoe, MoeLayerMatchesCpu) {
   };
   std::mt19937 rng(27);
   for (DType dtype : testdev::cuda_dtypes())
-    for (const Case& tc : std::vector<Case>{{40, 32, 64, 8}, {7, 40, 56, 4}, {96, 512, 2048, 8}}) {
+    for (const Case& tc : std::vector<Case>{{40, 32, 64, 8}, {7, 40, 56, 4}, {96, 512, 2048, 8}, {1200, 256, 512, 8}}) {
       SCOPED_TRACE(name(dtype) + " tokens=" + std::to_string(tc.tokens) + " d=" + std::to_string(tc.d) +
                    " d_ff=" + std::to_string(tc.d_ff) + " experts=" + std::to_string(tc.experts));
       const Tensor x = rounded_to(random_cpu({tc.tokens, tc.d}, rng), dtype);

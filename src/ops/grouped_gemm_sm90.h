@@ -1,0 +1,33 @@
+#pragma once
+
+// The experts' grouped GEMM on Hopper's warpgroup MMAs (wgmma, TMA loads): CUTLASS's pointer-array grouped GEMM,
+// for the prefill-sized problems (many rows per expert) where mma.sync runs out of tensor-core throughput. Its
+// problem sizes stay on the device: a one-block kernel turns `offsets` into the per-expert shapes and pointers.
+// Built for sm_90a only (grouped_gemm_sm90.cu); `available()` says whether this process can run it.
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace elephant::ops::cuda::sm90 {
+
+// out[r] = act(W_e · a[r]) for the rows r in [offsets[e], offsets[e + 1]) of each expert e; rows from
+// offsets[experts] on are not touched. a: [rows, k] in expert order; weights: [experts, n, k]; out: [rows, n];
+// offsets: I32 [experts + 1] on the device. n and k multiples of 8; pointers 16-byte aligned.
+struct GroupedGemm {
+  DType dtype = DType::F16;  // F16 or BF16
+  const void* a = nullptr;
+  const void* weights = nullptr;
+  const int32_t* offsets = nullptr;
+  void* out = nullptr;
+  int experts = 0, n = 0, k = 0;
+  bool relu = false;
+};
+
+// An sm_90 GPU (the kernels are sm_90a code).
+bool available();
+
+// Enqueues the GEMM on the calling thread's stream; no host synchronization.
+void run(const GroupedGemm& problem);
+
+}  // namespace elephant::ops::cuda::sm90
