@@ -20,8 +20,10 @@
 #include "ops/gemm.h"
 #include "ops/gemm_cuda.h"
 #include "ops/kv_cache.h"
+#include "ops/moe.h"
 #include "ops/rms_norm.h"
 #include "ops/topk.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant {
 namespace {
@@ -60,6 +62,35 @@ void BM_Linear(benchmark::State& state, int64_t out, int64_t in) {
   time_calls(
       state, kCopies, [&](int c) { benchmark::DoNotOptimize(ops::linear(x, w[c]).raw()); },
       2.0 * (out * in + rows * (in + out)));
+}
+
+// The same with int8 weights, per channel (--quantize-non-experts): ops::quantized_linear (the weight-streaming
+// kernel at 1-4 rows), or the grouped GEMM with the weight as its one expert (what quantized_linear ran before).
+void BM_QuantizedLinear(benchmark::State& state, int64_t out, int64_t in, bool grouped) {
+  const int64_t rows = state.range(0);
+  std::mt19937 rng(1);
+  std::vector<QuantizedTensor> w;
+  for (int c = 0; c < kCopies; ++c)
+    w.push_back(quantize(random_device({out, in}, 0.03f, DType::F32, rng).to(Device::CPU), 8, 0, "w").to(Device::CUDA));
+  const Tensor x = random_device({rows, in}, 1.0f, kDtype, rng);
+  Tensor y = Tensor::empty({rows, out}, kDtype, Device::CUDA);
+  const Tensor offsets = Tensor::from_vector(std::vector<int32_t>{0, static_cast<int32_t>(rows)}, {2}).to(Device::CUDA);
+  std::vector<QuantizedTensor> stacked = w;
+  for (QuantizedTensor& q : stacked) {
+    q.values = q.values.reshape({1, out, q.values.dim(1)});
+    q.scales = q.scales.reshape({1, out, q.scales.dim(1)});
+    q.shape = {1, out, in};
+  }
+  time_calls(
+      state, kCopies,
+      [&](int c) {
+        if (grouped) {
+          ops::grouped_gemm(x, stacked[c], offsets, y);
+        } else {
+          ops::quantized_linear(x, w[c], y);
+        }
+      },
+      static_cast<double>(out * in + out * 2 + 2 * rows * (in + out)));
 }
 
 // Self-attention's query, key and value projections in one launch (ops::linear_stack).
@@ -280,6 +311,15 @@ void register_benchmarks() {
   add("Linear/4096x1024", [](benchmark::State& s) { BM_Linear(s, kFf, kModel); });
   add("Linear/1024x4096", [](benchmark::State& s) { BM_Linear(s, kModel, kFf); });
   add("LinearStack/3x1024x1024", BM_LinearStack);
+  for (bool grouped : {false, true}) {
+    const std::string how = grouped ? "/grouped" : "/linear";
+    add(("QuantizedLinear/int8/1024x1024" + how).c_str(),
+        [=](benchmark::State& s) { BM_QuantizedLinear(s, kModel, kModel, grouped); });
+    add(("QuantizedLinear/int8/4096x1024" + how).c_str(),
+        [=](benchmark::State& s) { BM_QuantizedLinear(s, kFf, kModel, grouped); });
+    add(("QuantizedLinear/int8/1024x4096" + how).c_str(),
+        [=](benchmark::State& s) { BM_QuantizedLinear(s, kModel, kFf, grouped); });
+  }
   for (bool library : {true, false}) {
     const std::string path = library ? "/cublas" : "/small_m";
     const auto add_path = [&](const std::string& name, auto&& fn) {

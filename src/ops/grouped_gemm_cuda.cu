@@ -22,6 +22,7 @@
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
+#include "ops/gemm_cuda.h"
 #include "ops/grouped_gemm_sm90.h"
 #include "quantization/quantized_layout.h"
 
@@ -930,8 +931,9 @@ void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor&
   grouped_gemm_of(a, weights.shape, &offsets, out, args, quantized_weights(weights));
 }
 
-// One group of all rows: offsets null.
+// 1-4 rows against int8 weights: the weight-streaming kernel (gemm_cuda.h); else one group of all rows (offsets null).
 void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+  if (small_m_quantized_linear(x, weight, y)) return;
   grouped_gemm_of(x, Shape{1, weight.dim(0), weight.dim(1)}, nullptr, y, {}, quantized_weights(weight));
 }
 

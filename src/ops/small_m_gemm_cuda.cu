@@ -10,6 +10,9 @@
 // every warp of the SM shares them. float32 accumulation; lanes reduce by shuffles and the warps of a group through
 // shared memory, in a fixed order: the result does not depend on timing.
 //
+// int8 weights (a quantized Linear, quantization/quantized_tensor.h) stream the same way, 16 codes a chunk, half the
+// bytes: each code becomes a float times its scale (per channel, or its group's), the CPU's dequantized value.
+//
 // For ops::rms_norm_linear the kernel normalizes a itself (kNorm): every block computes the rows' RMS norm as the
 // norm kernel does, bit for bit, into shared memory, and reads a from there. A decode step saves the norm's launch
 // and its round trip through memory before most projections.
@@ -22,6 +25,7 @@
 #include "core/cuda/runtime.cuh"
 #include "ops/gemm_cuda.h"
 #include "ops/rms_norm_cuda.cuh"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -69,6 +73,27 @@ __device__ __forceinline__ void to_float8(const uint4& v, float (&f)[8]) {
     }
   }
 }
+
+// The 16 int8 codes of one 16-byte chunk, in feature order, times `scale`. A chunk is half of a 32-feature block
+// (quantized_layout.h): its word t holds features 2t, 2t + 1, 8 + 2t and 9 + 2t.
+__device__ __forceinline__ void codes_to_float16(const uint4& v, float scale, float (&f)[16]) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const int word = static_cast<int>(words[t]);
+    f[2 * t] = static_cast<float>(static_cast<int8_t>(word)) * scale;
+    f[2 * t + 1] = static_cast<float>(static_cast<int8_t>(word >> 8)) * scale;
+    f[8 + 2 * t] = static_cast<float>(static_cast<int8_t>(word >> 16)) * scale;
+    f[9 + 2 * t] = static_cast<float>(word >> 24) * scale;
+  }
+}
+
+// The scales of int8 weights (null for half-precision ones): F16 [n, groups], group_size 0 for one per row.
+struct Int8Scales {
+  const __half* scales = nullptr;
+  int groups = 1;
+  int group_size = 0;
+};
 
 template <typename T>
 struct RowNorm {
@@ -144,29 +169,49 @@ __device__ void normalize_rows(const T* a, int k, const RowNorm<T>& norm, const 
   __syncthreads();
 }
 
-// blockIdx.y selects one weight of a stack (w and c advance by their batch strides). a: [M, k], w: [n, k],
-// c: [M, n]; k a multiple of 8, a and w 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks
+// blockIdx.y selects one weight of a stack (w and c advance by their batch strides, in elements). a: [M, k], w: [n, k]
+// in T (BITS 16) or int8 codes (BITS 8, scaled by `quant`), c: [M, n]; k a multiple of 8 (16 for codes), a and w
+// 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks
 // resident at once) cap registers at 128; without the cap ptxas picked 80 and spilled at M = 8. kNorm: a is
 // normalized first (k <= kNormMaxK, the norm weight 16-byte aligned, M * k halves of dynamic shared memory).
-template <typename T, typename CT, int M, bool kNorm>
+template <typename T, typename CT, int M, bool kNorm, int BITS>
 __global__ void __launch_bounds__(kThreads, 4)
-    small_m_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w, CT* __restrict__ c, int n, int k,
+    small_m_gemm_kernel(const T* __restrict__ a, const void* __restrict__ w, CT* __restrict__ c, int n, int k,
                         int group_warps, int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta,
-                        bool w_is_weight, RowNorm<T> norm) {
+                        bool w_is_weight, RowNorm<T> norm, Int8Scales quant) {
+  static_assert(BITS == 16 || BITS == 8, "half-precision or int8 weights");
+  constexpr int kFeatures = 128 / BITS;    // of one 16-byte weight chunk
+  constexpr int kAChunks = kFeatures / 8;  // 16-byte chunks of a that one weight chunk meets
   __shared__ float partial[kWarps][kRows * M];
   extern __shared__ uint4 normalized_a[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group_lane = (warp % group_warps) * 32 + lane;
   const int group_threads = group_warps * 32;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * (kWarps / group_warps) + warp / group_warps) * kRows;
-  w += blockIdx.y * w_batch_stride;
   c += blockIdx.y * c_batch_stride;
-  const int chunks = k / 8;
+  const int chunks = k / kFeatures;  // weight chunks per row
 
   // Rows past n (in the last block) read row n - 1 again and store nothing: every warp reaches the barrier.
-  const T* w_row[kRows];
+  const int64_t row_bytes = static_cast<int64_t>(k) * BITS / 8;
+  int64_t w_row_index[kRows];
+  const unsigned char* w_row[kRows];
 #pragma unroll
-  for (int j = 0; j < kRows; ++j) w_row[j] = w + min(row0 + j, static_cast<int64_t>(n - 1)) * k;
+  for (int j = 0; j < kRows; ++j) {
+    w_row_index[j] = min(row0 + j, static_cast<int64_t>(n - 1));
+    w_row[j] =
+        static_cast<const unsigned char*>(w) + blockIdx.y * w_batch_stride * BITS / 8 + w_row_index[j] * row_bytes;
+  }
+  // Per-channel scales once; a group's scale for each chunk (a group spans whole chunks).
+  float row_scale[kRows] = {};
+  if constexpr (BITS == 8) {
+#pragma unroll
+    for (int j = 0; j < kRows; ++j)
+      row_scale[j] = quant.group_size == 0 ? __half2float(__ldg(quant.scales + w_row_index[j])) : 0.0f;
+  }
+  const auto scale_of = [&](int j, int chunk) {
+    if (quant.group_size == 0) return row_scale[j];
+    return __half2float(__ldg(quant.scales + w_row_index[j] * quant.groups + chunk * kFeatures / quant.group_size));
+  };
 
   // One pass: kRows x kUnroll independent 16-byte weight requests per lane, all issued before the first use.
   uint4 wv[kRows][kUnroll];
@@ -176,21 +221,22 @@ __global__ void __launch_bounds__(kThreads, 4)
       const int chunk = base + u * group_threads;
 #pragma unroll
       for (int j = 0; j < kRows; ++j)
-        wv[j][u] = chunk < chunks ? load_streaming(w_row[j] + static_cast<int64_t>(chunk) * 8) : make_uint4(0, 0, 0, 0);
+        wv[j][u] =
+            chunk < chunks ? load_streaming(w_row[j] + static_cast<int64_t>(chunk) * 16) : make_uint4(0, 0, 0, 0);
     }
   };
   // A weight is never written by a kernel: its first pass (the whole row up to k = 4096), and the norm weight, stream
   // in while the previous kernel finishes. a (and c) are that kernel's output.
   const int pass = group_threads * kUnroll;
   uint4 g[kNormPasses];
-  if constexpr (kNorm) load_norm_weight(norm.weight, chunks, g);
+  if constexpr (kNorm) load_norm_weight(norm.weight, k / 8, g);
   if (w_is_weight) load_pass(group_lane);
   rt::await_previous_kernel();
   if (!w_is_weight) load_pass(group_lane);
   if constexpr (kNorm) normalize_rows<T, M>(a, k, norm, g, normalized_a);
   const auto load_a = [&](int r, int chunk) {
     if constexpr (kNorm) {
-      return normalized_a[r * chunks + chunk];
+      return normalized_a[r * (k / 8) + chunk];
     } else {
       return __ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(r) * k) + chunk);
     }
@@ -202,17 +248,29 @@ __global__ void __launch_bounds__(kThreads, 4)
     for (int u = 0; u < kUnroll; ++u) {
       const int chunk = base + u * group_threads;
       if (chunk >= chunks) break;
-      float wf[kRows][8];
+      float wf[kRows][kFeatures];
 #pragma unroll
-      for (int j = 0; j < kRows; ++j) to_float8<T>(wv[j][u], wf[j]);
+      for (int j = 0; j < kRows; ++j) {
+        if constexpr (BITS == 16) {
+          to_float8<T>(wv[j][u], wf[j]);
+        } else {
+          codes_to_float16(wv[j][u], scale_of(j, chunk), wf[j]);
+        }
+      }
 #pragma unroll
       for (int r = 0; r < M; ++r) {
-        float af[8];
-        to_float8<T>(load_a(r, chunk), af);
+        float af[kFeatures];
+#pragma unroll
+        for (int h = 0; h < kAChunks; ++h) {
+          float part[8];
+          to_float8<T>(load_a(r, chunk * kAChunks + h), part);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) af[8 * h + e] = part[e];
+        }
 #pragma unroll
         for (int j = 0; j < kRows; ++j)
 #pragma unroll
-          for (int e = 0; e < 8; ++e) acc[j][r] = fmaf(wf[j][e], af[e], acc[j][r]);
+          for (int e = 0; e < kFeatures; ++e) acc[j][r] = fmaf(wf[j][e], af[e], acc[j][r]);
       }
     }
     if (base + pass < chunks) load_pass(base + pass);
@@ -245,10 +303,11 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
-// Warps per row group: enough that one pass of kUnroll chunks per lane covers the row, at most kMaxGroupWarps.
-int group_warps_for(int64_t k) {
+// Warps per row group: enough that one pass of kUnroll chunks per lane covers the row's `chunks` 16-byte weight
+// chunks, at most kMaxGroupWarps.
+int group_warps_for(int64_t chunks) {
   int g = 1;
-  while (g < kMaxGroupWarps && static_cast<int64_t>(g) * 32 * kUnroll * 8 < k) g *= 2;
+  while (g < kMaxGroupWarps && static_cast<int64_t>(g) * 32 * kUnroll < chunks) g *= 2;
   return g;
 }
 
@@ -256,7 +315,9 @@ int group_warps_for(int64_t k) {
 template <typename T, typename CT>
 struct Problem {
   const T* a;
-  const T* w;
+  const void* w;  // T, or int8 codes when bits is 8
+  int bits = 16;
+  Int8Scales quant{};
   CT* c;
   int64_t m, n, k;
   int64_t count = 1, w_stride = 0, c_stride = 0;
@@ -265,28 +326,28 @@ struct Problem {
   RowNorm<T> norm{};  // a normalized first when norm.weight is set
 };
 
-template <typename T, typename CT, bool kNorm>
+template <typename T, typename CT, bool kNorm, int BITS>
 void launch_variant(const Problem<T, CT>& p) {
-  const int group_warps = group_warps_for(p.k);
+  const int group_warps = group_warps_for(p.k * BITS / 128);
   const int rows_per_block = kRows * (kWarps / group_warps);
   const dim3 grid(rt::blocks_for(p.n, rows_per_block), static_cast<unsigned>(p.count));
   const size_t shared_bytes = kNorm ? static_cast<size_t>(p.m * p.k) * sizeof(T) : 0;
   const auto run = [&](auto kernel) {
     rt::launch(kernel, grid, kThreads, shared_bytes, p.a, p.w, p.c, static_cast<int>(p.n), static_cast<int>(p.k),
-               group_warps, p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight, p.norm);
+               group_warps, p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight, p.norm, p.quant);
   };
   switch (p.m) {
     case 1:
-      run(small_m_gemm_kernel<T, CT, 1, kNorm>);
+      run(small_m_gemm_kernel<T, CT, 1, kNorm, BITS>);
       break;
     case 2:
-      run(small_m_gemm_kernel<T, CT, 2, kNorm>);
+      run(small_m_gemm_kernel<T, CT, 2, kNorm, BITS>);
       break;
     case 3:
-      run(small_m_gemm_kernel<T, CT, 3, kNorm>);
+      run(small_m_gemm_kernel<T, CT, 3, kNorm, BITS>);
       break;
     default:
-      run(small_m_gemm_kernel<T, CT, 4, kNorm>);
+      run(small_m_gemm_kernel<T, CT, 4, kNorm, BITS>);
       break;
   }
 }
@@ -294,9 +355,9 @@ void launch_variant(const Problem<T, CT>& p) {
 template <typename T, typename CT>
 void launch(const Problem<T, CT>& p) {
   if (p.norm.weight)
-    launch_variant<T, CT, true>(p);
+    launch_variant<T, CT, true, 16>(p);
   else
-    launch_variant<T, CT, false>(p);
+    launch_variant<T, CT, false, 16>(p);
 }
 
 // Launches the problem `setup` fills in, with c's element type: T, or float (the lm_head's float32 logits). The
@@ -306,7 +367,7 @@ void launch_into(const Tensor& a, const Tensor& w, int64_t n, int64_t count, Ten
   const auto run = [&](auto* out) {
     Problem<T, std::remove_pointer_t<decltype(out)>> p{};
     p.a = a.data<T>();
-    p.w = w.data<T>();
+    p.w = w.raw();
     p.c = out;
     p.m = a.dim(0);
     p.n = n;
@@ -333,6 +394,31 @@ bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
 }
 
 }  // namespace
+
+bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+  const int64_t m = x.dim(0), n = weight.dim(0), k = weight.dim(1);
+  if (weight.bits != 8 || (x.dtype() != DType::F16 && x.dtype() != DType::BF16) || m < 1 || m > kSmallMMaxRows ||
+      k % 16 != 0 || n > INT32_MAX || k > INT32_MAX || !rt::is_aligned(x.raw()) || !rt::is_aligned(weight.values.raw()))
+    return false;
+  rt::dispatch_floating(x.dtype(), "quantized_linear", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {
+      Problem<T, T> p{};
+      p.a = x.data<T>();
+      p.w = weight.values.raw();
+      p.bits = 8;
+      p.quant = {static_cast<const __half*>(weight.scales.raw()), static_cast<int>(weight.groups()),
+                 static_cast<int>(weight.group_size)};
+      p.c = y.data<T>();
+      p.m = m;
+      p.n = n;
+      p.k = k;
+      p.w_is_weight = true;
+      launch_variant<T, T, false, 8>(p);
+    }
+  });
+  return true;
+}
 
 bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
   const int64_t n = c.dim(1);

@@ -129,16 +129,22 @@ TEST(CudaQuantizedGemm, EveryVariantMatchesCpu) {
         expect_quantized_gemm_matches_cpu(tc, bits, 0, DType::F16, variant, rng);
 }
 
-// A Linear layer with quantized weights (--quantize-non-experts): the grouped GEMM with one group of all rows (no
-// offsets tensor), from one row (split-k) to the large tiles, against the CPU's dequantized sgemm.
+// A Linear layer with quantized weights (--quantize-non-experts), against the CPU's dequantized sgemm: 1-4 rows of
+// int8 through the weight-streaming kernel, the rest through the grouped GEMM with one group of all rows (no offsets
+// tensor), from one row (split-k) to the large tiles.
 TEST(CudaQuantizedGemm, LinearMatchesCpu) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(63);
   for (int bits : {8, 4})
-    for (int64_t group_size : {0, 128})
+    for (int64_t group_size : {0, 64, 128})
       for (DType dtype : testdev::cuda_dtypes())
-        for (const auto& [rows, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-                 {1, 1024, 1024}, {3, 200, 1024}, {8, 4096, 1024}, {40, 1024, 4096}, {300, 1024, 1024}}) {
+        for (const auto& [rows, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1024, 1024},
+                                                                                           {2, 1024, 4096},
+                                                                                           {3, 200, 1024},
+                                                                                           {4, 72, 4096},
+                                                                                           {8, 4096, 1024},
+                                                                                           {40, 1024, 4096},
+                                                                                           {300, 1024, 1024}}) {
           SCOPED_TRACE("int" + std::to_string(bits) + " group " + std::to_string(group_size) + " " + dtype_name(dtype) +
                        " rows=" + std::to_string(rows) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
           const QuantizedTensor w = quantize(random_cpu({n, k}, rng, -0.2f, 0.2f), bits, group_size, "w");
