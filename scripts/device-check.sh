@@ -21,7 +21,8 @@
 #            --quantize-non-experts (next to the transformers numbers when table3 ran in the same call)
 #   cpu      bench_cpu
 #   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
-#   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1): API calls, kernels
+#   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1; PROFILE_FLAGS: more
+#            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels
 #   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -242,7 +243,8 @@ if [[ $stages == *" profile "* ]]; then
   nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
   if [ -n "$nsys" ]; then
     "$nsys" profile -o "$logs/profile" --force-overwrite true build-device/bin/bench_translate "$model" \
-      --batch-sizes "${PROFILE_BATCH:-1}" --beams "${PROFILE_BEAM:-1}" --batches 3 >"$logs/profile_run.txt" 2>&1
+      --batch-sizes "${PROFILE_BATCH:-1}" --beams "${PROFILE_BEAM:-1}" --batches 3 ${PROFILE_FLAGS:-} \
+      >"$logs/profile_run.txt" 2>&1
     "$nsys" stats --report cuda_api_sum,cuda_gpu_kern_sum --format csv --output "$logs/profile" "$logs/profile.nsys-rep" \
       >/dev/null 2>&1
     echo "== profile: batch ${PROFILE_BATCH:-1}, beam ${PROFILE_BEAM:-1} (top CUDA API calls, top kernels; total ns)"
