@@ -24,8 +24,9 @@ Tensor linear(const Tensor& x, const Tensor& weight);
 
 // y[rows, n] = x[rows, k] · weight^T for a Linear weight [n, k] quantized to int8 or int4
 // (quantization/quantized_tensor.h): x and y in the compute dtype, accumulated in float32. CPU: the weight
-// dequantized into float32, then the BLAS sgemm. CUDA: the quantized grouped GEMM (ops/moe.h) with one group of all
-// rows, dequantizing in its main loop.
+// dequantized into float32, then the BLAS sgemm. CUDA: for 1-4 rows against int8 weights the small-m kernel, each
+// code times its scale as it streams in; otherwise the quantized grouped GEMM (ops/moe.h) with one group of all rows,
+// dequantizing in its main loop.
 void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y);
 
 // y[i] = x · weights[i]^T for every Linear weight of a stack: x [rows, k], weights [count, n, k], y [count, rows, n]
