@@ -309,6 +309,7 @@ TEST(CudaMoe, GroupedGemmPrefillRowsMatchCpu) {
       {1024, 4096, {130, 0, 70, 200}, 5},  // the paper's wi
       {4096, 1024, {300, 150, 0}, 3},      // the paper's wo
       {72, 40, {100, 80}, 0},              // one partial tile each way
+      {64, 32, {0, 0}, 200},               // every row pruned: no expert has rows
   };
   int variant = 0;
   for (DType dtype : testdev::cuda_dtypes())
