@@ -23,11 +23,11 @@ void linear_stack_cublas(const Tensor& x, const Tensor& weights, Tensor& y);
 // a and b 16-byte aligned): launches it and returns true. Otherwise returns false and does nothing.
 bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);
 bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
-// ops::rms_norm_linear in one launch, the norm inside the small-m kernel, when that kernel applies, k is at most 4096
-// and the norm weight is 16-byte aligned. Otherwise returns false and does nothing.
 // ops::quantized_linear with int8 weights (per channel or per group) when the kernel applies (at most kSmallMMaxRows
 // rows of F16 or BF16, k a multiple of 16, x and the codes 16-byte aligned). Otherwise returns false and does nothing.
 bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y);
+// ops::rms_norm_linear in one launch, the norm inside the small-m kernel, when that kernel applies, k is at most 4096
+// and the norm weight is 16-byte aligned. Otherwise returns false and does nothing.
 bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
                              float scale);
 

@@ -171,9 +171,9 @@ __device__ void normalize_rows(const T* a, int k, const RowNorm<T>& norm, const 
 
 // blockIdx.y selects one weight of a stack (w and c advance by their batch strides, in elements). a: [M, k], w: [n, k]
 // in T (BITS 16) or int8 codes (BITS 8, scaled by `quant`), c: [M, n]; k a multiple of 8 (16 for codes), a and w
-// 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks
-// resident at once) cap registers at 128; without the cap ptxas picked 80 and spilled at M = 8. kNorm: a is
-// normalized first (k <= kNormMaxK, the norm weight 16-byte aligned, M * k halves of dynamic shared memory).
+// 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks resident at once) cap registers at 128;
+// without the cap ptxas picked 80 and spilled at M = 8. kNorm: a is normalized first (k <= kNormMaxK, the norm weight
+// 16-byte aligned, M * k halves of dynamic shared memory).
 template <typename T, typename CT, int M, bool kNorm, int BITS>
 __global__ void __launch_bounds__(kThreads, 4)
     small_m_gemm_kernel(const T* __restrict__ a, const void* __restrict__ w, CT* __restrict__ c, int n, int k,
@@ -315,8 +315,7 @@ int group_warps_for(int64_t chunks) {
 template <typename T, typename CT>
 struct Problem {
   const T* a;
-  const void* w;  // T, or int8 codes when bits is 8
-  int bits = 16;
+  const void* w;  // T, or int8 codes (launch_variant's BITS) scaled by `quant`
   Int8Scales quant{};
   CT* c;
   int64_t m, n, k;
@@ -406,7 +405,6 @@ bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Te
       Problem<T, T> p{};
       p.a = x.data<T>();
       p.w = weight.values.raw();
-      p.bits = 8;
       p.quant = {static_cast<const __half*>(weight.scales.raw()), static_cast<int>(weight.groups()),
                  static_cast<int>(weight.group_size)};
       p.c = y.data<T>();
