@@ -106,6 +106,7 @@ void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const 
   ops::GroupedGemmArgs wo_args;
   wo_args.out_rows = &sorted;
   wo_args.out_scale = &probability;
+  wo_args.routing_settled = true;  // as layers::add_feed_forward runs it
   layers::grouped_gemm(inner, layer.wo, offsets, hidden, wo_args);
 }
 

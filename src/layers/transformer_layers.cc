@@ -88,6 +88,7 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
   ops::GroupedGemmArgs wo_args;
   wo_args.out_rows = &sorted_rows;
   wo_args.out_scale = &probability;
+  wo_args.routing_settled = true;  // the wi GEMM ran in between
   grouped_gemm(inner, moe.wo, offsets, hidden, wo_args);
 }
 

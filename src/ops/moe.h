@@ -39,6 +39,10 @@ struct GroupedGemmArgs {
   // and the residual add of a MoE layer, in the GEMM's epilogue). The out_rows of computed rows must be distinct.
   const Tensor* out_rows = nullptr;
   const Tensor* out_scale = nullptr;
+  // True when offsets and a_rows were written before the last kernel queued ahead of this GEMM (the second GEMM of a
+  // MoE layer: routing ran before the first). On CUDA the GEMM then starts streaming its weights while that kernel
+  // still runs (programmatic dependent launch), and waits for it only before reading a.
+  bool routing_settled = false;
 };
 
 // For every expert e and row i in [offsets[e], offsets[e + 1]): out[i] = act(a[i] · weights[e]^T + bias[e]), with

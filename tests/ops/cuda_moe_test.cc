@@ -478,6 +478,7 @@ TEST(CudaMoe, GroupedGemmAddToRowsMatchesCpu) {
       ops::GroupedGemmArgs args;
       args.out_rows = &targets_cuda;
       args.out_scale = &scale_cuda;
+      args.routing_settled = true;  // as a MoE layer's wo GEMM runs (the offsets were copied before any kernel here)
       ops::grouped_gemm(to_cuda(a, dtype), to_cuda(w, dtype), int_tensor(offsets, Device::CUDA), hidden, args);
       const Tensor got = to_cpu_float(hidden);
       EXPECT_TRUE(relative_l2_within(got, expected, tolerance_for(dtype)));
@@ -508,6 +509,7 @@ Tensor moe_layer(const Tensor& x, const Tensor& router, const Tensor& active, co
   ops::GroupedGemmArgs wo_args;
   wo_args.out_rows = &sorted_rows;
   wo_args.out_scale = &probability;
+  wo_args.routing_settled = true;  // the wo GEMM streams its weights while the wi GEMM runs
   ops::grouped_gemm(inner, wo, offsets, hidden, wo_args);
   return hidden;
 }

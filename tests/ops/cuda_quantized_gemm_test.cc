@@ -82,6 +82,7 @@ void expect_quantized_gemm_matches_cpu(const QuantCase& tc, int bits, int64_t gr
   if (args.out_rows) {
     args.out_rows = &permutation_cuda;
     args.out_scale = &scale_cuda;
+    args.routing_settled = true;  // as a MoE layer's wo GEMM runs (the offsets were copied before any kernel here)
   }
   Tensor out = variant == Variant::AddToRows ? to_cuda(hidden0, dtype) : poisoned({rows, tc.n}, dtype, Device::CUDA);
   ops::grouped_gemm(to_cuda(a, dtype), w_cuda, int_tensor(offsets, Device::CUDA), out, args);
