@@ -26,7 +26,17 @@ Tensor RmsNorm::linear(const Tensor& x, const Tensor& weights) const {
 }
 
 Tensor RmsNorm::linear(const Tensor& x, const Weight& w) const {
-  return w.quantized.defined() ? layers::linear((*this)(x), w) : linear(x, w.dense);
+  Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
+  linear(x, w, y);
+  return y;
+}
+
+void RmsNorm::linear(const Tensor& x, const Weight& w, Tensor& y) const {
+  if (w.quantized.defined()) {
+    ops::rms_norm_linear(x, weight, epsilon, w.quantized, y);
+  } else {
+    ops::rms_norm_linear(x, weight, epsilon, w.dense, y);
+  }
 }
 
 Tensor linear(const Tensor& x, const Weight& w) {
@@ -45,10 +55,12 @@ void linear(const Tensor& x, const Weight& w, Tensor& y) {
   ops::gemm(x, w.dense, y, args);
 }
 
-// Dense: the residual add rides in the GEMM (beta = 1), no separate add kernel, no temporary.
+// The residual add rides in the GEMM (beta = 1, or the quantized Linear accumulating).
 void add_linear(const Tensor& x, const Weight& w, Tensor& hidden) {
   if (w.quantized.defined()) {
-    ops::add_in_place(hidden, linear(x, w));
+    ops::QuantizedLinearArgs args;
+    args.accumulate = true;
+    ops::quantized_linear(x, w.quantized, hidden, args);
     return;
   }
   ops::GemmArgs args;
@@ -138,12 +150,12 @@ void add_attention_projection(const MultiHeadAttention& attention, const Tensor&
 
 Tensor project_qkv(const MultiHeadAttention& attention, const RmsNorm& norm, const Tensor& x) {
   if (attention.qkv.defined()) return norm.linear(x, attention.qkv);
-  const Tensor normalized = norm(x);
+  // Three projections, each normalizing the rows itself where one launch can (ops::rms_norm_linear).
   Tensor qkv = Tensor::empty({3, x.dim(0), attention.q.dim(0)}, x.dtype(), x.device());
   const Weight* weights[] = {&attention.q, &attention.k, &attention.v};
   for (int i = 0; i < 3; ++i) {
     Tensor y = stacked(qkv, i);
-    linear(normalized, *weights[i], y);
+    norm.linear(x, *weights[i], y);
   }
   return qkv;
 }

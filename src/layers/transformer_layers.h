@@ -30,7 +30,7 @@ struct Weight {
 Tensor linear(const Tensor& x, const Weight& w);
 // The same into y [rows, n] (a view of a larger tensor may be given).
 void linear(const Tensor& x, const Weight& w, Tensor& y);
-// hidden += x · w^T: a residual add in the GEMM (beta = 1) for dense weights, after it for quantized ones.
+// hidden += x · w^T: a residual add in the GEMM (beta = 1; quantized: ops::quantized_linear accumulating).
 void add_linear(const Tensor& x, const Weight& w, Tensor& hidden);
 
 struct RmsNorm {
@@ -42,8 +42,9 @@ struct RmsNorm {
   // [rows, n], or by every weight of a stack [count, n, d_model] into [count, rows, n]. One launch on CUDA for a
   // decode step's few rows (ops::rms_norm_linear).
   Tensor linear(const Tensor& x, const Tensor& weights) const;
-  // The same by a Linear weight in either form (quantized: the norm, then layers::linear).
+  // The same by a Linear weight in either form, into a new tensor or into y [rows, n] (a view may be given).
   Tensor linear(const Tensor& x, const Weight& w) const;
+  void linear(const Tensor& x, const Weight& w, Tensor& y) const;
 };
 
 struct MultiHeadAttention {

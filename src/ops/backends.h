@@ -16,7 +16,7 @@
 #define ELEPHANT_BACKEND_OPS                                                                                           \
   void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);                                        \
   void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);                                                \
-  void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y);                                    \
+  void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const QuantizedLinearArgs& args);   \
   void add_in_place(Tensor& hidden, const Tensor& y);                                                                  \
   void scale_in_place(Tensor& x, float factor);                                                                        \
   void add_scalar(Tensor& x, int32_t value);                                                                           \

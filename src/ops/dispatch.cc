@@ -94,7 +94,7 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
   return y;
 }
 
-void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const QuantizedLinearArgs& args) {
   check_quantized(weight, "quantized_linear weight");
   same_device("quantized_linear", x, y);
   check_floating("quantized_linear", x);
@@ -105,7 +105,7 @@ void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y)
                                  describe(weight.values) + " (logical [" + std::to_string(weight.dim(0)) + ", " +
                                  std::to_string(weight.dim(-1)) + "]), y " + describe(y));
   if (y.numel() == 0) return;
-  ELEPHANT_DISPATCH(x.device(), quantized_linear(x, weight, y));
+  ELEPHANT_DISPATCH(x.device(), quantized_linear(x, weight, y, args));
 }
 
 void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
@@ -158,6 +158,22 @@ void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, cons
     args.b_is_weight = true;
     gemm(normalized, weights, y, args);
   }
+}
+
+void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const QuantizedTensor& weight, Tensor& y) {
+  same_device("rms_norm_linear", x, norm_weight);
+  if (x.rank() != 2 || norm_weight.shape() != Shape{x.dim(1)} || norm_weight.dtype() != x.dtype())
+    fail("rms_norm_linear", "x " + describe(x) + ", norm weight " + describe(norm_weight));
+#ifdef ELEPHANT_WITH_CUDA
+  if (x.device() == Device::CUDA && weight.device() == Device::CUDA && y.device() == Device::CUDA &&
+      weight.shape.size() == 2 && x.dim(1) == weight.dim(1) && y.shape() == Shape{x.dim(0), weight.dim(0)} &&
+      y.dtype() == x.dtype() && cuda::small_m_rms_norm_quantized_linear(x, norm_weight, eps, weight, y))
+    return;
+#endif
+  // Everywhere else the separate ops (quantized_linear checks the rest), whose rounding the fused kernel reproduces.
+  Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
+  rms_norm(x, norm_weight, eps, normalized);
+  quantized_linear(normalized, weight, y);
 }
 
 void add_in_place(Tensor& hidden, const Tensor& y) {

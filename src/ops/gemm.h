@@ -22,12 +22,16 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args = {}
 // y[..., n] = x[..., k] · weight[n, k]^T: a Linear layer without bias, output in x's dtype and device (b_is_weight).
 Tensor linear(const Tensor& x, const Tensor& weight);
 
+struct QuantizedLinearArgs {
+  bool accumulate = false;  // y += x · weight^T (a residual add) instead of y = x · weight^T
+};
+
 // y[rows, n] = x[rows, k] · weight^T for a Linear weight [n, k] quantized to int8 or int4
 // (quantization/quantized_tensor.h): x and y in the compute dtype, accumulated in float32. CPU: the weight
 // dequantized into float32, then the BLAS sgemm. CUDA: for 1-4 rows against int8 weights the small-m kernel, each
-// code times its scale as it streams in; otherwise the quantized grouped GEMM (ops/moe.h) with one group of all rows,
-// dequantizing in its main loop.
-void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y);
+// code times its scale as it streams in (accumulating in its epilogue); otherwise the quantized grouped GEMM
+// (ops/moe.h) with one group of all rows, dequantizing in its main loop (accumulating through a separate add).
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const QuantizedLinearArgs& args = {});
 
 // y[i] = x · weights[i]^T for every Linear weight of a stack: x [rows, k], weights [count, n, k], y [count, rows, n]
 // in x's dtype. One launch on CUDA (a strided batched GEMM): the query, key and value projections of the same
@@ -42,5 +46,8 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
 // bits as the ops it replaces); otherwise those ops.
 void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
                      float scale = 1.0f);
+// The same with a quantized Linear weight [n, k] (quantized_linear): on CUDA, for 1-4 rows against int8 weights, one
+// launch of the small-m kernel; otherwise rms_norm, then quantized_linear.
+void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const QuantizedTensor& weight, Tensor& y);
 
 }  // namespace elephant::ops

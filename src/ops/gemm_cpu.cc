@@ -22,10 +22,12 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
                 weights.data<float>() + i * n * k, k, 0.0f, y.data<float>() + i * m * n, n);
 }
 
-void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const QuantizedLinearArgs& args) {
   Tensor dense = Tensor::empty({weight.dim(0), weight.dim(1)}, DType::F32, Device::CPU);
   dequantize_matrix(weight, 0, dense.data<float>());
-  cpu::gemm(x, dense, y, GemmArgs{});
+  GemmArgs gemm_args;
+  gemm_args.beta = args.accumulate ? 1.0f : 0.0f;
+  cpu::gemm(x, dense, y, gemm_args);
 }
 
 }  // namespace elephant::ops::cpu

@@ -25,7 +25,12 @@ bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& a
 bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
 // ops::quantized_linear with int8 weights (per channel or per group) when the kernel applies (at most kSmallMMaxRows
 // rows of F16 or BF16, k a multiple of 16, x and the codes 16-byte aligned). Otherwise returns false and does nothing.
-bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y);
+// accumulate: y += the product (in the kernel's epilogue, beta = 1).
+bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, bool accumulate);
+// ops::rms_norm_linear with an int8 weight in one launch, under the same conditions, k at most 4096 and the norm
+// weight 16-byte aligned.
+bool small_m_rms_norm_quantized_linear(const Tensor& x, const Tensor& norm_weight, float eps,
+                                       const QuantizedTensor& weight, Tensor& y);
 // ops::rms_norm_linear in one launch, the norm inside the small-m kernel, when that kernel applies, k is at most 4096
 // and the norm weight is 16-byte aligned. Otherwise returns false and does nothing.
 bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,

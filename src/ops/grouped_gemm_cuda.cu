@@ -964,9 +964,16 @@ void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor&
 }
 
 // 1-4 rows against int8 weights: the weight-streaming kernel (gemm_cuda.h); else one group of all rows (offsets null).
-void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
-  if (small_m_quantized_linear(x, weight, y)) return;
-  grouped_gemm_of(x, Shape{1, weight.dim(0), weight.dim(1)}, nullptr, y, {}, quantized_weights(weight));
+void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const QuantizedLinearArgs& args) {
+  if (small_m_quantized_linear(x, weight, y, args.accumulate)) return;
+  const Shape shape{1, weight.dim(0), weight.dim(1)};
+  if (!args.accumulate) {
+    grouped_gemm_of(x, shape, nullptr, y, {}, quantized_weights(weight));
+    return;
+  }
+  Tensor product = Tensor::empty(y.shape(), y.dtype(), Device::CUDA);
+  grouped_gemm_of(x, shape, nullptr, product, {}, quantized_weights(weight));
+  add_in_place(y, product);
 }
 
 }  // namespace elephant::ops::cuda

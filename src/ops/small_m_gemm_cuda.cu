@@ -394,7 +394,11 @@ bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
 
 }  // namespace
 
-bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y) {
+namespace {
+
+// x's 1..kSmallMMaxRows rows against an int8 Linear weight, with what `setup` adds (beta, a norm).
+template <typename Setup>
+bool launch_quantized(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const Setup& setup) {
   const int64_t m = x.dim(0), n = weight.dim(0), k = weight.dim(1);
   if (weight.bits != 8 || (x.dtype() != DType::F16 && x.dtype() != DType::BF16) || m < 1 || m > kSmallMMaxRows ||
       k % 16 != 0 || n > INT32_MAX || k > INT32_MAX || !rt::is_aligned(x.raw()) || !rt::is_aligned(weight.values.raw()))
@@ -412,10 +416,29 @@ bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Te
       p.n = n;
       p.k = k;
       p.w_is_weight = true;
-      launch_variant<T, T, false, 8>(p);
+      setup(p);
+      if (p.norm.weight)
+        launch_variant<T, T, true, 8>(p);
+      else
+        launch_variant<T, T, false, 8>(p);
     }
   });
   return true;
+}
+
+}  // namespace
+
+bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, bool accumulate) {
+  return launch_quantized(x, weight, y, [&](auto& p) { p.beta = accumulate ? 1.0f : 0.0f; });
+}
+
+bool small_m_rms_norm_quantized_linear(const Tensor& x, const Tensor& norm_weight, float eps,
+                                       const QuantizedTensor& weight, Tensor& y) {
+  if (x.dim(1) > kNormMaxK || !rt::is_aligned(norm_weight.raw())) return false;
+  return launch_quantized(x, weight, y, [&](auto& p) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(p.a)>>;
+    p.norm = {norm_weight.data<T>(), eps, 1.0f};
+  });
 }
 
 bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ops/device_helpers.h"
+#include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "ops/moe.h"
 #include "quantization/quantized_tensor.h"
@@ -153,9 +154,36 @@ TEST(CudaQuantizedGemm, LinearMatchesCpu) {
           Tensor expected = Tensor::empty({rows, n});
           ops::quantized_linear(x, w, expected);
           Tensor out = poisoned({rows, n}, dtype, Device::CUDA);
-          ops::quantized_linear(to_cuda(x, dtype), w.to(Device::CUDA), out);
+          const QuantizedTensor w_cuda = w.to(Device::CUDA);
+          const Tensor x_cuda = to_cuda(x, dtype);
+          ops::quantized_linear(x_cuda, w_cuda, out);
           EXPECT_TRUE(relative_l2_within(to_cpu_float(out), expected, tolerance_for(dtype)));
+          // Accumulating: out += x · W^T again, 2x the product (the small-m kernel's beta = 1, or a separate add).
+          ops::QuantizedLinearArgs accumulate;
+          accumulate.accumulate = true;
+          ops::quantized_linear(x_cuda, w_cuda, out, accumulate);
+          ops::scale_in_place(expected, 2.0f);
+          EXPECT_TRUE(relative_l2_within(to_cpu_float(out), expected, tolerance_for(dtype))) << "accumulated";
         }
+}
+
+// The RMS norm inside the int8 small-m kernel (1-4 rows), or the separate ops, against the CPU's separate ops.
+TEST(CudaQuantizedGemm, RmsNormLinearMatchesCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(64);
+  for (int bits : {8, 4})
+    for (DType dtype : testdev::cuda_dtypes())
+      for (const int64_t rows : {1, 3, 4, 8}) {
+        SCOPED_TRACE("int" + std::to_string(bits) + " " + dtype_name(dtype) + " rows=" + std::to_string(rows));
+        const QuantizedTensor w = quantize(random_cpu({1024, 1024}, rng, -0.2f, 0.2f), bits, 0, "w");
+        const Tensor x = rounded_to(random_cpu({rows, 1024}, rng), dtype);
+        const Tensor norm_weight = rounded_to(random_cpu({1024}, rng, 0.5f, 1.5f), dtype);
+        Tensor expected = Tensor::empty({rows, 1024});
+        ops::rms_norm_linear(x, norm_weight, 1e-6f, w, expected);
+        Tensor out = poisoned({rows, 1024}, dtype, Device::CUDA);
+        ops::rms_norm_linear(to_cuda(x, dtype), to_cuda(norm_weight, dtype), 1e-6f, w.to(Device::CUDA), out);
+        EXPECT_TRUE(relative_l2_within(to_cpu_float(out), expected, tolerance_for(dtype)));
+      }
 }
 
 }  // namespace

@@ -15,8 +15,10 @@
 #include <vector>
 
 #include "ops/device_helpers.h"
+#include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "ops/moe.h"
+#include "ops/rms_norm.h"
 #include "quantization/quantized_tensor.h"
 #include "test_utils.h"
 
@@ -167,6 +169,45 @@ TEST(QuantizedLinearTest, MatchesFloatGemmOnDequantizedWeights) {
       ops::quantized_linear(x, q, y);
       EXPECT_TRUE(relative_l2_within(y, ops::linear(x, dequantize(q)), 1e-5));
     }
+}
+
+// accumulate: y += x · W^T (the residual add after o and wo).
+TEST(QuantizedLinearTest, AccumulatesIntoY) {
+  std::mt19937 rng(927);
+  for (const Scheme& scheme : kSchemes) {
+    SCOPED_TRACE(::testing::Message() << "int" << scheme.bits << ", group " << scheme.group_size);
+    const QuantizedTensor q = quantize(random_cpu({96, 256}, rng), scheme.bits, scheme.group_size, "weight");
+    const Tensor x = random_cpu({5, 256}, rng);
+    const Tensor y0 = random_cpu({5, 96}, rng);
+    Tensor y = y0.clone();
+    ops::QuantizedLinearArgs args;
+    args.accumulate = true;
+    ops::quantized_linear(x, q, y, args);
+    Tensor expected = y0.clone();
+    ops::add_in_place(expected, ops::linear(x, dequantize(q)));
+    EXPECT_TRUE(relative_l2_within(y, expected, 1e-5));
+  }
+}
+
+// The RMS norm and the projection in one op: on the CPU exactly rms_norm, then quantized_linear.
+TEST(QuantizedLinearTest, RmsNormLinearIsNormThenLinear) {
+  std::mt19937 rng(928);
+  const QuantizedTensor q = quantize(random_cpu({96, 256}, rng), 8, 0, "weight");
+  const Tensor x = random_cpu({3, 256}, rng);
+  const Tensor norm_weight = random_cpu({256}, rng, 0.5f, 1.5f);
+  Tensor normalized = Tensor::empty({3, 256});
+  ops::rms_norm(x, norm_weight, 1e-6f, normalized);
+  Tensor expected = Tensor::empty({3, 96});
+  ops::quantized_linear(normalized, q, expected);
+  Tensor y = nan_tensor({3, 96});
+  ops::rms_norm_linear(x, norm_weight, 1e-6f, q, y);
+  EXPECT_EQ(y.to_vector<float>(), expected.to_vector<float>());
+  Tensor wrong = Tensor::empty({3, 95});
+  EXPECT_CONTAINS(error_of<std::invalid_argument>([&] { ops::rms_norm_linear(x, norm_weight, 1e-6f, q, wrong); }),
+                  "quantized_linear");
+  EXPECT_CONTAINS(
+      error_of<std::invalid_argument>([&] { ops::rms_norm_linear(x, random_cpu({255}, rng), 1e-6f, q, y); }),
+      "rms_norm_linear");
 }
 
 TEST(QuantizedLinearTest, MismatchedShapesNameThem) {
