@@ -15,6 +15,7 @@
 #include <random>
 #include <sstream>
 
+#include "core/cuda_graph.h"
 #include "core/device_memory.h"
 #include "elephant/error.h"
 #include "elephant/translator.h"
@@ -67,7 +68,9 @@ int main(int argc, char** argv) {
     std::mt19937 rng(static_cast<unsigned>(seed));
     std::uniform_int_distribution<int> token(3, vocab - 1);  // no pad (0), eos (1) or unk (2) inside a source
     nlohmann::json rows = nlohmann::json::array();
-    std::printf("| batch | beam | input tok/s | median batch ms | peak GPU memory GiB |\n|---|---|---|---|---|\n");
+    std::printf(
+        "| batch | beam | input tok/s | median batch ms | peak GPU memory GiB | graph captures per batch | capture ms "
+        "per batch (record + instantiate) |\n|---|---|---|---|---|---|---|\n");
     for (const int beam : parse_list(beams)) {
       for (const int batch : parse_list(batch_sizes)) {
         TranslationOptions options;
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
         std::vector<double> seconds;
         reset_cuda_peak_memory();
         for (int i = 0; i < warmup + batches; ++i) {
+          if (i == warmup) reset_cuda_graph_capture_stats();
           std::vector<std::vector<int>> sources(static_cast<size_t>(batch));
           for (auto& source : sources) {
             for (int t = 0; t + 1 < input_length; ++t) source.push_back(token(rng));
@@ -96,13 +100,21 @@ int main(int argc, char** argv) {
         const double median = seconds[seconds.size() / 2];
         const double tokens_per_second = static_cast<double>(batch) * input_length / median;
         const double peak_gib = static_cast<double>(cuda_memory_usage().peak_bytes) / (1u << 30);
-        std::printf("| %d | %d | %.0f | %.1f | %.2f |\n", batch, beam, tokens_per_second, median * 1e3, peak_gib);
+        const CudaGraphCaptureStats graphs = cuda_graph_capture_stats();
+        const double captures = static_cast<double>(graphs.captures) / batches;
+        const double record_ms = graphs.record_seconds * 1e3 / batches;
+        const double instantiate_ms = graphs.instantiate_seconds * 1e3 / batches;
+        std::printf("| %d | %d | %.0f | %.1f | %.2f | %.1f | %.2f + %.2f |\n", batch, beam, tokens_per_second,
+                    median * 1e3, peak_gib, captures, record_ms, instantiate_ms);
         std::fflush(stdout);
         rows.push_back({{"batch", batch},
                         {"beam", beam},
                         {"input_tokens_per_s", tokens_per_second},
                         {"median_batch_s", median},
-                        {"peak_gpu_bytes", cuda_memory_usage().peak_bytes}});
+                        {"peak_gpu_bytes", cuda_memory_usage().peak_bytes},
+                        {"graph_captures_per_batch", captures},
+                        {"graph_record_ms_per_batch", record_ms},
+                        {"graph_instantiate_ms_per_batch", instantiate_ms}});
       }
     }
     if (!json_path.empty())

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 
@@ -27,5 +29,20 @@ class CudaGraph {
   struct Executable;
   std::unique_ptr<Executable> executable_;
 };
+
+// Host time spent making graphs since the last reset, over all threads: recording the work (the callable queuing it
+// into the capture) and instantiating it. A decode captures its step once per row count; bench_translate prints this
+// to show what that costs a translate call.
+struct CudaGraphCaptureStats {
+  int64_t captures = 0;
+  double record_seconds = 0.0;
+  double instantiate_seconds = 0.0;
+};
+CudaGraphCaptureStats cuda_graph_capture_stats();
+void reset_cuda_graph_capture_stats();
+
+namespace detail {
+void add_capture_time(std::chrono::nanoseconds record, std::chrono::nanoseconds instantiate);
+}  // namespace detail
 
 }  // namespace elephant

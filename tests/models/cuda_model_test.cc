@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "core/cuda_graph.h"
 #include "decoding/search.h"
 #include "models/encoder_decoder.h"
 #include "models/golden_data.h"
@@ -132,6 +133,26 @@ TEST(CudaGraphSteps, ReplayedStepsEqualLaunchedSteps) {
         state_launched->set_active_rows(active);
       }
     }
+  }
+}
+
+// The capture statistics bench_translate prints count each recording: a decode's first step with a new row count
+// runs kernel by kernel and the second is recorded; the next decode with as many rows records its first step; replays
+// record nothing.
+TEST(CudaGraphSteps, CaptureStatsCountEachRecording) {
+  ELEPHANT_REQUIRE_CUDA();
+  const Golden golden = load_golden(golden_names().front());
+  auto model = load_model(golden.model_dir, {Device::CUDA, DType::F32, true, {}});
+  const EncoderOutput encoded = model->encode(golden.sources);
+  reset_cuda_graph_capture_stats();
+  for (int decode = 0; decode < 2; ++decode) {
+    auto state = model->start_decoding(encoded, 1, 4);
+    for (int step = 0; step < 4; ++step)
+      model->step(*state, std::vector<int32_t>(static_cast<size_t>(state->rows()), 5 + step));
+    const CudaGraphCaptureStats stats = cuda_graph_capture_stats();
+    EXPECT_EQ(stats.captures, decode + 1) << "decode " << decode;
+    EXPECT_GT(stats.record_seconds, 0.0);
+    EXPECT_GT(stats.instantiate_seconds, 0.0);
   }
 }
 

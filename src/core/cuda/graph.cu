@@ -16,6 +16,8 @@ CudaGraph::CudaGraph(CudaGraph&&) noexcept = default;
 CudaGraph& CudaGraph::operator=(CudaGraph&&) noexcept = default;
 
 void CudaGraph::capture(const std::function<void()>& record) {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
   cudaStream_t stream = cuda::stream();
   // Thread-local mode: another thread's decode (its own stream) may keep allocating and launching meanwhile.
   ELEPHANT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
@@ -28,6 +30,7 @@ void CudaGraph::capture(const std::function<void()>& record) {
     cudaGetLastError();
     throw;
   }
+  const Clock::time_point recorded = Clock::now();
   cudaGraph_t graph = nullptr;
   ELEPHANT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
   auto executable = std::make_unique<Executable>();
@@ -35,6 +38,7 @@ void CudaGraph::capture(const std::function<void()>& record) {
   cudaGraphDestroy(graph);
   ELEPHANT_CUDA_CHECK(instantiated);
   executable_ = std::move(executable);
+  detail::add_capture_time(recorded - start, Clock::now() - recorded);
 }
 
 void CudaGraph::replay() const {
