@@ -21,8 +21,13 @@
 #            --quantize-non-experts (next to the transformers numbers when table3 ran in the same call)
 #   cpu      bench_cpu
 #   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
+#   ab       one bench_cuda_moe filter (AB_FILTER) under each value of an environment switch (AB_VAR, AB_VALUES;
+#            "unset" runs without it), medians side by side: an A/B in one build
+#   translate bench_translate alone on the paper-shaped model (TRANSLATE_FLAGS; default batch 1 and 8 greedy), with
+#            the graph captures and their host time per batch
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1; PROFILE_FLAGS: more
-#            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels
+#            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels. The H100 machine of
+#            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
 #   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -234,6 +239,44 @@ for k in runs["none"]:
           f"{t['int8']:,.0f}{ratio('int8')} | {t['int4']:,.0f}{ratio('int4')} | {t['int4ne']:,.0f}{ratio('int4ne')} | "
           f"{t['int8'] / t['none']:.2f} | {t['int4'] / t['none']:.2f} | {t['int4ne'] / t['none']:.2f} | {peak} |")
 PY
+fi
+
+if [[ $stages == *" ab "* ]]; then
+  # One build, one benchmark filter, several values of one environment switch side by side (an A/B of a change kept
+  # behind a variable until it is decided): AB_VAR, AB_VALUES ("unset" runs without it), AB_FILTER (bench_cuda_moe).
+  : "${AB_VAR:?ab needs AB_VAR}"
+  values=${AB_VALUES:-unset 1}
+  for v in $values; do
+    if [ "$v" = unset ]; then run=(env -u "$AB_VAR"); else run=(env "$AB_VAR=$v"); fi
+    "${run[@]}" build-device/bin/bench_cuda_moe --benchmark_filter="${AB_FILTER:-ExpertGemm/(fp16|int8|int4)/32/}" \
+      --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_format=json \
+      --benchmark_out="$logs/ab_$v.json" --benchmark_out_format=json >/dev/null 2>"$logs/ab_$v.txt" || status=1
+  done
+  echo "== A/B of $AB_VAR (bench_cuda_moe medians, us)"
+  python3 - "$logs" $values <<'PY' || status=1
+import json, sys
+logs, values = sys.argv[1], sys.argv[2:]
+runs = {}
+for v in values:
+    for b in json.load(open(f"{logs}/ab_{v}.json"))["benchmarks"]:
+        if b.get("aggregate_name") == "median":
+            runs.setdefault(b["run_name"].split("/min_time")[0], {})[v] = b["real_time"]
+print("| benchmark | " + " | ".join(values) + " |")
+print("|---|" + "---|" * len(values))
+for name, times in runs.items():
+    print(f"| {name} | " + " | ".join(f"{times[v]:.1f}" if v in times else "-" for v in values) + " |")
+PY
+fi
+
+if [[ $stages == *" translate "* ]]; then
+  # The engine alone on the paper-shaped model (no transformers run): TRANSLATE_FLAGS for bench_translate.
+  model=build-device/paper_model
+  [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
+  echo "== bench_translate ${TRANSLATE_FLAGS:---batch-sizes 1,8 --beams 1 --batches 5} (engine only)"
+  # shellcheck disable=SC2086
+  build-device/bin/bench_translate "$model" --device cuda --dtype fp16 \
+    ${TRANSLATE_FLAGS:---batch-sizes 1,8 --beams 1 --batches 5} 2>&1 | tee "$logs/translate.txt" | grep '^|' ||
+    status=1
 fi
 
 if [[ $stages == *" profile "* ]]; then
