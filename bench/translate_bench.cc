@@ -5,7 +5,12 @@
 // high-water mark: weights, activations, caches).
 //
 //   build/bin/bench_translate MODEL_DIR [--device cuda] [--dtype fp16] [--batch-sizes 1,8,32,96] [--beams 1,2]
-//                             [--quantize int8|int4]
+//                             [--quantize int8|int4] [--steps-only]
+//
+// --steps-only times the decode step alone instead: new_tokens - 2 steps of a greedy-sized batch queued back to back
+// (replayed from their CUDA graph), nothing read back and no search around them. Next to the whole translation's
+// time per step it separates the step's device time from what the search adds (bookkeeping kernels, the host's
+// turnaround for the finished flags).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -19,6 +24,7 @@
 #include "core/device_memory.h"
 #include "elephant/error.h"
 #include "elephant/translator.h"
+#include "models/encoder_decoder.h"
 
 namespace {
 
@@ -29,6 +35,47 @@ std::vector<int> parse_list(const std::string& text) {
   return values;
 }
 
+// Seconds per decode step of `batch` random sources, steps 2 .. steps - 1 queued back to back after a synchronization
+// (step 0 and 1 make and record the graph), the same ids fed every step.
+double seconds_per_step(elephant::EncoderDecoderModel& model, int batch, int input_length, int steps,
+                        std::mt19937& rng) {
+  using namespace elephant;
+  std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
+  std::vector<std::vector<int32_t>> sources(static_cast<size_t>(batch));
+  for (auto& source : sources) {
+    for (int t = 0; t + 1 < input_length; ++t) source.push_back(token(rng));
+    source.push_back(model.special_tokens().eos);
+  }
+  const Device device = model.options().device;
+  const EncoderOutput encoded = model.encode(sources);
+  auto state = model.start_decoding(encoded, 1, steps);
+  const Tensor ids = Tensor::from_vector(std::vector<int32_t>(static_cast<size_t>(batch), token(rng)), {batch}, device);
+  model.step(*state, ids);
+  model.step(*state, ids);
+  device_synchronize(device);
+  const auto start = std::chrono::steady_clock::now();
+  for (int s = 2; s < steps; ++s) model.step(*state, ids);
+  device_synchronize(device);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / (steps - 2);
+}
+
+int time_steps_only(const std::string& model_dir, const elephant::ModelOptions& options,
+                    const std::vector<int>& batch_sizes, int input_length, int steps, int batches, int seed) {
+  using namespace elephant;
+  if (steps < 3) throw UsageError("--steps-only needs --new-tokens of at least 3");
+  auto model = load_model(model_dir, options);
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::printf("| batch | decode step ms (steps queued back to back, median of %d decodes) |\n|---|---|\n", batches);
+  for (const int batch : batch_sizes) {
+    std::vector<double> seconds;
+    for (int i = 0; i < batches; ++i) seconds.push_back(seconds_per_step(*model, batch, input_length, steps, rng));
+    std::sort(seconds.begin(), seconds.end());
+    std::printf("| %d | %.3f |\n", batch, seconds[seconds.size() / 2] * 1e3);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -36,7 +83,7 @@ int main(int argc, char** argv) {
   std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path,
                          quantize = "none";
   int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
-  bool no_cuda_graphs = false, no_pipeline = false, quantize_non_experts = false;
+  bool no_cuda_graphs = false, no_pipeline = false, quantize_non_experts = false, steps_only = false;
   app.add_option("model_dir", model_dir)->required();
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
@@ -52,11 +99,22 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "int8", "int4"}));
   app.add_flag("--quantize-non-experts", quantize_non_experts, "attention and dense FFN weights in int8 too");
   app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
+  app.add_flag("--steps-only", steps_only,
+               "time the decode step alone (greedy-sized batches, steps queued back to back, no search)");
   app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     using namespace elephant;
+    if (steps_only) {
+      ModelOptions options;
+      options.device = device == "cpu" ? Device::CPU : Device::CUDA;
+      options.dtype = dtype == "fp32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : DType::F16;
+      options.cuda_graphs = !no_cuda_graphs;
+      options.quantize = {quantize == "int8" ? 8 : quantize == "int4" ? 4 : 0, 0};
+      options.quantize_non_experts = quantize_non_experts;
+      return time_steps_only(model_dir, options, parse_list(batch_sizes), input_length, new_tokens, batches, seed);
+    }
     TranslatorOptions translator_options;
     translator_options.device = parse_device_request(device);
     translator_options.compute_type = parse_compute_type(dtype);

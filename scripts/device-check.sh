@@ -24,7 +24,7 @@
 #   ab       one bench_cuda_moe filter (AB_FILTER) under each value of an environment switch (AB_VAR, AB_VALUES;
 #            "unset" runs without it), medians side by side: an A/B in one build
 #   translate bench_translate alone on the paper-shaped model (TRANSLATE_FLAGS; default batch 1 and 8 greedy), with
-#            the graph captures and their host time per batch
+#            the graph captures and their host time per batch, then again with --steps-only (the decode step alone)
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1; PROFILE_FLAGS: more
 #            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels. The H100 machine of
 #            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
@@ -277,6 +277,11 @@ if [[ $stages == *" translate "* ]]; then
   build-device/bin/bench_translate "$model" --device cuda --dtype fp16 \
     ${TRANSLATE_FLAGS:---batch-sizes 1,8 --beams 1 --batches 5} 2>&1 | tee "$logs/translate.txt" | grep '^|' ||
     status=1
+  # The step alone (queued back to back, no search): the difference to the per-step time above is the search's.
+  # shellcheck disable=SC2086
+  build-device/bin/bench_translate "$model" --device cuda --dtype fp16 \
+    ${TRANSLATE_FLAGS:---batch-sizes 1,8 --beams 1 --batches 5} --steps-only 2>&1 | tee "$logs/translate_steps.txt" |
+    grep '^|' || status=1
 fi
 
 if [[ $stages == *" profile "* ]]; then
