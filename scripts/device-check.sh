@@ -10,13 +10,14 @@
 #   tests    ctest, every suite (the GPU suites run; nothing may be skipped there)
 #   gpu      only the GPU suites (ctest -R Cuda, or GPU_FILTER): the quick check after a CUDA change
 #   memcheck compute-sanitizer memcheck over the GPU suites (elephant_tests --gtest_filter=*Cuda*, or MEMCHECK_FILTER)
-#   bench    bench_cuda_moe (one MoE layer, fp16/bf16; BENCH_FILTER: a benchmark filter) next to
+#   bench    bench_cuda_moe's MoE layer rows (BENCH_FILTER: another benchmark filter) next to
 #            tools/bench/moe_layer_torch.py (torch._grouped_mm)
 #   table3   the paper-shaped model (made once, ~10.6 GB in build-device/paper_model): bench_translate (engine, and
 #            again without one feature, TABLE3_ABLATION: no-pdl (default), no-pipeline, no-graphs or none) next to
 #            tools/bench/hf_generate_bench.py (transformers fp16 generate)
 #   quant    bench_cuda_moe's quantized rows: the paper's Table 1 (ExpertGemm: 40 tokens over 1-32 experts, fp16 /
-#            int8 / int4 wi GEMM) and the MoE layer with int8 / int4 experts next to fp16
+#            int8 / int4 wi GEMM; ExpertGemmCutlass: the int4 candidate on CUTLASS's mixed-input grouped GEMM) and the
+#            MoE layer with int8 / int4 experts next to fp16
 #   table3q  Table 3 with quantized experts: bench_translate fp16, --quantize int8, --quantize int4, and int4 with
 #            --quantize-non-experts (next to the transformers numbers when table3 ran in the same call)
 #   cpu      bench_cpu
@@ -98,7 +99,7 @@ if [[ $stages == *" memcheck "* ]]; then
 fi
 
 if [[ $stages == *" bench "* ]]; then
-  build-device/bin/bench_cuda_moe --benchmark_filter="${BENCH_FILTER:-.}" --benchmark_repetitions=5 \
+  build-device/bin/bench_cuda_moe --benchmark_filter="${BENCH_FILTER:-MoeLayer/}" --benchmark_repetitions=5 \
     --benchmark_report_aggregates_only=true \
     --benchmark_format=console --benchmark_out="$logs/bench_cuda_moe.json" --benchmark_out_format=json \
     >"$logs/bench_cuda_moe.txt" 2>&1 || status=1
@@ -122,27 +123,42 @@ PY
 fi
 
 if [[ $stages == *" quant "* ]]; then
-  build-device/bin/bench_cuda_moe --benchmark_filter='ExpertGemm|MoeLayer/(fp16|int8|int4)' \
+  build-device/bin/bench_cuda_moe --benchmark_filter='ExpertGemm/|MoeLayer/(fp16|int8|int4)/' \
     --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_format=json \
     --benchmark_out="$logs/bench_quant.json" --benchmark_out_format=json >/dev/null 2>"$logs/bench_quant.txt" ||
     status=1
+  # The CUTLASS candidate in a run of its own: should it fail, the engine's rows above are already written.
+  build-device/bin/bench_cuda_moe --benchmark_filter='ExpertGemmCutlass/' \
+    --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_format=json \
+    --benchmark_out="$logs/bench_quant_cutlass.json" --benchmark_out_format=json >/dev/null \
+    2>"$logs/bench_quant_cutlass.txt" || { echo "ExpertGemmCutlass failed: $logs/bench_quant_cutlass.txt"; status=1; }
   echo "== quantized experts, fp16 activations (CUDA graph replay; medians, us per call)"
-  python3 - "$logs/bench_quant.json" <<'PY' || status=1
-import json, sys
+  python3 - "$logs/bench_quant.json" "$logs/bench_quant_cutlass.json" <<'PY' || status=1
+import json, os, sys
 rows = {}
-for b in json.load(open(sys.argv[1]))["benchmarks"]:
+for b in [b for path in sys.argv[1:] if os.path.exists(path) and os.path.getsize(path) > 0
+          for b in json.load(open(path))["benchmarks"]]:
     if b.get("aggregate_name") == "median":
         kind, fmt, arg = b["run_name"].split("/")[:3]
         rows[(kind, fmt, int(arg))] = b
+cell = lambda r: f"{r['real_time']:.1f} ({r['floor_us'] / r['real_time']:.2f})" if r else "-"
 for kind, label in (("ExpertGemm", "active experts"), ("MoeLayer", "tokens")):
     args = sorted({a for k, _, a in rows if k == kind})
     print(f"| {kind}: {label} | fp16 us (of floor) | int8 us (of floor) | int8 speedup | int4 us (of floor) | int4 speedup |")
     print("|---|---|---|---|---|---|")
     for a in args:
         f, i8, i4 = (rows.get((kind, fmt, a)) for fmt in ("fp16", "int8", "int4"))
-        cell = lambda r: f"{r['real_time']:.1f} ({r['floor_us'] / r['real_time']:.2f})" if r else "-"
         speed = lambda r: f"{f['real_time'] / r['real_time']:.2f}x" if r and f else "-"
         print(f"| {a} | {cell(f)} | {cell(i8)} | {speed(i8)} | {cell(i4)} | {speed(i4)} |")
+# The candidate int4 kernel (CUTLASS's mixed-input grouped GEMM) against the engine's fp16 and int4 Table 1 rows.
+cutlass = {a: r for (k, _, a), r in rows.items() if k == "ExpertGemmCutlass"}
+if cutlass:
+    print("| active experts | CUTLASS int4 us (of floor) | speedup over engine fp16 | over engine int4 |")
+    print("|---|---|---|---|")
+    for a, r in sorted(cutlass.items()):
+        f, i4 = rows.get(("ExpertGemm", "fp16", a)), rows.get(("ExpertGemm", "int4", a))
+        ratio = lambda base: f"{base['real_time'] / r['real_time']:.2f}x" if base else "-"
+        print(f"| {a} | {cell(r)} | {ratio(f)} | {ratio(i4)} |")
 PY
 fi
 
