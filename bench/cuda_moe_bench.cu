@@ -26,6 +26,7 @@
 #include "layers/transformer_layers.h"
 #include "mixed_input_sm90.h"
 #include "ops/elementwise.h"
+#include "ops/grouped_gemm_sm90.h"
 #include "ops/moe.h"
 #include "quantization/quantized_tensor.h"
 
@@ -175,7 +176,7 @@ void BM_ExpertGemm(benchmark::State& state, int bits) {
 // Table 1's int4 GEMM through CUTLASS's Hopper mixed-input grouped GEMM (mixed_input_sm90.h), the candidate for the
 // int4 decode path: random codes in CUTLASS's layout, so only its speed compares with ExpertGemm/int4.
 void BM_ExpertGemmCutlassInt4(benchmark::State& state) {
-  if (!bench_sm90::available()) {
+  if (!ops::cuda::sm90::available()) {
     state.SkipWithError("CUTLASS's sm90 kernels need an sm_90 GPU");
     return;
   }

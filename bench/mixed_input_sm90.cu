@@ -11,12 +11,11 @@
 #include <cutlass/gemm/collective/collective_builder.hpp>
 #include <cutlass/gemm/group_array_problem_shape.hpp>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
-#include <string>
 
 #include "core/cuda/runtime.cuh"
 #include "core/tensor.h"
-#include "elephant/error.h"
 #include "mixed_input_sm90.h"
+#include "ops/cutlass_sm90.cuh"
 
 namespace elephant::bench_sm90 {
 namespace {
@@ -83,47 +82,25 @@ __global__ void write_group_arrays(GroupArrays arrays, const int32_t* __restrict
   }
 }
 
-size_t aligned(size_t offset) { return (offset + 15) / 16 * 16; }
-
 }  // namespace
-
-bool available() {
-  static const bool sm90 = [] {
-    const cudaDeviceProp& properties = rt::device_properties();
-    return properties.major == 9 && properties.minor == 0;
-  }();
-  return sm90;
-}
 
 void run(const Int4GroupedGemm& p) {
   if (p.experts == 0 || p.n == 0) return;
-  const auto experts = static_cast<size_t>(p.experts);
-  size_t bytes = 0;
-  const auto carve = [&](size_t element_bytes) {
-    const size_t at = aligned(bytes);
-    bytes = at + element_bytes * experts;
-    return at;
-  };
-  const size_t at_shapes = carve(sizeof(ProblemShape::UnderlyingProblemShape));
-  const size_t at_weights = carve(sizeof(void*));
-  const size_t at_scales = carve(sizeof(void*));
-  const size_t at_tokens = carve(sizeof(void*));
-  const size_t at_out = carve(sizeof(void*));
-  const size_t at_stride_a = carve(sizeof(StrideA));
-  const size_t at_stride_scale = carve(sizeof(StrideScale));
-  const size_t at_stride_b = carve(sizeof(StrideB));
-  const size_t at_stride_d = carve(sizeof(StrideD));
-  Tensor storage = Tensor::empty({static_cast<int64_t>(aligned(bytes))}, DType::U8, Device::CUDA);
+  const std::vector<size_t> at = ops::cuda::sm90::carve_arrays(
+      static_cast<size_t>(p.experts),
+      {sizeof(ProblemShape::UnderlyingProblemShape), sizeof(void*), sizeof(void*), sizeof(void*), sizeof(void*),
+       sizeof(StrideA), sizeof(StrideScale), sizeof(StrideB), sizeof(StrideD)});
+  Tensor storage = Tensor::empty({static_cast<int64_t>(at.back())}, DType::U8, Device::CUDA);
   auto* base = static_cast<unsigned char*>(storage.raw());
-  GroupArrays arrays{reinterpret_cast<ProblemShape::UnderlyingProblemShape*>(base + at_shapes),
-                     reinterpret_cast<const Int4**>(base + at_weights),
-                     reinterpret_cast<const Half**>(base + at_scales),
-                     reinterpret_cast<const Half**>(base + at_tokens),
-                     reinterpret_cast<Half**>(base + at_out),
-                     reinterpret_cast<StrideA*>(base + at_stride_a),
-                     reinterpret_cast<StrideScale*>(base + at_stride_scale),
-                     reinterpret_cast<StrideB*>(base + at_stride_b),
-                     reinterpret_cast<StrideD*>(base + at_stride_d)};
+  GroupArrays arrays{reinterpret_cast<ProblemShape::UnderlyingProblemShape*>(base + at[0]),
+                     reinterpret_cast<const Int4**>(base + at[1]),
+                     reinterpret_cast<const Half**>(base + at[2]),
+                     reinterpret_cast<const Half**>(base + at[3]),
+                     reinterpret_cast<Half**>(base + at[4]),
+                     reinterpret_cast<StrideA*>(base + at[5]),
+                     reinterpret_cast<StrideScale*>(base + at[6]),
+                     reinterpret_cast<StrideB*>(base + at[7]),
+                     reinterpret_cast<StrideD*>(base + at[8])};
   // Packed rows: W_e and a_e step k codes a row, out_e n elements a token; the scales are n per expert (one group).
   StrideA stride_a{};
   StrideB stride_b{};
@@ -137,28 +114,15 @@ void run(const Int4GroupedGemm& p) {
              static_cast<const Int4*>(p.weights), static_cast<const Half*>(p.scales), static_cast<Half*>(p.out),
              p.experts, p.n, p.k, stride_a, stride_scale, stride_b, stride_d);
 
-  cutlass::KernelHardwareInfo hardware;
-  ELEPHANT_CUDA_CHECK(cudaGetDevice(&hardware.device_id));
-  hardware.sm_count = rt::device_properties().multiProcessorCount;
   typename Gemm::Arguments arguments{
       cutlass::gemm::GemmUniversalMode::kGrouped,
       {p.experts, arrays.shapes, nullptr},
       {arrays.weights, arrays.stride_a, arrays.tokens, arrays.stride_b, arrays.scales, arrays.stride_scale, p.k},
       {{}, nullptr, nullptr, arrays.out, arrays.stride_d},
-      hardware};
+      ops::cuda::sm90::hardware_info()};
   arguments.epilogue.thread.alpha = 1.0f;
   arguments.epilogue.thread.beta = 0.0f;
-  Gemm gemm;
-  const auto check = [](cutlass::Status status, const char* step) {
-    if (status != cutlass::Status::kSuccess)
-      throw Error(std::string("int4 grouped GEMM (CUTLASS sm90): ") + step + ": " + cutlassGetStatusString(status));
-  };
-  check(gemm.can_implement(arguments), "can_implement");
-  Tensor workspace = Tensor::empty({static_cast<int64_t>(std::max<size_t>(Gemm::get_workspace_size(arguments), 1))},
-                                   DType::U8, Device::CUDA);
-  check(gemm.initialize(arguments, workspace.raw(), rt::stream()), "initialize");
-  check(gemm.run(rt::stream()), "run");
-  ELEPHANT_CUDA_CHECK(cudaGetLastError());
+  ops::cuda::sm90::run_gemm<Gemm>(arguments, "int4 grouped GEMM (sm90)");
 }
 
 }  // namespace elephant::bench_sm90

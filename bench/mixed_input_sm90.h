@@ -21,7 +21,7 @@ struct Int4GroupedGemm {
   int experts = 0, n = 0, k = 0;
 };
 
-bool available();                    // an sm_90 GPU
-void run(const Int4GroupedGemm& p);  // on the calling thread's stream
+// On the calling thread's stream; an sm_90 GPU only (ops::cuda::sm90::available()).
+void run(const Int4GroupedGemm& p);
 
 }  // namespace elephant::bench_sm90

@@ -17,6 +17,7 @@
 
 #include "core/cuda/runtime.cuh"
 #include "core/tensor.h"
+#include "ops/cutlass_sm90.cuh"
 #include "ops/grouped_gemm_sm90.h"
 
 namespace elephant::ops::cuda::sm90 {
@@ -91,36 +92,23 @@ __global__ void write_group_arrays(GroupArrays<K, Element> arrays, const int32_t
   }
 }
 
-// Bytes from `offset` rounded up to 16, so each array starts aligned.
-size_t aligned(size_t offset) { return (offset + 15) / 16 * 16; }
-
 template <typename Element, bool RELU>
 void run_typed(const GroupedGemm& p) {
   using K = Kernel<Element, RELU>;
   using Gemm = typename K::Gemm;
-  const auto experts = static_cast<size_t>(p.experts);
-  size_t bytes = 0;
-  const auto carve = [&](size_t element_bytes) {
-    const size_t at = aligned(bytes);
-    bytes = at + element_bytes * experts;
-    return at;
-  };
-  const size_t at_shapes = carve(sizeof(ProblemShape::UnderlyingProblemShape));
-  const size_t at_weights = carve(sizeof(void*));
-  const size_t at_tokens = carve(sizeof(void*));
-  const size_t at_out = carve(sizeof(void*));
-  const size_t at_stride_a = carve(sizeof(typename K::StrideA));
-  const size_t at_stride_b = carve(sizeof(typename K::StrideB));
-  const size_t at_stride_d = carve(sizeof(typename K::StrideD));
-  Tensor storage = Tensor::empty({static_cast<int64_t>(aligned(bytes))}, DType::U8, Device::CUDA);
+  const std::vector<size_t> at =
+      carve_arrays(static_cast<size_t>(p.experts),
+                   {sizeof(ProblemShape::UnderlyingProblemShape), sizeof(void*), sizeof(void*), sizeof(void*),
+                    sizeof(typename K::StrideA), sizeof(typename K::StrideB), sizeof(typename K::StrideD)});
+  Tensor storage = Tensor::empty({static_cast<int64_t>(at.back())}, DType::U8, Device::CUDA);
   auto* base = static_cast<unsigned char*>(storage.raw());
-  GroupArrays<K, Element> arrays{reinterpret_cast<ProblemShape::UnderlyingProblemShape*>(base + at_shapes),
-                                 reinterpret_cast<const Element**>(base + at_weights),
-                                 reinterpret_cast<const Element**>(base + at_tokens),
-                                 reinterpret_cast<Element**>(base + at_out),
-                                 reinterpret_cast<typename K::StrideA*>(base + at_stride_a),
-                                 reinterpret_cast<typename K::StrideB*>(base + at_stride_b),
-                                 reinterpret_cast<typename K::StrideD*>(base + at_stride_d)};
+  GroupArrays<K, Element> arrays{reinterpret_cast<ProblemShape::UnderlyingProblemShape*>(base + at[0]),
+                                 reinterpret_cast<const Element**>(base + at[1]),
+                                 reinterpret_cast<const Element**>(base + at[2]),
+                                 reinterpret_cast<Element**>(base + at[3]),
+                                 reinterpret_cast<typename K::StrideA*>(base + at[4]),
+                                 reinterpret_cast<typename K::StrideB*>(base + at[5]),
+                                 reinterpret_cast<typename K::StrideD*>(base + at[6])};
   // Packed rows, the same for every expert: W_e and a_e step k elements a row, out_e n elements a token.
   typename K::StrideA stride_a{};
   typename K::StrideB stride_b{};
@@ -132,27 +120,14 @@ void run_typed(const GroupedGemm& p) {
              static_cast<const Element*>(p.weights), static_cast<Element*>(p.out), p.experts, p.n, p.k, stride_a,
              stride_b, stride_d);
 
-  cutlass::KernelHardwareInfo hardware;
-  ELEPHANT_CUDA_CHECK(cudaGetDevice(&hardware.device_id));
-  hardware.sm_count = rt::device_properties().multiProcessorCount;
   typename Gemm::Arguments arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
                                      {p.experts, arrays.shapes, nullptr},
                                      {arrays.weights, arrays.stride_a, arrays.tokens, arrays.stride_b},
                                      {{}, nullptr, nullptr, arrays.out, arrays.stride_d},
-                                     hardware};
+                                     hardware_info()};
   arguments.epilogue.thread.alpha = 1.0f;
   arguments.epilogue.thread.beta = 0.0f;
-  Gemm gemm;
-  const auto check = [](cutlass::Status status, const char* step) {
-    if (status != cutlass::Status::kSuccess)
-      throw Error(std::string("grouped_gemm (sm90): CUTLASS ") + step + ": " + cutlassGetStatusString(status));
-  };
-  check(gemm.can_implement(arguments), "can_implement");
-  Tensor workspace = Tensor::empty({static_cast<int64_t>(std::max<size_t>(Gemm::get_workspace_size(arguments), 1))},
-                                   DType::U8, Device::CUDA);
-  check(gemm.initialize(arguments, workspace.raw(), rt::stream()), "initialize");
-  check(gemm.run(rt::stream()), "run");
-  ELEPHANT_CUDA_CHECK(cudaGetLastError());
+  run_gemm<Gemm>(arguments, "grouped_gemm (sm90)");
 }
 
 }  // namespace
