@@ -61,6 +61,19 @@ int64_t first_index_outside(const Tensor& indices, int64_t count, int64_t limit)
   return cpu::call
 #endif
 
+// x [rows, k] by a quantized Linear weight [n, k] into y [rows, n], all on one device, y in x's dtype.
+void check_quantized_linear(const std::string& op, const Tensor& x, const QuantizedTensor& weight, const Tensor& y) {
+  check_quantized(weight, op + " weight");
+  same_device(op, x, y);
+  check_floating(op, x);
+  if (weight.device() != x.device() || weight.scales.device() != x.device() || weight.shape.size() != 2 ||
+      x.rank() != 2 || y.rank() != 2 || x.dim(1) != weight.dim(1) || y.dim(0) != x.dim(0) ||
+      y.dim(1) != weight.dim(0) || y.dtype() != x.dtype())
+    fail(op, "x " + describe(x) + ", int" + std::to_string(weight.bits) + " weight " + describe(weight.values) +
+                 " (logical [" + std::to_string(weight.dim(0)) + ", " + std::to_string(weight.dim(-1)) + "]), y " +
+                 describe(y));
+}
+
 }  // namespace
 
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
@@ -95,15 +108,7 @@ Tensor linear(const Tensor& x, const Tensor& weight) {
 }
 
 void quantized_linear(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const QuantizedLinearArgs& args) {
-  check_quantized(weight, "quantized_linear weight");
-  same_device("quantized_linear", x, y);
-  check_floating("quantized_linear", x);
-  if (weight.device() != x.device() || weight.scales.device() != x.device() || weight.shape.size() != 2 ||
-      x.rank() != 2 || y.rank() != 2 || x.dim(1) != weight.dim(1) || y.dim(0) != x.dim(0) ||
-      y.dim(1) != weight.dim(0) || y.dtype() != x.dtype())
-    fail("quantized_linear", "x " + describe(x) + ", int" + std::to_string(weight.bits) + " weight " +
-                                 describe(weight.values) + " (logical [" + std::to_string(weight.dim(0)) + ", " +
-                                 std::to_string(weight.dim(-1)) + "]), y " + describe(y));
+  check_quantized_linear("quantized_linear", x, weight, y);
   if (y.numel() == 0) return;
   ELEPHANT_DISPATCH(x.device(), quantized_linear(x, weight, y, args));
 }
@@ -161,16 +166,15 @@ void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, cons
 }
 
 void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const QuantizedTensor& weight, Tensor& y) {
+  check_quantized_linear("rms_norm_linear", x, weight, y);
   same_device("rms_norm_linear", x, norm_weight);
-  if (x.rank() != 2 || norm_weight.shape() != Shape{x.dim(1)} || norm_weight.dtype() != x.dtype())
+  if (norm_weight.shape() != Shape{x.dim(1)} || norm_weight.dtype() != x.dtype())
     fail("rms_norm_linear", "x " + describe(x) + ", norm weight " + describe(norm_weight));
+  if (y.numel() == 0) return;
 #ifdef ELEPHANT_WITH_CUDA
-  if (x.device() == Device::CUDA && weight.device() == Device::CUDA && y.device() == Device::CUDA &&
-      weight.shape.size() == 2 && x.dim(1) == weight.dim(1) && y.shape() == Shape{x.dim(0), weight.dim(0)} &&
-      y.dtype() == x.dtype() && cuda::small_m_rms_norm_quantized_linear(x, norm_weight, eps, weight, y))
-    return;
+  if (x.device() == Device::CUDA && cuda::small_m_rms_norm_quantized_linear(x, norm_weight, eps, weight, y)) return;
 #endif
-  // Everywhere else the separate ops (quantized_linear checks the rest), whose rounding the fused kernel reproduces.
+  // Everywhere else the separate ops, whose rounding the fused kernel reproduces.
   Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
   rms_norm(x, norm_weight, eps, normalized);
   quantized_linear(normalized, weight, y);

@@ -326,9 +326,11 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   using WT = WeightTile<C, BITS>;
   constexpr bool kQuantized = BITS != 16;
   // Settled routing: offsets and a_rows were written before the kernel this one may overlap, so the first unit's
-  // weight stages are in flight before the wait; the rest waits as usual (block-uniform).
-  bool must_wait = routing_settled;
-  if (!routing_settled) rt::await_previous_kernel();
+  // weight stages are in flight before the wait; the rest waits as usual (block-uniform). Split launches wait first:
+  // started early they made the MoE layer slower, not faster (H100, 1 token: fp16 19.0 -> 19.7 us, int4 18.4 -> 18.7;
+  // 2 tokens int4 20.9 -> 21.5; why is not known).
+  bool must_wait = routing_settled && !SPLIT;
+  if (!must_wait) rt::await_previous_kernel();
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int chunk_prefix[kMaxMmaExperts + 1];
   unsigned char* const sw = smem;
@@ -715,11 +717,7 @@ void launch_small_tiles(const Problem<T>& p) {
   Tensor own_counters;
   const SplitK split{static_cast<int>(slices), p.rows, partials.data<float>(),
                      split_counters(most_items, own_counters)};
-  // Split launches wait before they stream: started early they made the MoE layer slower, not faster (H100, 1 token:
-  // fp16 19.0 -> 19.7 us, int4 18.4 -> 18.7; 2 tokens int4 20.9 -> 21.5; why is not known).
-  Problem<T> waiting = p;
-  waiting.routing_settled = false;
-  launch_mma<T, C, BITS, true>(waiting, split, most_items * slices);
+  launch_mma<T, C, BITS, true>(p, split, most_items * slices);
 }
 
 // ---- general path (float32, or half-precision shapes the tensor-core path cannot load) ------------------------

@@ -351,12 +351,12 @@ void launch_variant(const Problem<T, CT>& p) {
   }
 }
 
-template <typename T, typename CT>
+template <int BITS, typename T, typename CT>
 void launch(const Problem<T, CT>& p) {
   if (p.norm.weight)
-    launch_variant<T, CT, true, 16>(p);
+    launch_variant<T, CT, true, BITS>(p);
   else
-    launch_variant<T, CT, false, 16>(p);
+    launch_variant<T, CT, false, BITS>(p);
 }
 
 // Launches the problem `setup` fills in, with c's element type: T, or float (the lm_head's float32 logits). The
@@ -375,7 +375,7 @@ void launch_into(const Tensor& a, const Tensor& w, int64_t n, int64_t count, Ten
     p.w_stride = n * p.k;  // weight i starts n * k elements (a multiple of 8) after weight 0: 16-byte aligned too
     p.c_stride = p.m * n;
     setup(p);
-    launch(p);
+    launch<16>(p);
   };
   if (c.dtype() == DType::F32)
     run(c.data<float>());
@@ -392,17 +392,11 @@ bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
          rt::is_aligned(w.raw());
 }
 
-}  // namespace
-
-namespace {
-
 // x's 1..kSmallMMaxRows rows against an int8 Linear weight, with what `setup` adds (beta, a norm).
 template <typename Setup>
 bool launch_quantized(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const Setup& setup) {
   const int64_t m = x.dim(0), n = weight.dim(0), k = weight.dim(1);
-  if (weight.bits != 8 || (x.dtype() != DType::F16 && x.dtype() != DType::BF16) || m < 1 || m > kSmallMMaxRows ||
-      k % 16 != 0 || n > INT32_MAX || k > INT32_MAX || !rt::is_aligned(x.raw()) || !rt::is_aligned(weight.values.raw()))
-    return false;
+  if (weight.bits != 8 || k % 16 != 0 || !applies(x, weight.values, n, 1)) return false;  // 16 codes a chunk
   rt::dispatch_floating(x.dtype(), "quantized_linear", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
@@ -417,10 +411,7 @@ bool launch_quantized(const Tensor& x, const QuantizedTensor& weight, Tensor& y,
       p.k = k;
       p.w_is_weight = true;
       setup(p);
-      if (p.norm.weight)
-        launch_variant<T, T, true, 8>(p);
-      else
-        launch_variant<T, T, false, 8>(p);
+      launch<8>(p);
     }
   });
   return true;
