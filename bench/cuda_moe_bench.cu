@@ -80,6 +80,7 @@ layers::Weight random_experts(int64_t n, int64_t k, int bits, DType dtype, std::
   fill_bytes<<<1024, 256, 0, cuda::stream()>>>(static_cast<uint8_t*>(q.values.raw()), q.values.numel(), rng());
   ELEPHANT_CHECK_LAUNCH();
   q.scales = random_device({kExperts, n, 1}, 1e-3f, DType::F16, rng);
+  q.layout = cuda_layout(bits, q.shape);  // as QuantizedTensor::to(Device::CUDA) would store real codes
   return {Tensor(), q};
 }
 

@@ -195,6 +195,7 @@ __device__ __forceinline__ uint32_t scale_pair(const __half* __restrict__ scales
 struct QuantArgs {
   const __half* scales = nullptr;
   int group_size = 0;
+  bool tiled = false;  // PackedLayout::Tiled codes (quantized_layout.h)
 };
 
 // The factor of an output channel's accumulator: its scale for per-channel quantized weights, else 1.
@@ -388,8 +389,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
 
     const T* w_src =
         static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
-    const auto* q_src = static_cast<const unsigned char*>(weights) +
-                        (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes + q_chunk * 16;
+    const auto* q_base = static_cast<const unsigned char*>(weights);
     // The rows this thread copies; with a_rows, sorted position i reads row a_rows[i] of a (the gather into expert
     // order happens in these loads).
     const T* a_src[C::A_ITERS];
@@ -408,8 +408,10 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         for (int j = 0; j < WT::ITERS; ++j) {
           const int r = q_row + j * WT::ROWS_PER_ITER;
           const bool ok = q_ok && n0 + r < n;
-          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16,
-                      ok ? q_src + j * WT::ROWS_PER_ITER * q_row_bytes + k_offset * BITS / 8 : weights, ok);
+          const int64_t b = static_cast<int64_t>(k_offset) * BITS / 8 + q_chunk * 16;
+          const int64_t at = quant.tiled ? quantized_layout::tiled_offset(e, n0 + r, b, n, q_row_bytes)
+                                         : (static_cast<int64_t>(e) * n + n0 + r) * q_row_bytes + b;
+          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? q_base + at : weights, ok);
         }
       } else {
         const bool k_ok = k_offset + copy_chunk * 8 < k;
@@ -730,8 +732,14 @@ __device__ __forceinline__ float weight_at(const void* weights, const QuantArgs&
                                            int row, int j) {
   const int64_t matrix_row = static_cast<int64_t>(e) * n + row;
   if (bits == 16) return rt::to_float(static_cast<const T*>(weights)[matrix_row * k + j]);
-  const auto* codes = static_cast<const uint8_t*>(weights) + matrix_row * k * bits / 8;
-  const int code = quantized_layout::code_at(codes, bits, j);
+  const int64_t row_bytes = static_cast<int64_t>(k) * bits / 8;
+  int code = 0;
+  if (quant.tiled) {  // int8: the byte of feature j, then its tiled place
+    const int64_t b = (j / 32) * 32 + quantized_layout::int8_slot(j % 32);
+    code = static_cast<const int8_t*>(weights)[quantized_layout::tiled_offset(e, row, b, n, row_bytes)];
+  } else {
+    code = quantized_layout::code_at(static_cast<const uint8_t*>(weights) + matrix_row * row_bytes, bits, j);
+  }
   const int groups = quant.group_size > 0 ? k / quant.group_size : 1;
   const int group = quant.group_size > 0 ? j / quant.group_size : 0;
   return static_cast<float>(code) * __half2float(quant.scales[matrix_row * groups + group]);
@@ -869,7 +877,8 @@ auto quantized_weights(const QuantizedTensor& weights) {
   return [&weights](auto& p) {
     p.weights = weights.values.raw();
     p.bits = weights.bits;
-    p.quant = {static_cast<const __half*>(weights.scales.raw()), static_cast<int>(weights.group_size)};
+    p.quant = {static_cast<const __half*>(weights.scales.raw()), static_cast<int>(weights.group_size),
+               weights.layout == PackedLayout::Tiled};
   };
 }
 

@@ -36,4 +36,13 @@ ELEPHANT_HOST_DEVICE inline int code_at(const uint8_t* row, int bits, int64_t j)
   return code_in_block(row + (j / 32) * 4 * bits, bits, slot_of(bits, static_cast<int>(j % 32)));
 }
 
+// The tiled byte order of int8 expert stacks on CUDA (PackedLayout::Tiled, quantized_tensor.h): each 64-row x
+// 64-byte tile of a matrix of `n` rows of `row_bytes` bytes is one contiguous 4 KiB block, the blocks of a matrix in
+// (row tile, byte tile) order. The offset of byte `b` of row `row` of matrix `matrix` (n, row_bytes multiples of 64).
+constexpr int kTile = 64;
+ELEPHANT_HOST_DEVICE inline int64_t tiled_offset(int64_t matrix, int64_t row, int64_t b, int64_t n, int64_t row_bytes) {
+  return ((matrix * (n / kTile) + row / kTile) * (row_bytes / kTile) + b / kTile) * (kTile * kTile) +
+         (row % kTile) * kTile + b % kTile;
+}
+
 }  // namespace elephant::quantized_layout

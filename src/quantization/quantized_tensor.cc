@@ -64,10 +64,52 @@ int64_t QuantizedTensor::groups() const { return group_size == 0 ? 1 : shape.bac
 
 QuantizedTensor QuantizedTensor::to(Device device) const {
   QuantizedTensor moved = *this;
-  moved.values = values.to(device);
+  moved.layout = device == Device::CUDA ? cuda_layout(bits, shape) : PackedLayout::RowMajor;
+  if (moved.layout == layout) {
+    moved.values = values.to(device);
+  } else if (moved.layout == PackedLayout::Tiled) {
+    moved.values = tile_codes(values.to(Device::CPU)).to(device);
+  } else {
+    moved.values = untile_codes(values.to(Device::CPU)).to(device);
+  }
   moved.scales = scales.to(device);
   return moved;
 }
+
+PackedLayout cuda_layout(int bits, const Shape& shape) {
+  const bool tiles = bits == 8 && shape.size() == 3 && shape[1] % quantized_layout::kTile == 0 &&
+                     shape[2] % quantized_layout::kTile == 0;
+  return tiles ? PackedLayout::Tiled : PackedLayout::RowMajor;
+}
+
+namespace {
+
+// Copies every 64-byte piece of a row-major stack to its tiled place (to_tiled) or back.
+Tensor retile(const Tensor& values, bool to_tiled) {
+  const int64_t n = values.dim(-2), row_bytes = values.dim(-1);
+  if (values.device() != Device::CPU || values.dtype() != DType::I8 || n % quantized_layout::kTile != 0 ||
+      row_bytes % quantized_layout::kTile != 0)
+    throw Error(std::string(to_tiled ? "tile_codes" : "untile_codes") + ": I8 CPU codes of whole 64 x 64 tiles, got " +
+                dtype_name(values.dtype()) + " " + shape_text(values.shape()));
+  Tensor out = Tensor::empty(values.shape(), DType::I8, Device::CPU);
+  const auto* src = values.data<int8_t>();
+  auto* dst = out.data<int8_t>();
+  const int64_t matrices = values.numel() / (n * row_bytes);
+  for (int64_t m = 0; m < matrices; ++m)
+    for (int64_t row = 0; row < n; ++row)
+      for (int64_t b = 0; b < row_bytes; b += quantized_layout::kTile) {
+        const int64_t row_major = (m * n + row) * row_bytes + b;
+        const int64_t tiled = quantized_layout::tiled_offset(m, row, b, n, row_bytes);
+        std::copy_n(src + (to_tiled ? row_major : tiled), quantized_layout::kTile,
+                    dst + (to_tiled ? tiled : row_major));
+      }
+  return out;
+}
+
+}  // namespace
+
+Tensor tile_codes(const Tensor& values) { return retile(values, true); }
+Tensor untile_codes(const Tensor& values) { return retile(values, false); }
 
 QuantizedTensor quantize(const Tensor& weights, int bits, int64_t group_size, const std::string& what) {
   if (!supported_bits(bits)) throw Error(what + ": cannot quantize to " + std::to_string(bits) + " bits (8 or 4)");

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -97,6 +98,20 @@ void expect_quantized_gemm_matches_cpu(const QuantCase& tc, int bits, int64_t gr
   }
   const float* tail = got.data<float>() + active_rows * tc.n;
   for (int64_t i = 0; i < tc.pruned * tc.n; ++i) ASSERT_TRUE(std::isnan(tail[i])) << "pruned element " << i;
+}
+
+// int8 expert stacks travel to the GPU tiled (the kernels above read them so) and come back row-major.
+TEST(CudaQuantizedGemm, Int8ExpertsAreTiledOnTheGpuAndComeBackRowMajor) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(62);
+  const QuantizedTensor w = quantize(random_cpu({3, 128, 256}, rng, -0.2f, 0.2f), 8, 0, "w");
+  const QuantizedTensor gpu = w.to(Device::CUDA);
+  EXPECT_EQ(gpu.layout, PackedLayout::Tiled);
+  const Tensor tiled = gpu.values.to(Device::CPU);
+  EXPECT_EQ(std::memcmp(tiled.raw(), tile_codes(w.values).raw(), tiled.nbytes()), 0);
+  const QuantizedTensor back = gpu.to(Device::CPU);
+  EXPECT_EQ(back.layout, PackedLayout::RowMajor);
+  EXPECT_EQ(std::memcmp(back.values.raw(), w.values.raw(), w.values.nbytes()), 0);
 }
 
 TEST(CudaQuantizedGemm, MatchesCpu) {

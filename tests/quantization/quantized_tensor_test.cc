@@ -11,6 +11,7 @@
 
 #include "elephant/error.h"
 #include "ops/reference_helpers.h"
+#include "quantization/quantized_layout.h"
 #include "test_utils.h"
 
 namespace elephant {
@@ -272,6 +273,39 @@ TEST(QuantizedTensorTest, CheckQuantizedNamesTheTensorAndBothShapes) {
   grouped.group_size = 64;
   grouped.scales = Tensor::zeros({8, 2}, DType::F16);
   EXPECT_CONTAINS(model_error_of([&] { check_quantized(grouped, "t"); }), "F16 [8, 2], expected F16 [8, 1]");
+}
+
+TEST(QuantizedTensorTest, TiledCodesPutEachTileInOneBlockAndComeBack) {
+  std::mt19937 rng(905);
+  const QuantizedTensor q = quantize(random_weights({2, 128, 192}, rng), 8, 0, "stack");
+  const Tensor tiled = tile_codes(q.values);
+  const auto* row_major = q.values.data<int8_t>();
+  const auto* t = tiled.data<int8_t>();
+  for (int64_t m = 0; m < 2; ++m)
+    for (int64_t row = 0; row < 128; ++row)
+      for (int64_t b = 0; b < 192; ++b)
+        ASSERT_EQ(t[quantized_layout::tiled_offset(m, row, b, 128, 192)], row_major[(m * 128 + row) * 192 + b])
+            << m << " " << row << " " << b;
+  // Row 70, byte 130 of matrix 1: row tile 1 of 2, byte tile 2 of 3 -> block (1 * 2 + 1) * 3 + 2 = 11, at 6 * 64 + 2.
+  EXPECT_EQ(quantized_layout::tiled_offset(1, 70, 130, 128, 192), 11 * 4096 + 6 * 64 + 2);
+  const Tensor back = untile_codes(tiled);
+  EXPECT_EQ(std::memcmp(back.raw(), q.values.raw(), q.values.nbytes()), 0);
+}
+
+TEST(QuantizedTensorTest, OnlyInt8ExpertStacksOfWholeTilesAreTiledOnCuda) {
+  EXPECT_EQ(cuda_layout(8, {4, 128, 64}), PackedLayout::Tiled);
+  EXPECT_EQ(cuda_layout(4, {4, 128, 64}), PackedLayout::RowMajor);  // int4 gained nothing from tiles
+  EXPECT_EQ(cuda_layout(8, {128, 64}), PackedLayout::RowMajor);     // Linear weights: the small-m kernel's rows
+  EXPECT_EQ(cuda_layout(8, {4, 96, 64}), PackedLayout::RowMajor);   // n not whole tiles
+  EXPECT_EQ(cuda_layout(8, {4, 128, 96}), PackedLayout::RowMajor);  // k not whole tiles
+  const QuantizedTensor q = quantize(Tensor::zeros({2, 128, 64}), 8, 0, "w");
+  EXPECT_EQ(q.layout, PackedLayout::RowMajor);
+  EXPECT_EQ(q.to(Device::CPU).layout, PackedLayout::RowMajor);
+}
+
+TEST(QuantizedTensorTest, TileCodesRejectsCodesItCannotTile) {
+  EXPECT_CONTAINS(error_of<Error>([] { tile_codes(Tensor::zeros({2, 96, 64}, DType::I8)); }), "I8 [2, 96, 64]");
+  EXPECT_CONTAINS(error_of<Error>([] { untile_codes(Tensor::zeros({2, 64, 64}, DType::U8)); }), "untile_codes");
 }
 
 }  // namespace
