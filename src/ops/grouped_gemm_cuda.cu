@@ -389,7 +389,19 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
 
     const T* w_src =
         static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
-    const auto* q_base = static_cast<const unsigned char*>(weights);
+    const auto* q_src = static_cast<const unsigned char*>(weights) +
+                        (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes + q_chunk * 16;
+    // Tiled int8 codes (quantized_tensor.h): this thread's chunk of k tile 0 of each of its rows; k tile kt is kt
+    // blocks of 4 KiB further. int4 codes are never tiled, and their kernels keep the row-major arithmetic alone.
+    constexpr bool kMayTile = BITS == 8;
+    const unsigned char* tiled_src[WT::ITERS];
+    if constexpr (kMayTile) {
+#pragma unroll
+      for (int j = 0; j < WT::ITERS; ++j)
+        tiled_src[j] =
+            static_cast<const unsigned char*>(weights) +
+            quantized_layout::tiled_offset(e, n0 + q_row + j * WT::ROWS_PER_ITER, q_chunk * 16, n, q_row_bytes);
+    }
     // The rows this thread copies; with a_rows, sorted position i reads row a_rows[i] of a (the gather into expert
     // order happens in these loads).
     const T* a_src[C::A_ITERS];
@@ -408,10 +420,11 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         for (int j = 0; j < WT::ITERS; ++j) {
           const int r = q_row + j * WT::ROWS_PER_ITER;
           const bool ok = q_ok && n0 + r < n;
-          const int64_t b = static_cast<int64_t>(k_offset) * BITS / 8 + q_chunk * 16;
-          const int64_t at = quant.tiled ? quantized_layout::tiled_offset(e, n0 + r, b, n, q_row_bytes)
-                                         : (static_cast<int64_t>(e) * n + n0 + r) * q_row_bytes + b;
-          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? q_base + at : weights, ok);
+          const unsigned char* src =
+              kMayTile && quant.tiled
+                  ? tiled_src[j] + static_cast<int64_t>(kt) * quantized_layout::kTile * quantized_layout::kTile
+                  : q_src + j * WT::ROWS_PER_ITER * q_row_bytes + k_offset * BITS / 8;
+          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? src : weights, ok);
         }
       } else {
         const bool k_ok = k_offset + copy_chunk * 8 < k;
