@@ -24,8 +24,8 @@ namespace elephant {
 //
 // On CUDA, int8 expert stacks ([experts, n, k], n and k multiples of 64) are stored tiled (quantized_layout.h,
 // tiled_offset): a grouped-GEMM stage of 64 rows x 64 features then reads one contiguous 4 KiB block instead of 64
-// pieces of 64 bytes a row apart. Measured on the H100: the paper's Table 1 int8 GEMM at 32 experts 64.0 -> 57.6 us,
-// the MoE layer with int8 experts at 40 tokens 98.5 -> 86.6 us. int4 stacks gained nothing that way and stay row-major.
+// pieces of 64 bytes a row apart. Measured on the H100: the paper's Table 1 int8 GEMM at 32 experts 64.0 -> 57.5 us,
+// the MoE layer with int8 experts at 40 tokens 98.5 -> 87.0 us. int4 stacks gained nothing that way and stay row-major.
 // `to` converts between the layouts; CPU tensors are always row-major.
 enum class PackedLayout { RowMajor, Tiled };
 
