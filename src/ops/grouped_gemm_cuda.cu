@@ -58,11 +58,13 @@ __device__ __forceinline__ float apply_activation(int activation, float v) {
 
 // ---- tensor-core path -------------------------------------------------------------------------------------------
 
-template <int BN_, int BM_, int WARPS_N_, int WARPS_M_, int STAGES_, int MIN_BLOCKS_>
+template <int BN_, int BM_, int WARPS_N_, int WARPS_M_, int STAGES_, int MIN_BLOCKS_, int BK_ = 64>
 struct TileConfig {
   static constexpr int BN = BN_;  // weight rows (output columns) per tile
   static constexpr int BM = BM_;  // token rows per chunk
-  static constexpr int BK = 64;   // 128-byte smem rows: the XOR swizzle below assumes 8 chunks of 16 bytes
+  // Features per stage: 64 gives 128-byte smem rows of halves. The XOR swizzle below permutes each run of 8 chunks of
+  // 16 bytes, so wider rows (packed stages of 128 bytes: int8 128, int4 256) keep ldmatrix free of bank conflicts.
+  static constexpr int BK = BK_;
   static constexpr int WARPS_N = WARPS_N_;
   static constexpr int WARPS_M = WARPS_M_;
   static constexpr int STAGES = STAGES_;
@@ -80,7 +82,7 @@ struct TileConfig {
 
   static_assert(WTN % 16 == 0 && WTM % 16 == 0, "warp tiles are whole m16 x (2 x n8) fragments");
   static_assert(BN * (BK / 8) % THREADS == 0 && BM * (BK / 8) % THREADS == 0, "every thread copies whole rows");
-  static_assert(ROWS_PER_ITER % 8 == 0, "a thread's swizzle must not change between its rows");
+  static constexpr bool FIXED_SWIZZLE = ROWS_PER_ITER % 8 == 0;  // a thread's copied rows share one swizzle
 };
 
 // The weight tile of one stage in shared memory: half-precision rows of BK swizzled (128 bytes), or packed rows of
@@ -103,6 +105,10 @@ struct WeightTile {
 
 // Decode: few rows per expert, bound by the weight stream: small tiles, many blocks, a deep pipeline.
 using SmallTiles = TileConfig<64, 16, 4, 1, 6, 3>;
+// Packed decode weights in stages of 128 bytes a row, as half weights stream in SmallTiles: a quarter (int4) or half
+// (int8) of the pipeline waits and barriers per byte. Only long k keeps its pipeline full (see launch_small_tiles).
+template <int BITS>
+using WideTiles = TileConfig<64, 16, 4, 1, 4, 3, 64 * 16 / BITS>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.
 using LargeTiles = TileConfig<128, 128, 2, 4, 3, 2>;
@@ -356,6 +362,8 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   const int copy_row = tid / (BK / 8);
   const int copy_chunk = tid % (BK / 8);
   const int copy_swizzled = (copy_chunk ^ (copy_row & 7)) * 8;
+  // The swizzled place of this thread's chunk in the copied row r: one value for all its rows when FIXED_SWIZZLE.
+  const auto swizzled = [&](int r) { return C::FIXED_SWIZZLE ? copy_swizzled : (copy_chunk ^ (r & 7)) * 8; };
   const uint32_t sw_base = smem_address(sw);
   const uint32_t sa_base = smem_address(sa);
   // Quantized weight rows are copied by their own (row, 16-byte chunk) split.
@@ -391,11 +399,12 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
     const auto* q_src = static_cast<const unsigned char*>(weights) +
                         (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes + q_chunk * 16;
-    // Tiled int8 codes (quantized_tensor.h): this thread's chunk of k tile 0 of each of its rows; k tile kt is kt
-    // blocks of 4 KiB further. int4 codes are never tiled, and their kernels keep the row-major arithmetic alone.
+    // Tiled int8 codes (quantized_tensor.h): this thread's chunk of stage 0 of each of its rows; stage kt is kt
+    // stages' worth of 4 KiB blocks further. int4 codes are never tiled, and their kernels keep the row-major
+    // arithmetic alone.
     constexpr bool kMayTile = BITS == 8;
     const unsigned char* tiled_src[WT::ITERS];
-    if constexpr (kMayTile) {
+    if (kMayTile && quant.tiled) {
 #pragma unroll
       for (int j = 0; j < WT::ITERS; ++j)
         tiled_src[j] =
@@ -420,10 +429,11 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         for (int j = 0; j < WT::ITERS; ++j) {
           const int r = q_row + j * WT::ROWS_PER_ITER;
           const bool ok = q_ok && n0 + r < n;
-          const unsigned char* src =
-              kMayTile && quant.tiled
-                  ? tiled_src[j] + static_cast<int64_t>(kt) * quantized_layout::kTile * quantized_layout::kTile
-                  : q_src + j * WT::ROWS_PER_ITER * q_row_bytes + k_offset * BITS / 8;
+          constexpr int kTilesPerStage = WT::ROW_BYTES / quantized_layout::kTile;
+          const unsigned char* src = kMayTile && quant.tiled
+                                         ? tiled_src[j] + static_cast<int64_t>(kt) * kTilesPerStage *
+                                                              quantized_layout::kTile * quantized_layout::kTile
+                                         : q_src + j * WT::ROWS_PER_ITER * q_row_bytes + k_offset * BITS / 8;
           cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? src : weights, ok);
         }
       } else {
@@ -432,7 +442,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         for (int j = 0; j < WT::ITERS; ++j) {
           const int r = copy_row + j * WT::ROWS_PER_ITER;
           const bool ok = k_ok && n0 + r < n;
-          cp_async_16(sw_base + 2 * (slot * C::W_STAGE + r * BK + copy_swizzled),
+          cp_async_16(sw_base + 2 * (slot * C::W_STAGE + r * BK + swizzled(r)),
                       ok ? w_src + static_cast<int64_t>(j) * WT::ROWS_PER_ITER * k + k_offset : weights, ok);
         }
       }
@@ -444,7 +454,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       for (int j = 0; j < C::A_ITERS; ++j) {
         const int r = copy_row + j * C::ROWS_PER_ITER;
         const bool ok = k_ok && r < rows;
-        cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + copy_swizzled), ok ? a_src[j] + k_offset : a, ok);
+        cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + swizzled(r)), ok ? a_src[j] + k_offset : a, ok);
       }
     };
 
@@ -725,6 +735,12 @@ void launch_small_tiles(const Problem<T>& p) {
   // Packed items stream 2x (int8) or 4x (int4) fewer bytes each, so they need split-k up to 2x or 4x more items:
   // measured at 8 tokens (wo, 128 items), the int8 layer went from 55.6 to 39.9 us, int4 from 41.7 to 35.5.
   if (slices < 2 || 4 * most_items * BITS > 16 * want || most_items > kSplitCounters) {
+    // Wide packed stages span several scale groups, so per-channel scales only. Measured on the H100 (MoE layer at 40
+    // tokens, wo's k = 4096): int4 60.8 -> 55.9 us, int8 86.8 -> 82.3. At k = 1024 (wi) an int4 item is 4 wide
+    // stages, too few to hide the pipeline's fill: Table 1's int8 57.6 -> 59.9 us, int4 39.6 -> 41.4.
+    if constexpr (BITS != 16) {
+      if (p.quant.group_size == 0 && p.k >= 2048) return launch_mma<T, WideTiles<BITS>, BITS>(p);
+    }
     launch_mma<T, C, BITS>(p);
     return;
   }
@@ -748,8 +764,8 @@ __device__ __forceinline__ float weight_at(const void* weights, const QuantArgs&
   const int64_t row_bytes = static_cast<int64_t>(k) * bits / 8;
   int code = 0;
   if (quant.tiled) {  // int8: the byte of feature j, then its tiled place
-    const int64_t b = (j / 32) * 32 + quantized_layout::int8_slot(j % 32);
-    code = static_cast<const int8_t*>(weights)[quantized_layout::tiled_offset(e, row, b, n, row_bytes)];
+    code = static_cast<const int8_t*>(
+        weights)[quantized_layout::tiled_offset(e, row, quantized_layout::int8_byte(j), n, row_bytes)];
   } else {
     code = quantized_layout::code_at(static_cast<const uint8_t*>(weights) + matrix_row * row_bytes, bits, j);
   }

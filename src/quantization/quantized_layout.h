@@ -31,9 +31,13 @@ ELEPHANT_HOST_DEVICE inline int code_in_block(const uint8_t* block, int bits, in
   return ((block[slot / 2] >> (4 * (slot % 2))) & 0xf) - 8;
 }
 
+// The byte of a row of int8 codes that holds feature j.
+ELEPHANT_HOST_DEVICE inline int64_t int8_byte(int64_t j) { return (j / 32) * 32 + int8_slot(static_cast<int>(j % 32)); }
+
 // The signed code of feature j of one row of packed codes (k * bits / 8 bytes).
 ELEPHANT_HOST_DEVICE inline int code_at(const uint8_t* row, int bits, int64_t j) {
-  return code_in_block(row + (j / 32) * 4 * bits, bits, slot_of(bits, static_cast<int>(j % 32)));
+  if (bits == 8) return static_cast<int8_t>(row[int8_byte(j)]);
+  return code_in_block(row + (j / 32) * 16, bits, int4_nibble(static_cast<int>(j % 32)));
 }
 
 // The tiled byte order of int8 expert stacks on CUDA (PackedLayout::Tiled, quantized_tensor.h): each 64-row x

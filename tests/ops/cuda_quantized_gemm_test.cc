@@ -1,6 +1,7 @@
 // The quantized grouped GEMM on CUDA against the CPU backend (which dequantizes each expert into float32 for BLAS):
 // int8 and int4, per-channel and group scales, every compute dtype, decode (split-k), medium and large tiles, k that
-// ends in half a k tile, and the MoE layer's argument variants (bias and activation, a_rows, out_rows).
+// ends in half a k tile, wide packed stages, and the MoE layer's argument variants (bias and activation, a_rows,
+// out_rows).
 
 #include <gtest/gtest.h>
 
@@ -144,6 +145,18 @@ TEST(CudaQuantizedGemm, EveryVariantMatchesCpu) {
     for (const QuantCase& tc : {QuantCase{1024, 4096, {1, 0, 2}, 1}, QuantCase{1024, 1024, {70, 0, 130}, 1}})
       for (Variant variant : {Variant::Plain, Variant::BiasAndActivation, Variant::ReadRows, Variant::AddToRows})
         expect_quantized_gemm_matches_cpu(tc, bits, 0, DType::F16, variant, rng);
+}
+
+// Decode launches with long k and enough items to run unsplit read per-channel packed weights in wide stages
+// (WideTiles: 128 bytes a row; int8 stacks tiled on the GPU): the paper's wo at 120 tokens over 12 experts.
+TEST(CudaQuantizedGemm, WidePackedStagesMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(63);
+  const QuantCase wo{2048, 1024, {9, 12, 10, 11, 8, 12, 10, 9, 11, 10, 8, 10}, 1};
+  for (int bits : {8, 4}) {
+    expect_quantized_gemm_matches_cpu(wo, bits, 0, DType::F16, Variant::Plain, rng);
+    expect_quantized_gemm_matches_cpu(wo, bits, 0, DType::BF16, Variant::AddToRows, rng);
+  }
 }
 
 // A Linear layer with quantized weights (--quantize-non-experts), against the CPU's dequantized sgemm: 1-4 rows of
