@@ -107,8 +107,9 @@ struct WeightTile {
 using SmallTiles = TileConfig<64, 16, 4, 1, 6, 3>;
 // Packed decode weights in stages of 128 bytes a row, as half weights stream in SmallTiles: a quarter (int4) or half
 // (int8) of the pipeline waits and barriers per byte. Only long k keeps its pipeline full (see launch_small_tiles).
+// 3 stages leave room for 4 blocks per SM (4 stages: 3, and a second wave from ~400 items on).
 template <int BITS>
-using WideTiles = TileConfig<64, 16, 4, 1, 4, 3, 64 * 16 / BITS>;
+using WideTiles = TileConfig<64, 16, 4, 1, 3, 3, 64 * 16 / BITS>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.
 using LargeTiles = TileConfig<128, 128, 2, 4, 3, 2>;
@@ -735,9 +736,10 @@ void launch_small_tiles(const Problem<T>& p) {
   // Packed items stream 2x (int8) or 4x (int4) fewer bytes each, so they need split-k up to 2x or 4x more items:
   // measured at 8 tokens (wo, 128 items), the int8 layer went from 55.6 to 39.9 us, int4 from 41.7 to 35.5.
   if (slices < 2 || 4 * most_items * BITS > 16 * want || most_items > kSplitCounters) {
-    // Wide packed stages span several scale groups, so per-channel scales only. Measured on the H100 (MoE layer at 40
-    // tokens, wo's k = 4096): int4 60.8 -> 55.9 us, int8 86.8 -> 82.3. At k = 1024 (wi) an int4 item is 4 wide
-    // stages, too few to hide the pipeline's fill: Table 1's int8 57.6 -> 59.9 us, int4 39.6 -> 41.4.
+    // Wide packed stages span several scale groups, so per-channel scales only. Measured on the H100, MoE layer at 40
+    // / 96 / 320 tokens (wo's k = 4096): int4 61.4 / 80.2 / 94.5 -> 60.9 / 71.7 / 81.6 us, int8 87.1 / 111.0 / 126.1
+    // -> 83.3 / 108.8 / 124.3. At k = 1024 (wi) an int4 item is 4 wide stages, too few to hide the pipeline's fill
+    // (Table 1 with 4 stages: int8 57.6 -> 59.9 us, int4 39.6 -> 41.4).
     if constexpr (BITS != 16) {
       if (p.quant.group_size == 0 && p.k >= 2048) return launch_mma<T, WideTiles<BITS>, BITS>(p);
     }
