@@ -148,7 +148,8 @@ TEST(CudaQuantizedGemm, EveryVariantMatchesCpu) {
 }
 
 // Decode launches with long k and enough items to run unsplit read per-channel packed weights in wide stages
-// (WideTiles: 128 bytes a row; int8 stacks tiled on the GPU): the paper's wo at 120 tokens over 12 experts.
+// (WideTiles: 128 bytes a row; int8 stacks tiled on the GPU): a wo-like problem with the smallest k that takes them,
+// 120 tokens over 12 experts.
 TEST(CudaQuantizedGemm, WidePackedStagesMatchCpu) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(63);
