@@ -29,7 +29,8 @@
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1; PROFILE_FLAGS: more
 #            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels. The H100 machine of
 #            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
-#   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32)
+#   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32):
+#            sections, scheduler and warp-stall statistics (ncu.txt), and the SASS with its stall samples (ncu_sass.csv)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages=" ${STAGES:-tests memcheck bench} "
@@ -331,12 +332,17 @@ if [[ $stages == *" kernels "* ]]; then
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -n "$ncu" ]; then
     "$ncu" --kernel-name regex:grouped_gemm --launch-count "${NCU_LAUNCHES:-2}" --section SpeedOfLight \
-      --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+      --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+      --section InstructionStats --section SourceCounters --import-source no --export "$logs/ncu" --force-overwrite \
       build-device/bin/bench_cuda_moe --benchmark_filter="${NCU_FILTER:-ExpertGemm/int4/32}" \
-      --benchmark_min_time=0.01 >"$logs/ncu.txt" 2>&1 || status=1
-    echo "== Nsight Compute: ${NCU_FILTER:-ExpertGemm/int4/32} (full report in ncu.txt)"
-    grep -E "grouped_gemm|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Stall" \
-      "$logs/ncu.txt" | head -40
+      --benchmark_min_time=0.01 >"$logs/ncu_run.txt" 2>&1 || status=1
+    "$ncu" --import "$logs/ncu.ncu-rep" --print-details all >"$logs/ncu.txt" 2>&1 || status=1
+    # Per-instruction SASS with its warp-stall samples: where the warps of the kernel wait, line by line.
+    "$ncu" --import "$logs/ncu.ncu-rep" --page source --print-source sass --csv >"$logs/ncu_sass.csv" 2>&1 ||
+      echo "(no SASS source page from this ncu: see ncu_sass.csv)"
+    echo "== Nsight Compute: ${NCU_FILTER:-ExpertGemm/int4/32} (full report in ncu.txt, SASS with stalls in ncu_sass.csv)"
+    grep -E "grouped_gemm|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Stall|Issue Slots|Executed Ipc" \
+      "$logs/ncu.txt" | head -60
   else
     echo "== kernels: no ncu on this machine"
   fi
