@@ -95,14 +95,20 @@ Tensor retile(const Tensor& values, bool to_tiled) {
   const auto* src = values.data<int8_t>();
   auto* dst = out.data<int8_t>();
   const int64_t matrices = values.numel() / (n * row_bytes);
-  for (int64_t m = 0; m < matrices; ++m)
-    for (int64_t row = 0; row < n; ++row)
+  // Bands of 64 rows spread over the threads: the paper model's int8 experts are ~4.8 GB to reorder at load (a 128 MiB
+  // expert stack took 79 ms on one thread and 47 ms on two of a 2-core machine).
+  const int64_t bands = n / quantized_layout::kTile;
+#pragma omp parallel for schedule(static)
+  for (int64_t band = 0; band < matrices * bands; ++band) {
+    const int64_t m = band / bands, first_row = (band % bands) * quantized_layout::kTile;
+    for (int64_t row = first_row; row < first_row + quantized_layout::kTile; ++row)
       for (int64_t b = 0; b < row_bytes; b += quantized_layout::kTile) {
         const int64_t row_major = (m * n + row) * row_bytes + b;
         const int64_t tiled = quantized_layout::tiled_offset(m, row, b, n, row_bytes);
         std::copy_n(src + (to_tiled ? row_major : tiled), quantized_layout::kTile,
                     dst + (to_tiled ? tiled : row_major));
       }
+  }
   return out;
 }
 
