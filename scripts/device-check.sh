@@ -30,7 +30,11 @@
 #            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels. The H100 machine of
 #            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
 #   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32):
-#            sections, scheduler and warp-stall statistics (ncu.txt), and the SASS with its stall samples (ncu_sass.csv)
+#            sections, scheduler and warp-stall statistics (ncu.txt), and the SASS with its stall samples (ncu_sass.csv).
+#            NCU_KERNELS (a kernel-name regex, default grouped_gemm) and NCU_LAUNCHES (default 2) widen it, e.g. every
+#            kernel of one MoE layer: NCU_FILTER=MoeLayer/fp16/1/ NCU_LAUNCHES=6
+#            NCU_KERNELS='route|sort|offsets|gather|grouped_gemm|add_rows|group_arrays|device_kernel|Radix'
+#            (durations per kernel; ncu runs them one at a time, without PDL's overlap)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages=" ${STAGES:-tests memcheck bench} "
@@ -331,7 +335,7 @@ if [[ $stages == *" kernels "* ]]; then
   # the peak, occupancy and where warps stall.
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -n "$ncu" ]; then
-    "$ncu" --kernel-name regex:grouped_gemm --launch-count "${NCU_LAUNCHES:-2}" --section SpeedOfLight \
+    "$ncu" --kernel-name "regex:${NCU_KERNELS:-grouped_gemm}" --launch-count "${NCU_LAUNCHES:-2}" --section SpeedOfLight \
       --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats \
       --section InstructionStats --section SourceCounters --import-source no --export "$logs/ncu" --force-overwrite \
       build-device/bin/bench_cuda_moe --benchmark_filter="${NCU_FILTER:-ExpertGemm/int4/32}" \
