@@ -21,7 +21,8 @@ import os, stat, sys, zipfile
 for path in sys.argv[2:]:
     with zipfile.ZipFile(path) as wheel:
         for member in wheel.namelist():
-            if tool := next((n for n in ("cuobjdump", "nvdisasm") if member.endswith("/bin/" + n)), None):
+            tool = os.path.basename(member)
+            if os.path.dirname(member).endswith("/bin") and tool in ("cuobjdump", "nvdisasm"):
                 target = os.path.join(sys.argv[1], tool)
                 with open(target, "wb") as f:
                     f.write(wheel.read(member))
@@ -29,15 +30,20 @@ for path in sys.argv[2:]:
 PY
 fi
 export PATH=$PWD/$tools/bin:$PATH
-build=
+# The library's own CUDA compile flags from a configured build, with sm_90a as the only target.
+flags=
 for dir in build build-cuda; do
-  [ -f "$dir/src/CMakeFiles/elephant.dir/includes_CUDA.rsp" ] && { build=$dir; break; }
+  flags=$dir/src/CMakeFiles/elephant.dir/flags.make
+  grep -q '^CUDA_FLAGS' "$flags" 2>/dev/null && break
+  flags=
 done
-[ -n "$build" ] || { echo "sass-loops: no build with the CUDA backend (scripts/build.sh where nvcc is found)"; exit 1; }
+[ -n "$flags" ] || { echo "sass-loops: no build with the CUDA backend (scripts/build.sh where nvcc is found)"; exit 1; }
+flag() { sed -n "s/^$1 = //p" "$flags"; }
+read -r -a cuda_flags <<<"$(flag CUDA_DEFINES) $(flag CUDA_INCLUDES) $(flag CUDA_FLAGS | sed 's/--generate-code=[^ ]*//g')"
+root=$PWD
 out=$(mktemp -d)
-(cd "$build/src" && nvcc -DELEPHANT_WITH_CUDA=1 --options-file CMakeFiles/elephant.dir/includes_CUDA.rsp -O3 \
-  -DNDEBUG --generate-code=arch=compute_90a,code=[sm_90a] -std=c++17 -Xptxas -v -c "$OLDPWD/$source" \
-  -o "$out/kernels.o" 2>"$out/ptxas.txt")
+trap 'rm -rf "$out"' EXIT
+(cd "$(dirname "$flags")/../.." && nvcc "${cuda_flags[@]}" --generate-code=arch=compute_90a,code=[sm_90a] -Xptxas -v \
+  -c "$root/$source" -o "$out/kernels.o" 2>"$out/ptxas.txt")
 "$tools/bin/cuobjdump" -sass "$out/kernels.o" >"$out/kernels.sass"
 python3 tools/sass/loop_stats.py "$out/kernels.sass" "$out/ptxas.txt" "$pattern"
-rm -rf "$out"
