@@ -331,8 +331,8 @@ for r in rows[:12]: print(f\"{int(float(r['Total Time (ns)'])):>12} {r['Num Call
 fi
 
 if [[ $stages == *" kernels "* ]]; then
-  # Nsight Compute over the first grouped-GEMM launches of one bench_cuda_moe row (NCU_FILTER): bandwidth against
-  # the peak, occupancy and where warps stall.
+  # Nsight Compute over the first launches of the NCU_KERNELS kernels (default the grouped GEMM) of one
+  # bench_cuda_moe row (NCU_FILTER): bandwidth against the peak, occupancy and where warps stall.
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -n "$ncu" ]; then
     "$ncu" --kernel-name "regex:${NCU_KERNELS:-grouped_gemm}" --launch-count "${NCU_LAUNCHES:-2}" --section SpeedOfLight \
@@ -345,7 +345,7 @@ if [[ $stages == *" kernels "* ]]; then
     "$ncu" --import "$logs/ncu.ncu-rep" --page source --print-source sass --csv >"$logs/ncu_sass.csv" 2>&1 ||
       echo "(no SASS source page from this ncu: see ncu_sass.csv)"
     echo "== Nsight Compute: ${NCU_FILTER:-ExpertGemm/int4/32} (full report in ncu.txt, SASS with stalls in ncu_sass.csv)"
-    grep -E "grouped_gemm|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Stall|Issue Slots|Executed Ipc" \
+    grep -E "${NCU_KERNELS:-grouped_gemm}|Duration|DRAM Throughput|Memory Throughput|Occupancy|Stall|Issue Slots|Ipc" \
       "$logs/ncu.txt" | head -60
   else
     echo "== kernels: no ncu on this machine"
