@@ -154,9 +154,12 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
 // Integer codes to half-precision pairs without conversion instructions: OR-ing a code c < 2^8 into the low bits of
 // 1024.0 (fp16) gives 1024 + c exactly; one subtraction leaves the signed value. bf16 has too few mantissa bits for
 // 8-bit codes, so int8 -> bf16 converts through float.
+// The mask and the OR are one lop3 ((a & b) | c, LUT 0xea): the compiler emitted two.
 template <typename T>
 __device__ __forceinline__ uint32_t int4_pair(uint32_t word) {  // nibbles 0 and 4 of word, each code + 8
-  uint32_t bits = (word & 0x000f000fu) | (std::is_same_v<T, __half> ? 0x64006400u : 0x43004300u);
+  constexpr uint32_t kMagic = std::is_same_v<T, __half> ? 0x64006400u : 0x43004300u;
+  uint32_t bits;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(bits) : "r"(word), "n"(0x000f000fu), "n"(kMagic));
   if constexpr (std::is_same_v<T, __half>) {
     const __half2 v = __hsub2(*reinterpret_cast<__half2*>(&bits), __half2half2(__ushort_as_half(0x6408)));  // 1032
     return *reinterpret_cast<const uint32_t*>(&v);
@@ -488,31 +491,37 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       cp_async_commit();
     }
 
+    // Pipeline slots are counted, not kt % STAGES: fewer instructions in a loop that per-channel int4 keeps
+    // issue-bound.
+    int slot = 0, next_slot = C::STAGES - 1;
     for (int kt = 0; kt < kt_count; ++kt) {
       cp_async_wait<C::STAGES - 2>();
       __syncthreads();  // stage kt visible to all; every warp is done with the slot refilled next
-      const int next = kt + C::STAGES - 1;
-      if (next < kt_count) {
-        load_weights(next % C::STAGES, kt_begin + next);
-        load_a(next % C::STAGES, kt_begin + next);
+      if (kt + C::STAGES - 1 < kt_count) {
+        load_weights(next_slot, kt_begin + kt + C::STAGES - 1);
+        load_a(next_slot, kt_begin + kt + C::STAGES - 1);
       }
       cp_async_commit();
 
-      const int slot = kt % C::STAGES;
       const uint32_t a_tile = sa_base + 2 * slot * C::A_STAGE;
       const unsigned char* q_tile = sw + slot * WT::STAGE_BYTES;
       uint32_t w_tile = sw_base + 2 * slot * C::W_STAGE;
+      slot = slot == C::STAGES - 1 ? 0 : slot + 1;
+      next_slot = next_slot == C::STAGES - 1 ? 0 : next_slot + 1;
       if constexpr (WT::CONVERT_TILE) {
         convert_tile<T, C, BITS>(q_tile, s_converted, quant, e, n, n0, groups,
                                  quant.group_size > 0 ? (kt_begin + kt) * BK / quant.group_size : 0);
         __syncthreads();  // the converted tile is complete; the next one is written after the loop-top barrier
         w_tile = smem_address(s_converted);
       }
-      // Quantized in registers: the two weight rows (lane / 4 and + 8 of each 16-row fragment) this thread
-      // converts, and their group scales for this k tile (a group spans whole k tiles).
-      uint32_t group_scale[C::MI][2];
-      if constexpr (kQuantized && !WT::CONVERT_TILE) {
-        if (quant.group_size > 0) {
+      // The stage is compiled once per scale mode (GROUPED): a group-scale branch inside the k steps would cut each
+      // into its own basic block and keep the compiler from issuing the next step's loads ahead of its MMAs.
+      const auto compute_stage = [&](auto grouped_tag) {
+        constexpr bool kGrouped = decltype(grouped_tag)::value;
+        // Quantized in registers: the two weight rows (lane / 4 and + 8 of each 16-row fragment) this thread
+        // converts, and their group scales for this k tile (a group spans whole k tiles).
+        [[maybe_unused]] uint32_t group_scale[C::MI][2];
+        if constexpr (kGrouped) {
           const int group = (kt_begin + kt) * BK / quant.group_size;
 #pragma unroll
           for (int mi = 0; mi < C::MI; ++mi)
@@ -522,58 +531,67 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
               group_scale[mi][h] = scale_pair<T>(quant.scales, (static_cast<int64_t>(e) * n + row) * groups + group);
             }
         }
-      }
 #pragma unroll
-      for (int kk = 0; kk < BK / 16; ++kk) {
-        uint32_t af[C::MI][4];
-        uint32_t bf[C::NI][2];
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          uint32_t af[C::MI][4];
+          uint32_t bf[C::NI][2];
 #pragma unroll
-        for (int mi = 0; mi < C::MI; ++mi) {
-          if constexpr (kQuantized && !WT::CONVERT_TILE) {
-            const int row = warp_n * C::WTN + mi * 16 + (lane >> 2);
-            // int8: word t of each 16-feature step; int4: word t of each 32-feature block, shifted to the step.
-            const int word = BITS == 8 ? kk * 4 + (lane & 3) : (kk / 2) * 4 + (lane & 3);
-            const uint32_t w0 = reinterpret_cast<const uint32_t*>(q_tile + row * WT::STRIDE)[word];
-            const uint32_t w1 = reinterpret_cast<const uint32_t*>(q_tile + (row + 8) * WT::STRIDE)[word];
-            if constexpr (BITS == 8) {
-              af[mi][0] = int8_pair<T>(w0, false);
-              af[mi][1] = int8_pair<T>(w1, false);
-              af[mi][2] = int8_pair<T>(w0, true);
-              af[mi][3] = int8_pair<T>(w1, true);
+          for (int mi = 0; mi < C::MI; ++mi) {
+            if constexpr (kQuantized && !WT::CONVERT_TILE) {
+              const int row = warp_n * C::WTN + mi * 16 + (lane >> 2);
+              // int8: word t of each 16-feature step; int4: word t of each 32-feature block, shifted to the step.
+              const int word = BITS == 8 ? kk * 4 + (lane & 3) : (kk / 2) * 4 + (lane & 3);
+              const uint32_t w0 = reinterpret_cast<const uint32_t*>(q_tile + row * WT::STRIDE)[word];
+              const uint32_t w1 = reinterpret_cast<const uint32_t*>(q_tile + (row + 8) * WT::STRIDE)[word];
+              if constexpr (BITS == 8) {
+                af[mi][0] = int8_pair<T>(w0, false);
+                af[mi][1] = int8_pair<T>(w1, false);
+                af[mi][2] = int8_pair<T>(w0, true);
+                af[mi][3] = int8_pair<T>(w1, true);
+              } else {
+                const int shift = (kk % 2) * 8;
+                af[mi][0] = int4_pair<T>(w0 >> shift);
+                af[mi][1] = int4_pair<T>(w1 >> shift);
+                af[mi][2] = int4_pair<T>(w0 >> (shift + 4));
+                af[mi][3] = int4_pair<T>(w1 >> (shift + 4));
+              }
+              if constexpr (kGrouped) {
+                af[mi][0] = scaled<T>(af[mi][0], group_scale[mi][0]);
+                af[mi][1] = scaled<T>(af[mi][1], group_scale[mi][1]);
+                af[mi][2] = scaled<T>(af[mi][2], group_scale[mi][0]);
+                af[mi][3] = scaled<T>(af[mi][3], group_scale[mi][1]);
+              }
             } else {
-              const int shift = (kk % 2) * 8;
-              af[mi][0] = int4_pair<T>(w0 >> shift);
-              af[mi][1] = int4_pair<T>(w1 >> shift);
-              af[mi][2] = int4_pair<T>(w0 >> (shift + 4));
-              af[mi][3] = int4_pair<T>(w1 >> (shift + 4));
+              const int row = warp_n * C::WTN + mi * 16 + (lane & 15);
+              const int chunk = kk * 2 + (lane >> 4);
+              ldmatrix_x4(af[mi], w_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
             }
-            if (quant.group_size > 0) {
-              af[mi][0] = scaled<T>(af[mi][0], group_scale[mi][0]);
-              af[mi][1] = scaled<T>(af[mi][1], group_scale[mi][1]);
-              af[mi][2] = scaled<T>(af[mi][2], group_scale[mi][0]);
-              af[mi][3] = scaled<T>(af[mi][3], group_scale[mi][1]);
-            }
-          } else {
-            const int row = warp_n * C::WTN + mi * 16 + (lane & 15);
-            const int chunk = kk * 2 + (lane >> 4);
-            ldmatrix_x4(af[mi], w_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
           }
+#pragma unroll
+          for (int pair = 0; pair < C::NI / 2; ++pair) {
+            const int row = warp_m * C::WTM + pair * 16 + (lane & 7) + ((lane >> 4) << 3);
+            const int chunk = kk * 2 + ((lane >> 3) & 1);
+            uint32_t r[4];
+            ldmatrix_x4(r, a_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
+            bf[2 * pair][0] = r[0];
+            bf[2 * pair][1] = r[1];
+            bf[2 * pair + 1][0] = r[2];
+            bf[2 * pair + 1][1] = r[3];
+          }
+#pragma unroll
+          for (int mi = 0; mi < C::MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < C::NI; ++ni) mma_16816<T>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
         }
-#pragma unroll
-        for (int pair = 0; pair < C::NI / 2; ++pair) {
-          const int row = warp_m * C::WTM + pair * 16 + (lane & 7) + ((lane >> 4) << 3);
-          const int chunk = kk * 2 + ((lane >> 3) & 1);
-          uint32_t r[4];
-          ldmatrix_x4(r, a_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
-          bf[2 * pair][0] = r[0];
-          bf[2 * pair][1] = r[1];
-          bf[2 * pair + 1][0] = r[2];
-          bf[2 * pair + 1][1] = r[3];
+      };
+      if constexpr (kQuantized && !WT::CONVERT_TILE) {
+        if (quant.group_size > 0) {
+          compute_stage(std::true_type{});
+        } else {
+          compute_stage(std::false_type{});
         }
-#pragma unroll
-        for (int mi = 0; mi < C::MI; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < C::NI; ++ni) mma_16816<T>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+      } else {
+        compute_stage(std::false_type{});
       }
     }
     cp_async_wait<0>();
