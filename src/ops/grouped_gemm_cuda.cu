@@ -107,9 +107,10 @@ struct WeightTile {
 using SmallTiles = TileConfig<64, 16, 4, 1, 6, 3>;
 // Packed decode weights in stages of 128 bytes a row, as half weights stream in SmallTiles: a quarter (int4) or half
 // (int8) of the pipeline waits and barriers per byte. Only long k keeps its pipeline full (see launch_small_tiles).
-// 3 stages leave room for 4 blocks per SM (4 stages: 3, and a second wave from ~400 items on).
+// 3 stages leave room for 4 blocks per SM (4 stages: 3, and a second wave from ~400 items on); int8's 5 by shared
+// memory need the register cap of MIN_BLOCKS 5, which ptxas otherwise overshoots at small code changes (89 -> 119).
 template <int BITS>
-using WideTiles = TileConfig<64, 16, 4, 1, 3, 3, 64 * 16 / BITS>;
+using WideTiles = TileConfig<64, 16, 4, 1, 3, 5, 64 * 16 / BITS>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.
 using LargeTiles = TileConfig<128, 128, 2, 4, 3, 2>;
@@ -213,6 +214,15 @@ template <int BITS>
 __device__ __forceinline__ float channel_scale(const QuantArgs& quant, int e, int n, int col) {
   if (BITS == 16 || quant.group_size > 0) return 1.0f;
   return __half2float(quant.scales[static_cast<int64_t>(e) * n + col]);
+}
+// Brings the line of channel_scale's value into L1 without waiting for it: issued before the main loop, the epilogue
+// then finds it there. Loaded in the epilogue straight from memory, the scales stalled it (int4 Table 1 on the H100:
+// 5% of Nsight Compute's warp-stall samples); held in registers over the loop instead, they changed the allocation of
+// other kernels (int8 wide tiles 89 -> 117 registers).
+template <int BITS>
+__device__ __forceinline__ void prefetch_channel_scale(const QuantArgs& quant, int e, int n, int col) {
+  if (BITS == 16 || quant.group_size > 0) return;
+  asm volatile("prefetch.global.L1 [%0];\n" ::"l"(quant.scales + static_cast<int64_t>(e) * n + col));
 }
 
 // Converts one stage of packed weight rows (rows of WT::STRIDE bytes) into the swizzled half-precision tile the
@@ -461,6 +471,12 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + swizzled(r)), ok ? a_src[j] + k_offset : a, ok);
       }
     };
+
+    if constexpr (!SPLIT) {
+#pragma unroll
+      for (int mi = 0; mi < C::MI; ++mi)
+        prefetch_channel_scale<BITS>(quant, e, n, min(n0 + warp_n * C::WTN + mi * 16 + (lane >> 2), n - 1));
+    }
 
     float acc[C::MI][C::NI][4];
 #pragma unroll
