@@ -7,6 +7,9 @@
 // the previous one. Reported per layer: median time (--benchmark_repetitions), experts hit, the HBM floor (bytes of
 // the experts hit + x read + hidden read and written, over 2.96 TB/s) and the fraction of it reached.
 //
+// MoeLayerPart/FORMAT/{sort,wi,wo}/TOKENS times each of those kernels alone, replayed the same way: where a
+// decode-sized layer's time goes.
+//
 // With quantized experts (issue 5): MoeLayer/int8 and MoeLayer/int4 run the same layer with per-channel int8 / int4
 // experts and fp16 activations; ExpertGemm/FORMAT/E is the paper's Table 1, the wi grouped GEMM alone (A = 40 x 1024
 // tokens spread evenly over E of the 32 experts, B = 4096 x 1024 per expert) in fp16, int8 and int4. Their floors
@@ -142,6 +145,45 @@ void BM_MoeLayer(benchmark::State& state, DType dtype, int bits) {
       benchmark::Counter(bytes / kHbmBytesPerSecond, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// One kernel of moe_layer alone, replayed the same way, to see where a decode-sized layer's time goes: the sort, the
+// wi GEMM (reading the rows in expert order) or the wo GEMM (adding its rows to the residual, its weights streamed
+// ahead of its wait as after wi). Routing, sorted rows and offsets are made once, outside the timed graph.
+enum class LayerPart { Sort, Wi, Wo };
+
+void BM_MoeLayerPart(benchmark::State& state, DType dtype, int bits, LayerPart part) {
+  const int64_t tokens = state.range(0);
+  std::mt19937 rng(7);
+  const std::vector<Layer>& copies = layers_of(bits, dtype);
+  const Tensor expert = Tensor::from_vector(fixed_routing(tokens), {tokens}, Device::CUDA);
+  const Tensor probability = random_device({tokens}, 1.0f, DType::F32, rng);
+  const Tensor x = random_device({tokens, kModel}, 1.0f, dtype, rng);
+  Tensor hidden = random_device({tokens, kModel}, 1.0f, dtype, rng);
+  Tensor inner = random_device({tokens, kFf}, 1.0f, dtype, rng);
+  Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
+  Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
+  ops::sort_by_expert(expert, kExperts, sorted, offsets);
+  ops::GroupedGemmArgs wi_args;
+  wi_args.activation = ops::Activation::ReLU;
+  wi_args.a_rows = &sorted;
+  ops::GroupedGemmArgs wo_args;
+  wo_args.out_rows = &sorted;
+  wo_args.out_scale = &probability;
+  wo_args.routing_settled = true;
+  time_graph_replays(state, kCopies, [&](int c) {
+    switch (part) {
+      case LayerPart::Sort:
+        ops::sort_by_expert(expert, kExperts, sorted, offsets);
+        break;
+      case LayerPart::Wi:
+        layers::grouped_gemm(x, copies[c].wi, offsets, inner, wi_args);
+        break;
+      case LayerPart::Wo:
+        layers::grouped_gemm(inner, copies[c].wo, offsets, hidden, wo_args);
+        break;
+    }
+  });
+}
+
 constexpr int64_t kTable1Tokens = 40;
 
 // Table 1's routing: experts 0 .. active-1 get 40 / active rows each (the first ones one more when it does not
@@ -231,6 +273,14 @@ void register_benchmarks() {
     for (int64_t tokens : {1, 2, 8, 40, 96, 320, 1280, 3840}) b->Arg(tokens);
     b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
   }
+  for (const Format& f : {Format{"fp16", DType::F16, 16}, Format{"int4", DType::F16, 4}})
+    for (const auto& [name, part] :
+         {std::pair{"sort", LayerPart::Sort}, std::pair{"wi", LayerPart::Wi}, std::pair{"wo", LayerPart::Wo}}) {
+      auto* b = benchmark::RegisterBenchmark((std::string("MoeLayerPart/") + f.name + "/" + name).c_str(),
+                                             BM_MoeLayerPart, f.dtype, f.bits, part);
+      for (int64_t tokens : {1, 8, 40}) b->Arg(tokens);
+      b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+    }
   for (const Format& f :
        {Format{"fp16", DType::F16, 16}, Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}}) {
     auto* b = benchmark::RegisterBenchmark((std::string("ExpertGemm/") + f.name).c_str(), BM_ExpertGemm, f.bits);
