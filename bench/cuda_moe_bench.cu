@@ -102,21 +102,28 @@ std::vector<Layer>& layers_of(int bits, DType dtype) {
   return copies;
 }
 
+// The two GEMMs' arguments, as layers::add_feed_forward passes them to a MoE layer: wi reads the rows in expert order
+// and applies ReLU; wo adds its rows, scaled by the router probability, to the residual rows they came from.
+struct LayerGemmArgs {
+  ops::GroupedGemmArgs wi, wo;
+  LayerGemmArgs(const Tensor& sorted, const Tensor& probability) {
+    wi.activation = ops::Activation::ReLU;
+    wi.a_rows = &sorted;
+    wo.out_rows = &sorted;
+    wo.out_scale = &probability;
+    wo.routing_settled = true;
+  }
+};
+
 void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const Tensor& probability, Tensor& hidden) {
   const int64_t tokens = x.dim(0);
   Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
   Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
   ops::sort_by_expert(expert, kExperts, sorted, offsets);
   Tensor inner = Tensor::empty({tokens, kFf}, x.dtype(), Device::CUDA);
-  ops::GroupedGemmArgs wi_args;
-  wi_args.activation = ops::Activation::ReLU;
-  wi_args.a_rows = &sorted;
-  layers::grouped_gemm(x, layer.wi, offsets, inner, wi_args);
-  ops::GroupedGemmArgs wo_args;
-  wo_args.out_rows = &sorted;
-  wo_args.out_scale = &probability;
-  wo_args.routing_settled = true;  // as layers::add_feed_forward runs it
-  layers::grouped_gemm(inner, layer.wo, offsets, hidden, wo_args);
+  const LayerGemmArgs args(sorted, probability);
+  layers::grouped_gemm(x, layer.wi, offsets, inner, args.wi);
+  layers::grouped_gemm(inner, layer.wo, offsets, hidden, args.wo);
 }
 
 void BM_MoeLayer(benchmark::State& state, DType dtype, int bits) {
@@ -162,23 +169,17 @@ void BM_MoeLayerPart(benchmark::State& state, DType dtype, int bits, LayerPart p
   Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
   Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
   ops::sort_by_expert(expert, kExperts, sorted, offsets);
-  ops::GroupedGemmArgs wi_args;
-  wi_args.activation = ops::Activation::ReLU;
-  wi_args.a_rows = &sorted;
-  ops::GroupedGemmArgs wo_args;
-  wo_args.out_rows = &sorted;
-  wo_args.out_scale = &probability;
-  wo_args.routing_settled = true;
+  const LayerGemmArgs args(sorted, probability);
   time_graph_replays(state, kCopies, [&](int c) {
     switch (part) {
       case LayerPart::Sort:
         ops::sort_by_expert(expert, kExperts, sorted, offsets);
         break;
       case LayerPart::Wi:
-        layers::grouped_gemm(x, copies[c].wi, offsets, inner, wi_args);
+        layers::grouped_gemm(x, copies[c].wi, offsets, inner, args.wi);
         break;
       case LayerPart::Wo:
-        layers::grouped_gemm(inner, copies[c].wo, offsets, hidden, wo_args);
+        layers::grouped_gemm(inner, copies[c].wo, offsets, hidden, args.wo);
         break;
     }
   });
