@@ -102,26 +102,13 @@ std::vector<Layer>& layers_of(int bits, DType dtype) {
   return copies;
 }
 
-// The two GEMMs' arguments, as layers::add_feed_forward passes them to a MoE layer: wi reads the rows in expert order
-// and applies ReLU; wo adds its rows, scaled by the router probability, to the residual rows they came from.
-struct LayerGemmArgs {
-  ops::GroupedGemmArgs wi, wo;
-  LayerGemmArgs(const Tensor& sorted, const Tensor& probability) {
-    wi.activation = ops::Activation::ReLU;
-    wi.a_rows = &sorted;
-    wo.out_rows = &sorted;
-    wo.out_scale = &probability;
-    wo.routing_settled = true;
-  }
-};
-
 void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const Tensor& probability, Tensor& hidden) {
   const int64_t tokens = x.dim(0);
   Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
   Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
   ops::sort_by_expert(expert, kExperts, sorted, offsets);
   Tensor inner = Tensor::empty({tokens, kFf}, x.dtype(), Device::CUDA);
-  const LayerGemmArgs args(sorted, probability);
+  const layers::ExpertGemmArgs args(ops::Activation::ReLU, sorted, probability);
   layers::grouped_gemm(x, layer.wi, offsets, inner, args.wi);
   layers::grouped_gemm(inner, layer.wo, offsets, hidden, args.wo);
 }
@@ -169,7 +156,7 @@ void BM_MoeLayerPart(benchmark::State& state, DType dtype, int bits, LayerPart p
   Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
   Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
   ops::sort_by_expert(expert, kExperts, sorted, offsets);
-  const LayerGemmArgs args(sorted, probability);
+  const layers::ExpertGemmArgs args(ops::Activation::ReLU, sorted, probability);
   time_graph_replays(state, kCopies, [&](int c) {
     switch (part) {
       case LayerPart::Sort:

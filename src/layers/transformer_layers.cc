@@ -90,21 +90,21 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
   ops::route_and_sort_top1(x, moe.router, moe.router_bias.defined() ? &moe.router_bias : nullptr, active, probability,
                            sorted_rows, offsets);
-  // The wi GEMM reads x's rows in expert order itself (a_rows): no gathered copy.
   Tensor inner = Tensor::empty({tokens, moe.wi.dim(1)}, x.dtype(), device);
-  ops::GroupedGemmArgs wi_args;
-  wi_args.activation = activation;
-  wi_args.a_rows = &sorted_rows;
-  grouped_gemm(x, moe.wi, offsets, inner, wi_args);
-  // The wo GEMM adds its rows, scaled by the router probability, to the residual rows they came from.
-  ops::GroupedGemmArgs wo_args;
-  wo_args.out_rows = &sorted_rows;
-  wo_args.out_scale = &probability;
-  wo_args.routing_settled = true;  // the wi GEMM ran in between
-  grouped_gemm(inner, moe.wo, offsets, hidden, wo_args);
+  const ExpertGemmArgs args(activation, sorted_rows, probability);
+  grouped_gemm(x, moe.wi, offsets, inner, args.wi);
+  grouped_gemm(inner, moe.wo, offsets, hidden, args.wo);
 }
 
 }  // namespace
+
+ExpertGemmArgs::ExpertGemmArgs(ops::Activation activation, const Tensor& sorted_rows, const Tensor& probability) {
+  wi.activation = activation;
+  wi.a_rows = &sorted_rows;
+  wo.out_rows = &sorted_rows;
+  wo.out_scale = &probability;
+  wo.routing_settled = true;
+}
 
 void grouped_gemm(const Tensor& a, const Weight& weights, const Tensor& offsets, Tensor& out,
                   const ops::GroupedGemmArgs& args) {

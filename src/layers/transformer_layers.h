@@ -66,6 +66,14 @@ struct DenseFeedForward {
 void grouped_gemm(const Tensor& a, const Weight& weights, const Tensor& offsets, Tensor& out,
                   const ops::GroupedGemmArgs& args = {});
 
+// The arguments of a MoE layer's two grouped GEMMs over rows sorted by expert: wi reads x's rows in expert order
+// itself (a_rows: no gathered copy) and applies the activation; wo adds its rows, scaled by the router probability,
+// to the residual rows they came from, and may stream its weights ahead (the routing ran before wi).
+struct ExpertGemmArgs {
+  ops::GroupedGemmArgs wi, wo;
+  ExpertGemmArgs(ops::Activation activation, const Tensor& sorted_rows, const Tensor& probability);
+};
+
 struct MixtureOfExperts {
   Tensor router;       // F32 [experts, d_model]: routing runs in float32
   Tensor router_bias;  // F32 [experts] or undefined

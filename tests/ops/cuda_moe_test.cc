@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/cuda_graph.h"
+#include "layers/transformer_layers.h"
 #include "ops/activation.h"
 #include "ops/device_helpers.h"
 #include "ops/moe.h"
@@ -501,16 +502,10 @@ Tensor moe_layer(const Tensor& x, const Tensor& router, const Tensor& active, co
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
   ops::route_and_sort_top1(x, router, nullptr, &active, probability, sorted_rows, offsets);
   Tensor inner = Tensor::empty({tokens, d_ff}, x.dtype(), device);
-  ops::GroupedGemmArgs wi_args;
-  wi_args.activation = activation;
-  wi_args.a_rows = &sorted_rows;
-  ops::grouped_gemm(x, wi, offsets, inner, wi_args);
+  const layers::ExpertGemmArgs args(activation, sorted_rows, probability);
+  ops::grouped_gemm(x, wi, offsets, inner, args.wi);
   Tensor hidden = x.clone();
-  ops::GroupedGemmArgs wo_args;
-  wo_args.out_rows = &sorted_rows;
-  wo_args.out_scale = &probability;
-  wo_args.routing_settled = true;  // the wo GEMM streams its weights while the wi GEMM runs
-  ops::grouped_gemm(inner, wo, offsets, hidden, wo_args);
+  ops::grouped_gemm(inner, wo, offsets, hidden, args.wo);
   return hidden;
 }
 

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "layers/transformer_layers.h"
 #include "ops/gather.h"
 #include "ops/reference_helpers.h"
 
@@ -733,14 +734,9 @@ TEST(MoeTest, StepsComposeToATop1Layer) {
   ops::sort_by_expert(expert, experts, sorted_rows, offsets);
   EXPECT_EQ(offsets.to_vector<int32_t>().back(), tokens - 4);
   Tensor inner = Tensor::empty({tokens, d_ff});
-  ops::GroupedGemmArgs wi_args;
-  wi_args.activation = Activation::ReLU;
-  wi_args.a_rows = &sorted_rows;
-  ops::grouped_gemm(x, wi, offsets, inner, wi_args);
-  ops::GroupedGemmArgs wo_args;
-  wo_args.out_rows = &sorted_rows;
-  wo_args.out_scale = &probability;
-  ops::grouped_gemm(inner, wo, offsets, hidden, wo_args);
+  const layers::ExpertGemmArgs args(Activation::ReLU, sorted_rows, probability);
+  ops::grouped_gemm(x, wi, offsets, inner, args.wi);
+  ops::grouped_gemm(inner, wo, offsets, hidden, args.wo);
 
   const std::vector<double> xv = to_double(x), rv = to_double(router), wiv = to_double(wi), wov = to_double(wo);
   std::vector<double> ref = before;
