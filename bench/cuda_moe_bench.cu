@@ -107,10 +107,7 @@ void moe_layer(const Layer& layer, const Tensor& x, const Tensor& expert, const 
   Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
   Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
   ops::sort_by_expert(expert, kExperts, sorted, offsets);
-  Tensor inner = Tensor::empty({tokens, kFf}, x.dtype(), Device::CUDA);
-  const layers::ExpertGemmArgs args(ops::Activation::ReLU, sorted, probability);
-  layers::grouped_gemm(x, layer.wi, offsets, inner, args.wi);
-  layers::grouped_gemm(inner, layer.wo, offsets, hidden, args.wo);
+  layers::add_expert_outputs(layer.wi, layer.wo, ops::Activation::ReLU, x, offsets, sorted, probability, hidden);
 }
 
 void BM_MoeLayer(benchmark::State& state, DType dtype, int bits) {

@@ -90,10 +90,7 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
   Tensor offsets = Tensor::empty({experts + 1}, DType::I32, device);
   ops::route_and_sort_top1(x, moe.router, moe.router_bias.defined() ? &moe.router_bias : nullptr, active, probability,
                            sorted_rows, offsets);
-  Tensor inner = Tensor::empty({tokens, moe.wi.dim(1)}, x.dtype(), device);
-  const ExpertGemmArgs args(activation, sorted_rows, probability);
-  grouped_gemm(x, moe.wi, offsets, inner, args.wi);
-  grouped_gemm(inner, moe.wo, offsets, hidden, args.wo);
+  add_expert_outputs(moe.wi, moe.wo, activation, x, offsets, sorted_rows, probability, hidden);
 }
 
 }  // namespace
@@ -104,6 +101,18 @@ ExpertGemmArgs::ExpertGemmArgs(ops::Activation activation, const Tensor& sorted_
   wo.out_rows = &sorted_rows;
   wo.out_scale = &probability;
   wo.routing_settled = true;
+}
+
+void add_expert_outputs(const Weight& wi, const Weight& wo, ops::Activation activation, const Tensor& x,
+                        const Tensor& offsets, const Tensor& sorted_rows, const Tensor& probability, Tensor& hidden) {
+  Tensor inner = Tensor::empty({x.dim(0), wi.dim(1)}, x.dtype(), x.device());
+  const ExpertGemmArgs args(activation, sorted_rows, probability);
+  if (wi.quantized.defined() || wo.quantized.defined()) {
+    grouped_gemm(x, wi, offsets, inner, args.wi);
+    grouped_gemm(inner, wo, offsets, hidden, args.wo);
+  } else {
+    ops::grouped_gemm_pair(x, wi.dense, wo.dense, offsets, inner, hidden, args.wi, args.wo);
+  }
 }
 
 void grouped_gemm(const Tensor& a, const Weight& weights, const Tensor& offsets, Tensor& out,

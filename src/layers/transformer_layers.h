@@ -74,6 +74,12 @@ struct ExpertGemmArgs {
   ExpertGemmArgs(ops::Activation activation, const Tensor& sorted_rows, const Tensor& probability);
 };
 
+// The experts' part of a top-1 MoE layer, over rows sorted by expert (ops::sort_by_expert's sorted_rows and offsets):
+// inner = act(x[sorted_rows] · wi^T) in expert order, then hidden[sorted_rows[i]] += probability[sorted_rows[i]] *
+// (inner[i] · wo^T). Dense experts go through ops::grouped_gemm_pair, quantized ones through two grouped GEMMs.
+void add_expert_outputs(const Weight& wi, const Weight& wo, ops::Activation activation, const Tensor& x,
+                        const Tensor& offsets, const Tensor& sorted_rows, const Tensor& probability, Tensor& hidden);
+
 struct MixtureOfExperts {
   Tensor router;       // F32 [experts, d_model]: routing runs in float32
   Tensor router_bias;  // F32 [experts] or undefined

@@ -40,6 +40,9 @@
                     const GroupedGemmArgs& args);                                                                      \
   void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,               \
                     const GroupedGemmArgs& args);                                                                      \
+  void grouped_gemm_pair(const Tensor& a, const Tensor& first, const Tensor& second, const Tensor& offsets,            \
+                         Tensor& middle, Tensor& out, const GroupedGemmArgs& first_args,                               \
+                         const GroupedGemmArgs& second_args);                                                          \
   void topk(const Tensor& x, int k, Tensor& values, Tensor& indices);                                                  \
   void add_row_values(Tensor& x, const Tensor& row_values);                                                            \
   void fill_column(Tensor& x, int64_t column, float value);                                                            \

@@ -552,13 +552,22 @@ bool check_grouped_gemm(const Tensor& a, const Shape& weights_shape, Device weig
 
 }  // namespace
 
-void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
-                  const GroupedGemmArgs& args) {
+namespace {
+
+// A dense grouped GEMM's checks; false when there is nothing to compute.
+bool check_dense_grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, const Tensor& out,
+                              const GroupedGemmArgs& args) {
   if (weights.dtype() != a.dtype())
     fail("grouped_gemm", "weights " + describe(weights) + " for a " + describe(a) + " (the same dtype)");
-  if (!check_grouped_gemm(
-          a, weights.shape(), weights.device(), [&] { return describe(weights); }, offsets, out, args))
-    return;
+  return check_grouped_gemm(
+      a, weights.shape(), weights.device(), [&] { return describe(weights); }, offsets, out, args);
+}
+
+}  // namespace
+
+void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
+                  const GroupedGemmArgs& args) {
+  if (!check_dense_grouped_gemm(a, weights, offsets, out, args)) return;
   ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
 }
 
@@ -572,6 +581,19 @@ void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor&
   if (weights.scales.device() != weights.device()) fail("grouped_gemm", "weights on two devices: " + what());
   if (!check_grouped_gemm(a, weights.shape, weights.device(), what, offsets, out, args)) return;
   ELEPHANT_DISPATCH(a.device(), grouped_gemm(a, weights, offsets, out, args));
+}
+
+void grouped_gemm_pair(const Tensor& a, const Tensor& first, const Tensor& second, const Tensor& offsets,
+                       Tensor& middle, Tensor& out, const GroupedGemmArgs& first_args,
+                       const GroupedGemmArgs& second_args) {
+  const bool first_rows = check_dense_grouped_gemm(a, first, offsets, middle, first_args);
+  const bool second_rows = check_dense_grouped_gemm(middle, second, offsets, out, second_args);
+  if (!first_rows || !second_rows) {  // one of them may still have rows: as the two calls would run
+    if (first_rows) grouped_gemm(a, first, offsets, middle, first_args);
+    if (second_rows) grouped_gemm(middle, second, offsets, out, second_args);
+    return;
+  }
+  ELEPHANT_DISPATCH(a.device(), grouped_gemm_pair(a, first, second, offsets, middle, out, first_args, second_args));
 }
 
 void topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {

@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "core/cuda/runtime.cuh"
@@ -994,36 +996,48 @@ __global__ void add_rows_kernel(const T* __restrict__ product, const int32_t* __
   store_8(v, out, out_rows, out_scale, i, col, n, vector);
 }
 
-void grouped_gemm_on_sm90(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
-                          const GroupedGemmArgs& args) {
-  const int experts = static_cast<int>(weights.dim(0));
+// A CUTLASS GEMM with what the engine's arguments add around it: a's rows gathered into expert order before
+// (a_rows), the product added to the rows it belongs to after (out_rows).
+struct Sm90Call {
+  Tensor gathered, product;
+  sm90::GroupedGemm problem;
+};
+
+Sm90Call prepare_sm90(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
+                      const GroupedGemmArgs& args) {
   const int64_t n = weights.dim(1), k = weights.dim(2);
   const int64_t rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
-  Tensor gathered;
+  Sm90Call call;
   if (args.a_rows) {
-    gathered = Tensor::empty({rows, k}, a.dtype(), Device::CUDA);
-    gather_rows(a, *args.a_rows, gathered);
+    call.gathered = Tensor::empty({rows, k}, a.dtype(), Device::CUDA);
+    gather_rows(a, *args.a_rows, call.gathered);
   }
-  Tensor product = args.out_rows ? Tensor::empty({rows, n}, a.dtype(), Device::CUDA) : out;
-  sm90::GroupedGemm problem;
+  if (args.out_rows) call.product = Tensor::empty({rows, n}, a.dtype(), Device::CUDA);
+  sm90::GroupedGemm& problem = call.problem;
   problem.dtype = a.dtype();
-  problem.a = args.a_rows ? gathered.raw() : a.raw();
+  problem.a = args.a_rows ? call.gathered.raw() : a.raw();
   problem.weights = weights.raw();
   problem.offsets = offsets.data<int32_t>();
-  problem.out = product.raw();
-  problem.experts = experts;
+  problem.out = args.out_rows ? call.product.raw() : out.raw();
+  problem.experts = static_cast<int>(weights.dim(0));
   problem.n = static_cast<int>(n);
   problem.k = static_cast<int>(k);
   problem.relu = args.activation == Activation::ReLU;  // runs_on_sm90 lets no other activation through
-  sm90::run(problem);
-  if (!args.out_rows || rows == 0) return;
+  return call;
+}
+
+void finish_sm90(const Sm90Call& call, const Tensor& offsets, Tensor& out, const GroupedGemmArgs& args) {
+  const int64_t rows = args.out_rows ? args.out_rows->dim(0) : 0;
+  if (rows == 0) return;
+  const int64_t n = call.problem.n;
   constexpr int kThreads = 256;
-  rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
+  rt::dispatch_floating(out.dtype(), "grouped_gemm", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
-      rt::launch(add_rows_kernel<T>, rt::blocks_for(rows * ((n + 7) / 8), kThreads), kThreads, 0, product.data<T>(),
-                 args.out_rows->data<int32_t>(), args.out_scale->data<float>(), offsets.data<int32_t>() + experts,
-                 out.data<T>(), static_cast<int>(n), rows, n % 8 == 0 && aligned_16(out.raw()));
+      rt::launch(add_rows_kernel<T>, rt::blocks_for(rows * ((n + 7) / 8), kThreads), kThreads, 0,
+                 call.product.data<T>(), args.out_rows->data<int32_t>(), args.out_scale->data<float>(),
+                 offsets.data<int32_t>() + call.problem.experts, out.data<T>(), static_cast<int>(n), rows,
+                 n % 8 == 0 && aligned_16(out.raw()));
     }
   });
 }
@@ -1033,7 +1047,9 @@ void grouped_gemm_on_sm90(const Tensor& a, const Tensor& weights, const Tensor& 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
   if (runs_on_sm90(a, weights, out, args)) {
-    grouped_gemm_on_sm90(a, weights, offsets, out, args);
+    const Sm90Call call = prepare_sm90(a, weights, offsets, out, args);
+    sm90::run(call.problem);
+    finish_sm90(call, offsets, out, args);
     return;
   }
   grouped_gemm_of(a, weights.shape(), &offsets, out, args, [&](auto& p) { p.weights = weights.raw(); });
@@ -1042,6 +1058,26 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
 void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
   grouped_gemm_of(a, weights.shape, &offsets, out, args, quantized_weights(weights));
+}
+
+// The pair shares one launch of CUTLASS's argument writing where nothing runs between its two GEMMs: the first adds
+// no rows after itself, the second gathers none before.
+void grouped_gemm_pair(const Tensor& a, const Tensor& first, const Tensor& second, const Tensor& offsets,
+                       Tensor& middle, Tensor& out, const GroupedGemmArgs& first_args,
+                       const GroupedGemmArgs& second_args) {
+  // A/B (branch only): ELEPHANT_PAIR_AB=two runs the two calls.
+  static const bool two_calls =
+      std::getenv("ELEPHANT_PAIR_AB") && std::string(std::getenv("ELEPHANT_PAIR_AB")) == "two";
+  if (!two_calls && !first_args.out_rows && !second_args.a_rows && runs_on_sm90(a, first, middle, first_args) &&
+      runs_on_sm90(middle, second, out, second_args)) {
+    const Sm90Call one = prepare_sm90(a, first, offsets, middle, first_args);
+    const Sm90Call two = prepare_sm90(middle, second, offsets, out, second_args);
+    sm90::run_pair(one.problem, two.problem);
+    finish_sm90(two, offsets, out, second_args);
+    return;
+  }
+  cuda::grouped_gemm(a, first, offsets, middle, first_args);
+  cuda::grouped_gemm(middle, second, offsets, out, second_args);
 }
 
 // 1-4 rows against int8 weights: the weight-streaming kernel (gemm_cuda.h); else one group of all rows (offsets null).

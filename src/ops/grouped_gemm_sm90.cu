@@ -74,35 +74,64 @@ struct GroupArrays {
   typename K::StrideD* stride_d;
 };
 
+// The per-expert shapes and pointers of one GEMM, from `offsets`: what write_group_arrays writes on the device.
 template <typename K, typename Element>
-__global__ void write_group_arrays(GroupArrays<K, Element> arrays, const int32_t* __restrict__ offsets,
-                                   const Element* a, const Element* weights, Element* out, int experts, int n, int k,
-                                   typename K::StrideA stride_a, typename K::StrideB stride_b,
-                                   typename K::StrideD stride_d) {
+struct GroupArgs {
+  GroupArrays<K, Element> arrays;
+  const int32_t* offsets;
+  const Element* a;
+  const Element* weights;
+  Element* out;
+  int experts, n, k;
+  typename K::StrideA stride_a;
+  typename K::StrideB stride_b;
+  typename K::StrideD stride_d;
+
+  __device__ void write(int thread, int threads) const {
+    for (int e = thread; e < experts; e += threads) {
+      const int begin = offsets[e];
+      const int rows = max(offsets[e + 1] - begin, 0);
+      arrays.shapes[e] = {n, rows, k};
+      arrays.weights[e] = weights + static_cast<int64_t>(e) * n * k;
+      arrays.tokens[e] = a + static_cast<int64_t>(begin) * k;
+      arrays.out[e] = out + static_cast<int64_t>(begin) * n;
+      arrays.stride_a[e] = stride_a;
+      arrays.stride_b[e] = stride_b;
+      arrays.stride_d[e] = stride_d;
+    }
+  }
+};
+
+// One block per GEMM: the arguments of both GEMMs of a pair are written by one launch.
+template <typename K, typename Element, typename K2 = K>
+__global__ void write_group_arrays(GroupArgs<K, Element> first, GroupArgs<K2, Element> second, bool pair) {
   rt::await_previous_kernel();
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
-    const int begin = offsets[e];
-    const int rows = max(offsets[e + 1] - begin, 0);
-    arrays.shapes[e] = {n, rows, k};
-    arrays.weights[e] = weights + static_cast<int64_t>(e) * n * k;
-    arrays.tokens[e] = a + static_cast<int64_t>(begin) * k;
-    arrays.out[e] = out + static_cast<int64_t>(begin) * n;
-    arrays.stride_a[e] = stride_a;
-    arrays.stride_b[e] = stride_b;
-    arrays.stride_d[e] = stride_d;
+  if (blockIdx.x == 0) {
+    first.write(threadIdx.x, blockDim.x);
+  } else if (pair) {
+    second.write(threadIdx.x, blockDim.x);
   }
 }
 
+// A GEMM's device-side arguments (in `storage`, from the stream-ordered pool) and CUTLASS's arguments pointing at them.
 template <typename Element, bool RELU>
-void run_typed(const GroupedGemm& p) {
+struct Prepared {
   using K = Kernel<Element, RELU>;
-  using Gemm = typename K::Gemm;
+  Tensor storage;
+  GroupArgs<K, Element> group;
+  typename K::Gemm::Arguments arguments;
+};
+
+template <typename Element, bool RELU>
+Prepared<Element, RELU> prepare(const GroupedGemm& p) {
+  using K = Kernel<Element, RELU>;
+  Prepared<Element, RELU> prepared;
   const std::vector<size_t> at =
       carve_arrays(static_cast<size_t>(p.experts),
                    {sizeof(ProblemShape::UnderlyingProblemShape), sizeof(void*), sizeof(void*), sizeof(void*),
                     sizeof(typename K::StrideA), sizeof(typename K::StrideB), sizeof(typename K::StrideD)});
-  Tensor storage = Tensor::empty({static_cast<int64_t>(at.back())}, DType::U8, Device::CUDA);
-  auto* base = static_cast<unsigned char*>(storage.raw());
+  prepared.storage = Tensor::empty({static_cast<int64_t>(at.back())}, DType::U8, Device::CUDA);
+  auto* base = static_cast<unsigned char*>(prepared.storage.raw());
   GroupArrays<K, Element> arrays{reinterpret_cast<ProblemShape::UnderlyingProblemShape*>(base + at[0]),
                                  reinterpret_cast<const Element**>(base + at[1]),
                                  reinterpret_cast<const Element**>(base + at[2]),
@@ -117,18 +146,54 @@ void run_typed(const GroupedGemm& p) {
   get<0>(stride_a) = p.k;
   get<0>(stride_b) = p.k;
   get<1>(stride_d) = p.n;
-  rt::launch(write_group_arrays<K, Element>, 1, 256, 0, arrays, p.offsets, static_cast<const Element*>(p.a),
-             static_cast<const Element*>(p.weights), static_cast<Element*>(p.out), p.experts, p.n, p.k, stride_a,
-             stride_b, stride_d);
+  prepared.group = {arrays,
+                    p.offsets,
+                    static_cast<const Element*>(p.a),
+                    static_cast<const Element*>(p.weights),
+                    static_cast<Element*>(p.out),
+                    p.experts,
+                    p.n,
+                    p.k,
+                    stride_a,
+                    stride_b,
+                    stride_d};
+  prepared.arguments = {cutlass::gemm::GemmUniversalMode::kGrouped,
+                        {p.experts, arrays.shapes, nullptr},
+                        {arrays.weights, arrays.stride_a, arrays.tokens, arrays.stride_b},
+                        {{}, nullptr, nullptr, arrays.out, arrays.stride_d},
+                        hardware_info()};
+  prepared.arguments.epilogue.thread.alpha = 1.0f;
+  prepared.arguments.epilogue.thread.beta = 0.0f;
+  return prepared;
+}
 
-  typename Gemm::Arguments arguments{cutlass::gemm::GemmUniversalMode::kGrouped,
-                                     {p.experts, arrays.shapes, nullptr},
-                                     {arrays.weights, arrays.stride_a, arrays.tokens, arrays.stride_b},
-                                     {{}, nullptr, nullptr, arrays.out, arrays.stride_d},
-                                     hardware_info()};
-  arguments.epilogue.thread.alpha = 1.0f;
-  arguments.epilogue.thread.beta = 0.0f;
-  run_gemm<Gemm>(arguments, "grouped_gemm (sm90)");
+template <typename Element, bool RELU>
+void run_typed(const GroupedGemm& p) {
+  const Prepared<Element, RELU> prepared = prepare<Element, RELU>(p);
+  rt::launch(write_group_arrays<typename Prepared<Element, RELU>::K, Element>, 1, 256, 0, prepared.group,
+             prepared.group, false);
+  run_gemm<typename Prepared<Element, RELU>::K::Gemm>(prepared.arguments, "grouped_gemm (sm90)");
+}
+
+template <typename Element, bool RELU1, bool RELU2>
+void run_pair_typed(const GroupedGemm& first, const GroupedGemm& second) {
+  const Prepared<Element, RELU1> one = prepare<Element, RELU1>(first);
+  const Prepared<Element, RELU2> two = prepare<Element, RELU2>(second);
+  rt::launch(write_group_arrays<typename Prepared<Element, RELU1>::K, Element, typename Prepared<Element, RELU2>::K>, 2,
+             256, 0, one.group, two.group, true);
+  run_gemm<typename Prepared<Element, RELU1>::K::Gemm>(one.arguments, "grouped_gemm (sm90)");
+  run_gemm<typename Prepared<Element, RELU2>::K::Gemm>(two.arguments, "grouped_gemm (sm90)");
+}
+
+template <typename Element>
+void run_pair_of(const GroupedGemm& first, const GroupedGemm& second) {
+  if (first.relu) {
+    second.relu ? run_pair_typed<Element, true, true>(first, second)
+                : run_pair_typed<Element, true, false>(first, second);
+  } else {
+    second.relu ? run_pair_typed<Element, false, true>(first, second)
+                : run_pair_typed<Element, false, false>(first, second);
+  }
 }
 
 }  // namespace
@@ -139,6 +204,21 @@ bool available() {
     return properties.major == 9 && properties.minor == 0;
   }();
   return sm90;
+}
+
+void run_pair(const GroupedGemm& first, const GroupedGemm& second) {
+  if (first.dtype != second.dtype)
+    throw Error("grouped_gemm (sm90): a pair of " + dtype_name(first.dtype) + " and " + dtype_name(second.dtype));
+  if (first.experts == 0 || first.n == 0 || second.n == 0) {
+    run(first);
+    run(second);
+  } else if (first.dtype == DType::F16) {
+    run_pair_of<cutlass::half_t>(first, second);
+  } else if (first.dtype == DType::BF16) {
+    run_pair_of<cutlass::bfloat16_t>(first, second);
+  } else {
+    throw Error("grouped_gemm (sm90): " + dtype_name(first.dtype) + " is not F16 or BF16");
+  }
 }
 
 void run(const GroupedGemm& problem) {

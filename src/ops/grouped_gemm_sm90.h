@@ -30,4 +30,9 @@ bool available();
 // Enqueues the GEMM on the calling thread's stream; no host synchronization.
 void run(const GroupedGemm& problem);
 
+// Two GEMMs over the same offsets, the second reading what the first wrote (a MoE layer's wi and wo), as run(first)
+// then run(second) but with one launch writing both GEMMs' per-expert arguments ahead of the first: the second
+// follows the first directly.
+void run_pair(const GroupedGemm& first, const GroupedGemm& second);
+
 }  // namespace elephant::ops::cuda::sm90

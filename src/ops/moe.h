@@ -59,4 +59,12 @@ void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets,
 void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args = {});
 
+// Two grouped GEMMs over the same offsets, the second reading the first's output (a MoE layer's wi and wo): the same
+// as grouped_gemm(a, first, offsets, middle, first_args), then grouped_gemm(middle, second, offsets, out,
+// second_args). On CUDA, where both run on CUTLASS (prefill-sized), one launch writes both GEMMs' per-expert
+// arguments ahead of the first, so that the second follows the first without a kernel in between.
+void grouped_gemm_pair(const Tensor& a, const Tensor& first, const Tensor& second, const Tensor& offsets,
+                       Tensor& middle, Tensor& out, const GroupedGemmArgs& first_args,
+                       const GroupedGemmArgs& second_args);
+
 }  // namespace elephant::ops

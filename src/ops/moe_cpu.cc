@@ -126,4 +126,11 @@ void grouped_gemm(const Tensor& a, const QuantizedTensor& weights, const Tensor&
   });
 }
 
+void grouped_gemm_pair(const Tensor& a, const Tensor& first, const Tensor& second, const Tensor& offsets,
+                       Tensor& middle, Tensor& out, const GroupedGemmArgs& first_args,
+                       const GroupedGemmArgs& second_args) {
+  cpu::grouped_gemm(a, first, offsets, middle, first_args);
+  cpu::grouped_gemm(middle, second, offsets, out, second_args);
+}
+
 }  // namespace elephant::ops::cpu

@@ -533,5 +533,38 @@ TEST(CudaMoe, MoeLayerMatchesCpu) {
     }
 }
 
+// The pair runs the same kernels as the two calls (on Hopper at more than 64 rows per expert: both on CUTLASS, their
+// arguments written by one launch), so both outputs must be the same bits; decode-sized rows take the two calls.
+TEST(CudaMoe, GroupedGemmPairEqualsTwoCalls) {
+  ELEPHANT_REQUIRE_CUDA();
+  struct Case {
+    int64_t tokens, d, d_ff, experts;
+  };
+  std::mt19937 rng(29);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const Case& tc : std::vector<Case>{{1200, 256, 512, 8}, {40, 32, 64, 8}}) {
+      SCOPED_TRACE(name(dtype) + " tokens=" + std::to_string(tc.tokens));
+      const Tensor x = to_cuda(random_cpu({tc.tokens, tc.d}, rng), dtype);
+      const Tensor router = random_cpu({tc.experts, tc.d}, rng).to(Device::CUDA);
+      const Tensor wi = to_cuda(random_cpu({tc.experts, tc.d_ff, tc.d}, rng, -0.1f, 0.1f), dtype);
+      const Tensor wo = to_cuda(random_cpu({tc.experts, tc.d, tc.d_ff}, rng, -0.05f, 0.05f), dtype);
+      Tensor probability = Tensor::empty({tc.tokens}, DType::F32, Device::CUDA);
+      Tensor sorted_rows = Tensor::empty({tc.tokens}, DType::I32, Device::CUDA);
+      Tensor offsets = Tensor::empty({tc.experts + 1}, DType::I32, Device::CUDA);
+      ops::route_and_sort_top1(x, router, nullptr, nullptr, probability, sorted_rows, offsets);
+      const layers::ExpertGemmArgs args(ops::Activation::ReLU, sorted_rows, probability);
+
+      Tensor inner = poisoned({tc.tokens, tc.d_ff}, dtype, Device::CUDA);
+      Tensor hidden = x.clone();
+      ops::grouped_gemm(x, wi, offsets, inner, args.wi);
+      ops::grouped_gemm(inner, wo, offsets, hidden, args.wo);
+      Tensor pair_inner = poisoned({tc.tokens, tc.d_ff}, dtype, Device::CUDA);
+      Tensor pair_hidden = x.clone();
+      ops::grouped_gemm_pair(x, wi, wo, offsets, pair_inner, pair_hidden, args.wi, args.wo);
+      EXPECT_EQ(to_cpu_float(pair_inner).to_vector<float>(), to_cpu_float(inner).to_vector<float>());
+      EXPECT_EQ(to_cpu_float(pair_hidden).to_vector<float>(), to_cpu_float(hidden).to_vector<float>());
+    }
+}
+
 }  // namespace
 }  // namespace elephant

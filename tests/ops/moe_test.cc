@@ -662,6 +662,44 @@ TEST(MoeTest, GroupedGemmAddsScaledRowsToOutRows) {
   }
 }
 
+// The pair is the two calls: the same products, bit for bit; a second GEMM that does not fit the first's output is
+// rejected by name before anything runs.
+TEST(MoeTest, GroupedGemmPairEqualsTwoCalls) {
+  std::mt19937 rng(708);
+  const int64_t rows = 30, d = 6, d_ff = 10;
+  const Tensor x = random_tensor({rows, d}, rng);
+  const Tensor wi = random_tensor({3, d_ff, d}, rng), wo = random_tensor({3, d, d_ff}, rng);
+  const Tensor offsets = Tensor::from_vector(std::vector<int32_t>{0, 9, 9, 26}, {4});  // 4 rows pruned
+  std::vector<int32_t> order(rows);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  const Tensor sorted = Tensor::from_vector(order, {rows});
+  const Tensor probability = random_tensor({rows}, rng);
+  const layers::ExpertGemmArgs args(ops::Activation::ReLU, sorted, probability);
+
+  Tensor inner = Tensor::zeros({rows, d_ff}), hidden = x.clone();
+  ops::grouped_gemm(x, wi, offsets, inner, args.wi);
+  ops::grouped_gemm(inner, wo, offsets, hidden, args.wo);
+  Tensor pair_inner = Tensor::zeros({rows, d_ff}), pair_hidden = x.clone();
+  ops::grouped_gemm_pair(x, wi, wo, offsets, pair_inner, pair_hidden, args.wi, args.wo);
+  EXPECT_EQ(pair_inner.to_vector<float>(), inner.to_vector<float>());
+  EXPECT_EQ(pair_hidden.to_vector<float>(), hidden.to_vector<float>());
+
+  const Tensor wrong_wo = random_tensor({3, d, d_ff + 1}, rng);
+  Tensor untouched = Tensor::zeros({rows, d_ff});
+  EXPECT_THROW(
+      {
+        try {
+          ops::grouped_gemm_pair(x, wi, wrong_wo, offsets, untouched, pair_hidden, args.wi, args.wo);
+        } catch (const std::exception& e) {
+          EXPECT_NE(std::string(e.what()).find("grouped_gemm"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      std::exception);
+  EXPECT_EQ(untouched.to_vector<float>(), std::vector<float>(rows * d_ff, 0.0f)) << "nothing ran";
+}
+
 TEST(MoeTest, GroupedGemmOutRowsUseTheScaleOfTheDestinationRow) {
   // Product row i (here a's row i: the weight is the identity) goes to out row out_rows[i] and is scaled by
   // out_scale[out_rows[i]], not out_scale[i].
