@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "core/cuda/runtime.cuh"
+#include "ops/activation_cuda.cuh"
 #include "ops/backends.h"
 #include "ops/gemm_cuda.h"
 #include "ops/grouped_gemm_sm90.h"
@@ -31,7 +32,6 @@ namespace {
 
 namespace rt = elephant::cuda;
 
-constexpr int kNoActivation = -1;
 constexpr int kMaxMmaExperts = 1024;  // the work list's prefix lives in static shared memory
 constexpr unsigned kFullMask = 0xffffffffu;
 // Split-k: at most 32 slices of k, each of at least 4 k tiles (the prologue, the partial tile and the arrival are
@@ -39,22 +39,6 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxSlices = 32;
 constexpr int kMinSliceTiles = 4;
 constexpr int64_t kSplitCounters = 4096;
-
-__device__ __forceinline__ float apply_activation(int activation, float v) {
-  // The formulas of activation_cpu.cc.
-  switch (activation) {
-    case static_cast<int>(Activation::ReLU):
-      return v > 0.0f ? v : 0.0f;
-    case static_cast<int>(Activation::Gelu):
-      return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-    case static_cast<int>(Activation::GeluNew):
-      return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-    case static_cast<int>(Activation::Silu):
-      return v / (1.0f + expf(-v));
-    default:
-      return v;
-  }
-}
 
 // ---- tensor-core path -------------------------------------------------------------------------------------------
 
@@ -1023,6 +1007,8 @@ void grouped_gemm_on_sm90(const Tensor& a, const Tensor& weights, const Tensor& 
 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
+  // A decode step's MoE layer at batch 1-4: no tensor-core tiles, no split-k; see small_m_gemm_cuda.cu.
+  if (small_m_grouped_gemm(a, weights, offsets, out, args)) return;
   if (runs_on_sm90(a, weights, out, args)) {
     grouped_gemm_on_sm90(a, weights, offsets, out, args);
     return;
