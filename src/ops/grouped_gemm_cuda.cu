@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "core/cuda/runtime.cuh"
@@ -1008,7 +1010,10 @@ void grouped_gemm_on_sm90(const Tensor& a, const Tensor& weights, const Tensor& 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
   // A decode step's MoE layer at batch 1-4: no tensor-core tiles, no split-k; see small_m_gemm_cuda.cu.
-  if (small_m_grouped_gemm(a, weights, offsets, out, args)) return;
+  // A/B (branch only): ELEPHANT_GROUPED_SMALL_M=0 keeps the tensor-core kernels for decode-sized products.
+  static const bool small_m =
+      !(std::getenv("ELEPHANT_GROUPED_SMALL_M") && std::string(std::getenv("ELEPHANT_GROUPED_SMALL_M")) == "0");
+  if (small_m && small_m_grouped_gemm(a, weights, offsets, out, args)) return;
   if (runs_on_sm90(a, weights, out, args)) {
     grouped_gemm_on_sm90(a, weights, offsets, out, args);
     return;
