@@ -7,6 +7,7 @@
 
 #include "core/tensor.h"
 #include "ops/gemm.h"
+#include "ops/moe.h"
 #include "quantization/quantized_tensor.h"
 
 namespace elephant::ops::cuda {
@@ -23,6 +24,11 @@ void linear_stack_cublas(const Tensor& x, const Tensor& weights, Tensor& y);
 // a and b 16-byte aligned): launches it and returns true. Otherwise returns false and does nothing.
 bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args);
 bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y);
+// ops::grouped_gemm with half-precision experts when the whole product has at most kSmallMMaxRows rows (a decode
+// step's MoE layer at batch 1-4): each expert with rows streams its weights through the small-m kernel, reading its
+// rows of a and writing (or adding) its rows of out as ops::grouped_gemm does. Otherwise returns false.
+bool small_m_grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
+                          const GroupedGemmArgs& args);
 // ops::quantized_linear with int8 weights (per channel or per group) when the kernel applies (at most kSmallMMaxRows
 // rows of F16 or BF16, k a multiple of 16, x and the codes 16-byte aligned). Otherwise returns false and does nothing.
 // accumulate: y += the product (in the kernel's epilogue, beta = 1).

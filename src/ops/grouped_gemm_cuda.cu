@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "core/cuda/runtime.cuh"
+#include "ops/activation_cuda.cuh"
 #include "ops/backends.h"
 #include "ops/gemm_cuda.h"
 #include "ops/grouped_gemm_sm90.h"
@@ -33,7 +34,6 @@ namespace {
 
 namespace rt = elephant::cuda;
 
-constexpr int kNoActivation = -1;
 constexpr int kMaxMmaExperts = 1024;  // the work list's prefix lives in static shared memory
 constexpr unsigned kFullMask = 0xffffffffu;
 // Split-k: at most 32 slices of k, each of at least 4 k tiles (the prologue, the partial tile and the arrival are
@@ -41,22 +41,6 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxSlices = 32;
 constexpr int kMinSliceTiles = 4;
 constexpr int64_t kSplitCounters = 4096;
-
-__device__ __forceinline__ float apply_activation(int activation, float v) {
-  // The formulas of activation_cpu.cc.
-  switch (activation) {
-    case static_cast<int>(Activation::ReLU):
-      return v > 0.0f ? v : 0.0f;
-    case static_cast<int>(Activation::Gelu):
-      return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-    case static_cast<int>(Activation::GeluNew):
-      return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-    case static_cast<int>(Activation::Silu):
-      return v / (1.0f + expf(-v));
-    default:
-      return v;
-  }
-}
 
 // ---- tensor-core path -------------------------------------------------------------------------------------------
 
@@ -1046,6 +1030,11 @@ void finish_sm90(const Sm90Call& call, const Tensor& offsets, Tensor& out, const
 
 void grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
                   const GroupedGemmArgs& args) {
+  // A decode step's MoE layer at batch 1-4: no tensor-core tiles, no split-k; see small_m_gemm_cuda.cu.
+  // A/B (branch only): ELEPHANT_GROUPED_SMALL_M=0 keeps the tensor-core kernels for decode-sized products.
+  static const bool small_m =
+      !(std::getenv("ELEPHANT_GROUPED_SMALL_M") && std::string(std::getenv("ELEPHANT_GROUPED_SMALL_M")) == "0");
+  if (small_m && small_m_grouped_gemm(a, weights, offsets, out, args)) return;
   if (runs_on_sm90(a, weights, out, args)) {
     const Sm90Call call = prepare_sm90(a, weights, offsets, out, args);
     sm90::run(call.problem);

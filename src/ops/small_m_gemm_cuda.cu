@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "core/cuda/runtime.cuh"
+#include "ops/activation_cuda.cuh"
 #include "ops/gemm_cuda.h"
 #include "ops/rms_norm_cuda.cuh"
 #include "quantization/quantized_tensor.h"
@@ -94,6 +95,44 @@ struct Int8Scales {
   int groups = 1;
   int group_size = 0;
 };
+
+// A MoE layer's grouped GEMM at decode sizes (kExperts): blockIdx.y is the y-th expert with rows (in expert order),
+// whose rows [offsets[e], offsets[e + 1]) of the product read a's rows a_rows[i] (or i) and go to out rows
+// out_rows[i] (added, scaled by out_scale[out_rows[i]]: the un-permute and residual add of ops::grouped_gemm) or i.
+// settled: offsets were written before the previous kernel, so the expert's weights stream in while it finishes.
+template <typename T>
+struct ExpertRows {
+  const int32_t* offsets = nullptr;
+  const int32_t* a_rows = nullptr;
+  const int32_t* out_rows = nullptr;
+  const float* out_scale = nullptr;
+  const T* bias = nullptr;  // [experts, n] or null
+  int experts = 0;
+  int activation = kNoActivation;
+  bool settled = false;
+};
+
+// The y-th expert with rows (its index and first position), or -1 when fewer have rows: a warp's lanes test 32
+// experts at a time, so the search costs one round trip per 32 experts.
+__device__ __forceinline__ int nth_expert_with_rows(const int32_t* offsets, int experts, int y, int& begin) {
+  const int lane = threadIdx.x % 32;
+  for (int base = 0; base < experts; base += 32) {
+    const int e = base + lane;
+    const int first = e < experts ? __ldg(offsets + e) : 0;
+    const bool has_rows = e < experts && __ldg(offsets + e + 1) > first;
+    const unsigned with_rows = __ballot_sync(kFullMask, has_rows);
+    const int count = __popc(with_rows);
+    if (y < count) {
+      unsigned m = with_rows;
+      for (int i = 0; i < y; ++i) m &= m - 1;  // drop the y lowest set bits
+      const int picked = __ffs(m) - 1;
+      begin = __shfl_sync(kFullMask, first, picked);
+      return base + picked;
+    }
+    y -= count;
+  }
+  return -1;
+}
 
 template <typename T>
 struct RowNorm {
@@ -169,16 +208,17 @@ __device__ void normalize_rows(const T* a, int k, const RowNorm<T>& norm, const 
   __syncthreads();
 }
 
-// blockIdx.y selects one weight of a stack (w and c advance by their batch strides, in elements). a: [M, k], w: [n, k]
+// blockIdx.y selects one weight of a stack (w and c advance by their batch strides, in elements), or with kExperts
+// one expert with rows (ExpertRows: w advances by that expert's stride, c stays). a: [M, k], w: [n, k]
 // in T (BITS 16) or int8 codes (BITS 8, scaled by `quant`), c: [M, n]; k a multiple of 8 (16 for codes), a and w
 // 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks resident at once) cap registers at 128;
 // without the cap ptxas picked 80 and spilled at M = 8. kNorm: a is normalized first (k <= kNormMaxK, the norm weight
 // 16-byte aligned, M * k halves of dynamic shared memory).
-template <typename T, typename CT, int M, bool kNorm, int BITS>
+template <typename T, typename CT, int M, bool kNorm, int BITS, bool kExperts = false>
 __global__ void __launch_bounds__(kThreads, 4)
     small_m_gemm_kernel(const T* __restrict__ a, const void* __restrict__ w, CT* __restrict__ c, int n, int k,
                         int group_warps, int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta,
-                        bool w_is_weight, RowNorm<T> norm, Int8Scales quant) {
+                        bool w_is_weight, RowNorm<T> norm, Int8Scales quant, ExpertRows<T> rows) {
   static_assert(BITS == 16 || BITS == 8, "half-precision or int8 weights");
   constexpr int kFeatures = 128 / BITS;    // of one 16-byte weight chunk
   constexpr int kAChunks = kFeatures / 8;  // 16-byte chunks of a that one weight chunk meets
@@ -188,8 +228,27 @@ __global__ void __launch_bounds__(kThreads, 4)
   const int group_lane = (warp % group_warps) * 32 + lane;
   const int group_threads = group_warps * 32;
   const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * (kWarps / group_warps) + warp / group_warps) * kRows;
-  c += blockIdx.y * c_batch_stride;
   const int chunks = k / kFeatures;  // weight chunks per row
+  // The matrix of the stack this block multiplies; with kExperts the expert, its first row of the product and its
+  // row count (at most M), found after the previous kernel unless the offsets were settled before it.
+  int64_t matrix = blockIdx.y;
+  [[maybe_unused]] int expert_begin = 0, expert_count = M;
+  bool waited = false;
+  if constexpr (kExperts) {
+    if (!rows.settled) {
+      rt::await_previous_kernel();
+      waited = true;
+    }
+    const int e = nth_expert_with_rows(rows.offsets, rows.experts, blockIdx.y, expert_begin);
+    if (e < 0) {  // fewer experts with rows than the grid's slots: the whole block leaves
+      if (!waited) rt::await_previous_kernel();
+      return;
+    }
+    expert_count = min(__ldg(rows.offsets + e + 1) - expert_begin, M);
+    matrix = e;
+  } else {
+    c += blockIdx.y * c_batch_stride;
+  }
 
   // Rows past n (in the last block) read row n - 1 again and store nothing: every warp reaches the barrier.
   const int64_t row_bytes = static_cast<int64_t>(k) * BITS / 8;
@@ -198,8 +257,7 @@ __global__ void __launch_bounds__(kThreads, 4)
 #pragma unroll
   for (int j = 0; j < kRows; ++j) {
     w_row_index[j] = min(row0 + j, static_cast<int64_t>(n - 1));
-    w_row[j] =
-        static_cast<const unsigned char*>(w) + blockIdx.y * w_batch_stride * BITS / 8 + w_row_index[j] * row_bytes;
+    w_row[j] = static_cast<const unsigned char*>(w) + matrix * w_batch_stride * BITS / 8 + w_row_index[j] * row_bytes;
   }
   // Per-channel scales once; a group's scale for each chunk (a group spans whole chunks).
   float row_scale[kRows] = {};
@@ -231,14 +289,25 @@ __global__ void __launch_bounds__(kThreads, 4)
   uint4 g[kNormPasses];
   if constexpr (kNorm) load_norm_weight(norm.weight, k / 8, g);
   if (w_is_weight) load_pass(group_lane);
-  rt::await_previous_kernel();
+  if (!waited) rt::await_previous_kernel();
   if (!w_is_weight) load_pass(group_lane);
   if constexpr (kNorm) normalize_rows<T, M>(a, k, norm, g, normalized_a);
+  // The row of a behind product row r: with kExperts the expert's r-th position, through a_rows (rows past its count
+  // read its first one again and store nothing).
+  int64_t a_row[M];
+#pragma unroll
+  for (int r = 0; r < M; ++r) {
+    a_row[r] = r;
+    if constexpr (kExperts) {
+      const int position = expert_begin + (r < expert_count ? r : 0);
+      a_row[r] = rows.a_rows != nullptr ? __ldg(rows.a_rows + position) : position;
+    }
+  }
   const auto load_a = [&](int r, int chunk) {
     if constexpr (kNorm) {
       return normalized_a[r * (k / 8) + chunk];
     } else {
-      return __ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(r) * k) + chunk);
+      return __ldg(reinterpret_cast<const uint4*>(a + a_row[r] * k) + chunk);
     }
   };
 
@@ -294,8 +363,23 @@ __global__ void __launch_bounds__(kThreads, 4)
     float sum = 0.0f;
     for (int s = 0; s < group_warps; ++s) sum += partial[warp + s][lane];
     const int64_t column = row0 + lane / M;
-    if (column < n) {
-      CT* out = c + static_cast<int64_t>(lane % M) * n + column;
+    const int r = lane % M;
+    if constexpr (kExperts) {
+      // As the grouped GEMM's epilogue rounds: the product row in T, then (out_rows) scaled, added and rounded again.
+      if (column < n && r < expert_count) {
+        const int position = expert_begin + r;
+        const float b = rows.bias != nullptr ? rt::to_float(rows.bias[matrix * n + column]) : 0.0f;
+        const CT product = rt::from_float<CT>(apply_activation(rows.activation, sum + b));
+        if (rows.out_rows != nullptr) {
+          const int64_t target = rows.out_rows[position];
+          CT* out = c + target * n + column;
+          *out = rt::from_float<CT>(rt::to_float(*out) + rows.out_scale[target] * rt::to_float(product));
+        } else {
+          c[position * n + column] = product;
+        }
+      }
+    } else if (column < n) {
+      CT* out = c + static_cast<int64_t>(r) * n + column;
       float value = alpha * sum;
       if (beta != 0.0f) value += beta * rt::to_float(*out);  // beta == 0 never reads c (it may hold NaN)
       *out = rt::from_float<CT>(value);
@@ -322,10 +406,11 @@ struct Problem {
   int64_t count = 1, w_stride = 0, c_stride = 0;
   float alpha = 1.0f, beta = 0.0f;
   bool w_is_weight = false;
-  RowNorm<T> norm{};  // a normalized first when norm.weight is set
+  RowNorm<T> norm{};     // a normalized first when norm.weight is set
+  ExpertRows<T> rows{};  // a grouped GEMM's experts when rows.offsets is set (count: the grid's expert slots)
 };
 
-template <typename T, typename CT, bool kNorm, int BITS>
+template <typename T, typename CT, bool kNorm, int BITS, bool kExperts>
 void launch_variant(const Problem<T, CT>& p) {
   const int group_warps = group_warps_for(p.k * BITS / 128);
   const int rows_per_block = kRows * (kWarps / group_warps);
@@ -333,30 +418,33 @@ void launch_variant(const Problem<T, CT>& p) {
   const size_t shared_bytes = kNorm ? static_cast<size_t>(p.m * p.k) * sizeof(T) : 0;
   const auto run = [&](auto kernel) {
     rt::launch(kernel, grid, kThreads, shared_bytes, p.a, p.w, p.c, static_cast<int>(p.n), static_cast<int>(p.k),
-               group_warps, p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight, p.norm, p.quant);
+               group_warps, p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight, p.norm, p.quant, p.rows);
   };
   switch (p.m) {
     case 1:
-      run(small_m_gemm_kernel<T, CT, 1, kNorm, BITS>);
+      run(small_m_gemm_kernel<T, CT, 1, kNorm, BITS, kExperts>);
       break;
     case 2:
-      run(small_m_gemm_kernel<T, CT, 2, kNorm, BITS>);
+      run(small_m_gemm_kernel<T, CT, 2, kNorm, BITS, kExperts>);
       break;
     case 3:
-      run(small_m_gemm_kernel<T, CT, 3, kNorm, BITS>);
+      run(small_m_gemm_kernel<T, CT, 3, kNorm, BITS, kExperts>);
       break;
     default:
-      run(small_m_gemm_kernel<T, CT, 4, kNorm, BITS>);
+      run(small_m_gemm_kernel<T, CT, 4, kNorm, BITS, kExperts>);
       break;
   }
 }
 
 template <int BITS, typename T, typename CT>
 void launch(const Problem<T, CT>& p) {
+  if constexpr (BITS == 16 && std::is_same_v<T, CT>) {  // experts: half precision in and out
+    if (p.rows.offsets) return launch_variant<T, CT, false, BITS, true>(p);
+  }
   if (p.norm.weight)
-    launch_variant<T, CT, true, BITS>(p);
+    launch_variant<T, CT, true, BITS, false>(p);
   else
-    launch_variant<T, CT, false, BITS>(p);
+    launch_variant<T, CT, false, BITS, false>(p);
 }
 
 // Launches the problem `setup` fills in, with c's element type: T, or float (the lm_head's float32 logits). The
@@ -383,13 +471,14 @@ void launch_into(const Tensor& a, const Tensor& w, int64_t n, int64_t count, Ten
     run(c.data<T>());
 }
 
-// What every caller needs: half precision, 1..kSmallMMaxRows rows, whole 16-byte chunks per row, aligned starts, int
-// sizes.
+// What every caller needs: half precision, 1..kSmallMMaxRows rows (m) of k, whole 16-byte chunks per row, aligned
+// starts, int sizes.
+bool applies(DType dtype, int64_t m, int64_t k, const void* a, const void* w, int64_t n, int64_t count) {
+  return (dtype == DType::F16 || dtype == DType::BF16) && m >= 1 && m <= kSmallMMaxRows && k > 0 && k % 8 == 0 &&
+         n <= INT32_MAX && k <= INT32_MAX && count <= 65535 && rt::is_aligned(a) && rt::is_aligned(w);
+}
 bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
-  const int64_t m = a.dim(0), k = a.dim(1);
-  return (a.dtype() == DType::F16 || a.dtype() == DType::BF16) && m >= 1 && m <= kSmallMMaxRows && k > 0 &&
-         k % 8 == 0 && n <= INT32_MAX && k <= INT32_MAX && count <= 65535 && rt::is_aligned(a.raw()) &&
-         rt::is_aligned(w.raw());
+  return applies(a.dtype(), a.dim(0), a.dim(1), a.raw(), w.raw(), n, count);
 }
 
 // x's 1..kSmallMMaxRows rows against an int8 Linear weight, with what `setup` adds (beta, a norm).
@@ -443,6 +532,40 @@ bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& a
         p.beta = args.beta;
         p.w_is_weight = args.b_is_weight;
       });
+    }
+  });
+  return true;
+}
+
+bool small_m_grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& offsets, Tensor& out,
+                          const GroupedGemmArgs& args) {
+  const int64_t rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
+  const int64_t experts = weights.dim(0), n = weights.dim(1), k = weights.dim(2);
+  // m: the product's rows (a's are read through a_rows); one grid slot per expert that can have rows.
+  if (experts > INT32_MAX || !applies(a.dtype(), rows, k, a.raw(), weights.raw(), n, std::min(rows, experts)))
+    return false;
+  rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {
+      Problem<T, T> p{};
+      p.a = a.data<T>();
+      p.w = weights.raw();
+      p.c = out.data<T>();
+      p.m = rows;  // the most an expert can own
+      p.n = n;
+      p.k = k;
+      p.count = std::min(rows, experts);  // at most one expert per row
+      p.w_stride = n * k;
+      p.w_is_weight = true;
+      p.rows.offsets = offsets.data<int32_t>();
+      p.rows.a_rows = args.a_rows ? args.a_rows->data<int32_t>() : nullptr;
+      p.rows.out_rows = args.out_rows ? args.out_rows->data<int32_t>() : nullptr;
+      p.rows.out_scale = args.out_scale ? args.out_scale->data<float>() : nullptr;
+      p.rows.bias = args.bias ? args.bias->data<T>() : nullptr;
+      p.rows.experts = static_cast<int>(experts);
+      p.rows.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
+      p.rows.settled = args.routing_settled;
+      launch<16>(p);
     }
   });
   return true;

@@ -322,6 +322,29 @@ TEST(CudaMoe, GroupedGemmPrefillRowsMatchCpu) {
     }
 }
 
+// 1-4 rows in all (a decode step's MoE layer at batch 1-4): the small-m kernel, one block row per expert with rows,
+// reading a through a_rows or not, with bias and activation, pruned rows untouched, one expert owning every row.
+TEST(CudaMoe, GroupedGemmDecodeRowsMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(32);
+  const std::vector<GemmCase> cases = {
+      {1024, 4096, {1}, 0},           // one token, the paper's wi
+      {4096, 1024, {0, 0, 1, 0}, 0},  // one token, the paper's wo
+      {1024, 512, {1, 0, 2}, 1},      // two experts, a pruned row
+      {520, 200, {0, 4}, 0},          // one expert owns all four rows; n not a multiple of the block's rows
+      {64, 40, {0, 0}, 3},            // every row pruned
+  };
+  int variant = 0;
+  for (DType dtype : testdev::cuda_dtypes())
+    for (const GemmCase& tc : cases) {
+      const bool with_bias = variant % 2 == 1;
+      const std::optional<ops::Activation> activation =
+          variant % 3 == 0 ? std::nullopt : std::optional<ops::Activation>(ops::Activation::ReLU);
+      expect_grouped_gemm_matches_cpu(tc, dtype, with_bias, activation, rng, 2, variant % 2 == 0);
+      ++variant;
+    }
+}
+
 // Decode-sized problems (a few rows in all) split k across blocks; each tile's last block sums the slices. Run twice:
 // the arrival counters must be zero again for the second launch.
 TEST(CudaMoe, GroupedGemmSplitKMatchesCpu) {

@@ -1,0 +1,30 @@
+#pragma once
+
+// The activations of ops/activation.h as device functions, for kernels that apply them in their epilogue (the
+// grouped GEMMs). kNoActivation stands for none.
+
+#include <cmath>
+
+#include "ops/activation.h"
+
+namespace elephant::ops::cuda {
+
+constexpr int kNoActivation = -1;
+
+__device__ __forceinline__ float apply_activation(int activation, float v) {
+  // The formulas of activation_cpu.cc.
+  switch (activation) {
+    case static_cast<int>(Activation::ReLU):
+      return v > 0.0f ? v : 0.0f;
+    case static_cast<int>(Activation::Gelu):
+      return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    case static_cast<int>(Activation::GeluNew):
+      return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    case static_cast<int>(Activation::Silu):
+      return v / (1.0f + expf(-v));
+    default:
+      return v;
+  }
+}
+
+}  // namespace elephant::ops::cuda
