@@ -992,12 +992,15 @@ Sm90Call prepare_sm90(const Tensor& a, const Tensor& weights, const Tensor& offs
   const int64_t n = weights.dim(1), k = weights.dim(2);
   const int64_t rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
   Sm90Call call;
-  if (args.a_rows) {
+  sm90::GroupedGemm& problem = call.problem;
+  if (args.a_rows) {  // gathered by the launch that writes CUTLASS's arguments
     call.gathered = Tensor::empty({rows, k}, a.dtype(), Device::CUDA);
-    gather_rows(a, *args.a_rows, call.gathered);
+    problem.a_source = a.raw();
+    problem.a_rows = args.a_rows->data<int32_t>();
+    problem.source_rows = a.dim(0);
+    problem.rows = rows;
   }
   if (args.out_rows) call.product = Tensor::empty({rows, n}, a.dtype(), Device::CUDA);
-  sm90::GroupedGemm& problem = call.problem;
   problem.dtype = a.dtype();
   problem.a = args.a_rows ? call.gathered.raw() : a.raw();
   problem.weights = weights.raw();

@@ -22,6 +22,12 @@ struct GroupedGemm {
   void* out = nullptr;
   int experts = 0, n = 0, k = 0;
   bool relu = false;
+  // Optional: `a` is a buffer of `rows` rows that the launch writing the per-expert arguments fills first, row i
+  // with row a_rows[i] of a_source ([source_rows, k]; an index outside it gives a zero row), for the rows the
+  // experts own (i < offsets[experts]).
+  const void* a_source = nullptr;
+  const int32_t* a_rows = nullptr;
+  int64_t source_rows = 0, rows = 0;
 };
 
 // An sm_90 GPU (the kernels are sm_90a code).
