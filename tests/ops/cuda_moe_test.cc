@@ -532,14 +532,17 @@ Tensor moe_layer(const Tensor& x, const Tensor& router, const Tensor& active, co
   return hidden;
 }
 
+// A MoE layer's shape: tokens of width d through experts with d_ff hidden features.
+struct MoeCase {
+  int64_t tokens, d, d_ff, experts;
+};
+
 TEST(CudaMoe, MoeLayerMatchesCpu) {
   ELEPHANT_REQUIRE_CUDA();
-  struct Case {
-    int64_t tokens, d, d_ff, experts;
-  };
   std::mt19937 rng(27);
   for (DType dtype : testdev::cuda_dtypes())
-    for (const Case& tc : std::vector<Case>{{40, 32, 64, 8}, {7, 40, 56, 4}, {96, 512, 2048, 8}, {1200, 256, 512, 8}}) {
+    for (const MoeCase& tc :
+         std::vector<MoeCase>{{40, 32, 64, 8}, {7, 40, 56, 4}, {96, 512, 2048, 8}, {1200, 256, 512, 8}}) {
       SCOPED_TRACE(name(dtype) + " tokens=" + std::to_string(tc.tokens) + " d=" + std::to_string(tc.d) +
                    " d_ff=" + std::to_string(tc.d_ff) + " experts=" + std::to_string(tc.experts));
       const Tensor x = rounded_to(random_cpu({tc.tokens, tc.d}, rng), dtype);
@@ -560,12 +563,9 @@ TEST(CudaMoe, MoeLayerMatchesCpu) {
 // arguments written by one launch), so both outputs must be the same bits; decode-sized rows take the two calls.
 TEST(CudaMoe, GroupedGemmPairEqualsTwoCalls) {
   ELEPHANT_REQUIRE_CUDA();
-  struct Case {
-    int64_t tokens, d, d_ff, experts;
-  };
   std::mt19937 rng(29);
   for (DType dtype : testdev::cuda_dtypes())
-    for (const Case& tc : std::vector<Case>{{1200, 256, 512, 8}, {40, 32, 64, 8}}) {
+    for (const MoeCase& tc : std::vector<MoeCase>{{1200, 256, 512, 8}, {40, 32, 64, 8}}) {
       SCOPED_TRACE(name(dtype) + " tokens=" + std::to_string(tc.tokens));
       const Tensor x = to_cuda(random_cpu({tc.tokens, tc.d}, rng), dtype);
       const Tensor router = random_cpu({tc.experts, tc.d}, rng).to(Device::CUDA);
