@@ -1,8 +1,8 @@
 // CUTLASS's Hopper pointer-array grouped GEMM (TMA loads, warp-specialized wgmma, persistent tile scheduler) for
 // the experts' prefill-sized GEMMs. The product is computed transposed, out^T = W_e · a_e^T: the expert's weight
 // rows are the M side (n = 1024 or 4096, whole 128-row tiles) and its tokens the N side, so an expert's weight tile
-// is read once for all its rows. The group sizes live only on the device: a one-block kernel writes every
-// expert's shape and pointers from `offsets`, and CUTLASS's scheduler reads them there.
+// is read once for all its rows. The group sizes live only on the device: one block per GEMM writes every
+// expert's shape and pointers from `offsets` (write_group_arrays), and CUTLASS's scheduler reads them there.
 
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/activation.h>

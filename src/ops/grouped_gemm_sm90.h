@@ -2,7 +2,8 @@
 
 // The experts' grouped GEMM on Hopper's warpgroup MMAs (wgmma, TMA loads): CUTLASS's pointer-array grouped GEMM,
 // for the prefill-sized problems (many rows per expert) where mma.sync runs out of tensor-core throughput. Its
-// problem sizes stay on the device: a one-block kernel turns `offsets` into the per-expert shapes and pointers.
+// problem sizes stay on the device: a small launch turns `offsets` into the per-expert shapes and pointers (one
+// block per GEMM, and blocks that gather a's rows into expert order where asked).
 // Built for sm_90a only (grouped_gemm_sm90.cu); `available()` says whether this process can run it.
 
 #include <cstdint>
