@@ -14,6 +14,7 @@
 #include "layers/transformer_layers.h"
 #include "ops/gather.h"
 #include "ops/reference_helpers.h"
+#include "test_utils.h"
 
 namespace elephant {
 namespace {
@@ -687,16 +688,10 @@ TEST(MoeTest, GroupedGemmPairEqualsTwoCalls) {
 
   const Tensor wrong_wo = random_tensor({3, d, d_ff + 1}, rng);
   Tensor untouched = Tensor::zeros({rows, d_ff});
-  EXPECT_THROW(
-      {
-        try {
-          ops::grouped_gemm_pair(x, wi, wrong_wo, offsets, untouched, pair_hidden, args.wi, args.wo);
-        } catch (const std::exception& e) {
-          EXPECT_NE(std::string(e.what()).find("grouped_gemm"), std::string::npos) << e.what();
-          throw;
-        }
-      },
-      std::exception);
+  EXPECT_CONTAINS(error_of<std::invalid_argument>([&] {
+                    ops::grouped_gemm_pair(x, wi, wrong_wo, offsets, untouched, pair_hidden, args.wi, args.wo);
+                  }),
+                  "grouped_gemm");
   EXPECT_EQ(untouched.to_vector<float>(), std::vector<float>(rows * d_ff, 0.0f)) << "nothing ran";
 }
 
