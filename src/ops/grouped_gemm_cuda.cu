@@ -122,6 +122,15 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) 
                : "r"(address));
 }
 
+// Byte offset of 8-half chunk `chunk` of row `row` in a tile of BK-half rows whose runs of 8 chunks are XOR-swizzled
+// by row % 8. Written as the run's fixed offset plus the swizzled place within it ((8j + c) ^ x = 8j + (c ^ x) for c, x
+// < 8): with a compile-time k step the compiler then keeps 4 per-lane offsets and adds constants, where it otherwise
+// recomputes the XOR at every step of stages wider than 64 features.
+template <int BK>
+__device__ __forceinline__ uint32_t swizzled_chunk_bytes(int row, int run, int chunk_in_run) {
+  return 2 * (row * BK + run * 64 + ((chunk_in_run ^ (row & 7)) * 8));
+}
+
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same_v<T, __half>) {
@@ -155,6 +164,21 @@ __device__ __forceinline__ uint32_t int4_pair(uint32_t word) {  // nibbles 0 and
     const __nv_bfloat162 v =
         __hsub2(*reinterpret_cast<__nv_bfloat162*>(&bits), __bfloat162bfloat162(__ushort_as_bfloat16(0x4308)));  // 136
     return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+// Nibbles 1 and 5 of word (bits 4-7 and 20-23), as int4_pair(word >> 4) gives them but without the shift: OR-ing 16c
+// into 1024.0 gives 1024 + 16c exactly, and one fma by 1 / 16 and -72 leaves c - 8 (Marlin's trick). bf16's 7 stored
+// mantissa bits cannot hold a high nibble, so bf16 shifts.
+template <typename T>
+__device__ __forceinline__ uint32_t int4_high_pair(uint32_t word) {
+  if constexpr (std::is_same_v<T, __half>) {
+    uint32_t bits;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(bits) : "r"(word), "n"(0x00f000f0u), "n"(0x64006400u));
+    const __half2 v = __hfma2(*reinterpret_cast<__half2*>(&bits), __half2half2(__ushort_as_half(0x2c00)),  // 1 / 16
+                              __half2half2(__ushort_as_half(0xd480)));                                     // -72
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    return int4_pair<T>(word >> 4);
   }
 }
 template <typename T>
@@ -236,7 +260,11 @@ __device__ __forceinline__ void convert_tile(const unsigned char* packed, T* til
       uint32_t* o = reinterpret_cast<uint32_t*>(&out);
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-        o[t] = BITS == 8 ? int8_pair<T>(w[t], j == 1) : int4_pair<T>(w[t] >> (4 * j));
+        if constexpr (BITS == 8) {
+          o[t] = int8_pair<T>(w[t], j == 1);
+        } else {
+          o[t] = j % 2 == 0 ? int4_pair<T>(w[t] >> (4 * j)) : int4_high_pair<T>(w[t] >> (4 * (j - 1)));
+        }
         if (quant.group_size > 0) o[t] = scaled<T>(o[t], scale);
       }
       const int chunk = c * kChunksOut + j;  // 8-feature chunk of the 64-feature row
@@ -344,7 +372,6 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   unsigned char* const sw = smem;
   T* const sa = reinterpret_cast<T*>(smem + C::STAGES * WT::STAGE_BYTES);
   T* const s_converted = sa + C::STAGES * C::A_STAGE;  // WT::CONVERT_TILE only
-  T* const sc = reinterpret_cast<T*>(smem);
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -373,14 +400,19 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   const int64_t q_row_bytes = static_cast<int64_t>(k) * BITS / 8;
   const int groups = quant.group_size > 0 ? k / quant.group_size : 1;
 
-  // Items are ordered (expert, n tile, chunk), chunks fastest: concurrent blocks share an expert's rows and tiles.
-  // Every block derives the same list from `offsets`, so all slices of an item agree on it.
-  for (int unit = blockIdx.x; unit < items * slices; unit += gridDim.x) {
-    const int item = unit / slices;
-    const int slice = unit % slices;
-    const int kt_begin = slice * k_tiles / slices;
-    const int kt_count = (slice + 1) * k_tiles / slices - kt_begin;
-    const int q = item / n_tiles;
+  // A unit's place in the work list. Items are ordered (expert, n tile, chunk), chunks fastest: concurrent blocks
+  // share an expert's rows and tiles. Every block derives the same list from `offsets`, so all slices of an item agree
+  // on it.
+  struct Place {
+    int item, slice, kt_begin, kt_count, e, n0, m0, rows;
+  };
+  const auto place_of = [&](int unit) {
+    Place u;
+    u.item = unit / slices;
+    u.slice = unit % slices;
+    u.kt_begin = u.slice * k_tiles / slices;
+    u.kt_count = (u.slice + 1) * k_tiles / slices - u.kt_begin;
+    const int q = u.item / n_tiles;
     int e = 0;
     for (int hi = experts - 1; e < hi;) {
       const int mid = (e + hi + 1) >> 1;
@@ -391,46 +423,116 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       }
     }
     const int expert_chunks = chunk_prefix[e + 1] - chunk_prefix[e];
-    const int local = item - chunk_prefix[e] * n_tiles;
-    const int n0 = (local / expert_chunks) * C::BN;
-    const int m0 = group_rows.begin(e) + (local % expert_chunks) * C::BM;
-    const int rows = min(C::BM, group_rows.begin(e + 1) - m0);
+    const int local = u.item - chunk_prefix[e] * n_tiles;
+    u.e = e;
+    u.n0 = (local / expert_chunks) * C::BN;
+    u.m0 = group_rows.begin(e) + (local % expert_chunks) * C::BM;
+    u.rows = min(C::BM, group_rows.begin(e + 1) - u.m0);
+    return u;
+  };
 
-    const T* w_src =
-        static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
+  // Packed weights with a tile per warp of weight rows, and their rows of a, are copied through cursors that advance a
+  // stage per call (a unit's stages are loaded in order; kt is then not read), not from addresses derived from kt at
+  // every stage. With them, swizzled_chunk_bytes and int4_high_pair, the k loop of per-channel int4 at k = 1024
+  // (Int4Tiles, Table 1) went from 452 to 360 instructions (ptxas, sm_90a), int8's (SmallTiles) from 289 to 271. The
+  // converting kernels (prefill) keep kt's addresses: with cursors the int8 layer at 3840 tokens read 424 us, without
+  // 374-387 (H100, three calls).
+  constexpr bool kCursors = kQuantized && !WT::CONVERT_TILE;
+  constexpr bool kMayTile = BITS == 8;  // int8 codes may be tiled (quantized_layout.h); int4 codes never are
+  constexpr int kTilesPerStage = WT::ROW_BYTES / quantized_layout::kTile;
+  const int64_t q_stage_bytes = kMayTile && quant.tiled
+                                    ? int64_t{kTilesPerStage} * quantized_layout::kTile * quantized_layout::kTile
+                                    : int64_t{WT::ROW_BYTES};
+  const unsigned char* q_cursor[WT::ITERS];
+  bool q_row_ok[WT::ITERS];
+  int q_cursor_k = 0;
+  const T* a_cursor[C::A_ITERS];
+  bool a_row_ok[C::A_ITERS];
+  int a_cursor_k = 0;
+  // The rows this thread copies; with a_rows, sorted position i reads row a_rows[i] of a (the gather into expert
+  // order happens in these loads).
+  const auto a_row_start = [&](const Place& u, int j) {
+    const int r = copy_row + j * C::ROWS_PER_ITER;
+    const int64_t row = r >= u.rows ? 0 : a_rows != nullptr ? __ldg(a_rows + u.m0 + r) : u.m0 + r;
+    return a + row * k + copy_chunk * 8;
+  };
+  const auto start_cursors = [&](const Place& u) {
     const auto* q_src = static_cast<const unsigned char*>(weights) +
-                        (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes + q_chunk * 16;
-    // Tiled int8 codes (quantized_tensor.h): this thread's chunk of stage 0 of each of its rows; stage kt is kt
-    // stages' worth of 4 KiB blocks further. int4 codes are never tiled, and their kernels keep the row-major
-    // arithmetic alone.
-    constexpr bool kMayTile = BITS == 8;
-    const unsigned char* tiled_src[WT::ITERS];
-    if (kMayTile && quant.tiled) {
+                        (static_cast<int64_t>(u.e) * n + u.n0 + q_row) * q_row_bytes + q_chunk * 16;
 #pragma unroll
-      for (int j = 0; j < WT::ITERS; ++j)
-        tiled_src[j] =
-            static_cast<const unsigned char*>(weights) +
-            quantized_layout::tiled_offset(e, n0 + q_row + j * WT::ROWS_PER_ITER, q_chunk * 16, n, q_row_bytes);
+    for (int j = 0; j < WT::ITERS; ++j) {
+      const int r = u.n0 + q_row + j * WT::ROWS_PER_ITER;
+      // Tiled int8 codes: this thread's chunk of stage 0 of row r; stage kt is kt stages' worth of 4 KiB blocks on.
+      q_cursor[j] = (kMayTile && quant.tiled ? static_cast<const unsigned char*>(weights) +
+                                                   quantized_layout::tiled_offset(u.e, r, q_chunk * 16, n, q_row_bytes)
+                                             : q_src + j * WT::ROWS_PER_ITER * q_row_bytes) +
+                    u.kt_begin * q_stage_bytes;
+      q_row_ok[j] = r < n;
     }
-    // The rows this thread copies; with a_rows, sorted position i reads row a_rows[i] of a (the gather into expert
-    // order happens in these loads).
-    const T* a_src[C::A_ITERS];
+    q_cursor_k = u.kt_begin * BK + q_chunk * (128 / BITS);
 #pragma unroll
     for (int j = 0; j < C::A_ITERS; ++j) {
-      const int r = copy_row + j * C::ROWS_PER_ITER;
-      const int64_t row = r >= rows ? 0 : a_rows != nullptr ? __ldg(a_rows + m0 + r) : m0 + r;
-      a_src[j] = a + row * k + copy_chunk * 8;
+      a_cursor[j] = a_row_start(u, j) + u.kt_begin * BK;
+      a_row_ok[j] = copy_row + j * C::ROWS_PER_ITER < u.rows;
+    }
+    a_cursor_k = u.kt_begin * BK + copy_chunk * 8;
+  };
+
+  // kOverlap: the next unit's first stages are issued before this unit's epilogue, which then stages its tile in the
+  // one pipeline slot they leave free; split units keep their epilogue's order (partials, then arrival). Measured on
+  // the H100 in one build: Table 1 at 32 experts int8 56.3 -> 55.8 us, int4 34.5 -> 34.0; MoE layer int4 at 320 tokens
+  // 77.5 -> 74.5.
+  constexpr bool kOverlap = kCursors && !SPLIT;
+  static_assert(!kOverlap || C::BM * C::C_STRIDE * 2 <= WT::STAGE_BYTES, "the epilogue tile fits one weight slot");
+  T* const sc = reinterpret_cast<T*>(smem + (kOverlap ? (C::STAGES - 1) * WT::STAGE_BYTES : 0));
+  bool prefetched = false;  // kOverlap: this unit's first stages are in flight
+  Place next{};
+
+  for (int unit = blockIdx.x; unit < items * slices; unit += gridDim.x) {
+    const Place u = prefetched ? next : place_of(unit);
+    [[maybe_unused]] const int item = u.item, slice = u.slice;
+    const int kt_begin = u.kt_begin, kt_count = u.kt_count;
+    const int e = u.e, n0 = u.n0, m0 = u.m0, rows = u.rows;
+
+    [[maybe_unused]] const T* w_src;
+    [[maybe_unused]] const unsigned char* q_src;
+    [[maybe_unused]] const unsigned char* tiled_src[WT::ITERS];
+    [[maybe_unused]] const T* a_src[C::A_ITERS];
+    if constexpr (kCursors) {
+      if (!prefetched) start_cursors(u);
+    } else {
+      w_src = static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
+      q_src = static_cast<const unsigned char*>(weights) + (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes +
+              q_chunk * 16;
+      if (kMayTile && quant.tiled) {
+#pragma unroll
+        for (int j = 0; j < WT::ITERS; ++j)
+          tiled_src[j] =
+              static_cast<const unsigned char*>(weights) +
+              quantized_layout::tiled_offset(e, n0 + q_row + j * WT::ROWS_PER_ITER, q_chunk * 16, n, q_row_bytes);
+      }
+#pragma unroll
+      for (int j = 0; j < C::A_ITERS; ++j) a_src[j] = a_row_start(u, j);
     }
     auto load_weights = [&](int slot, int kt) {
-      const int k_offset = kt * BK;
-      if constexpr (kQuantized) {
-        // A chunk holds 128 / BITS features; zero-filled past k (its rows of a are zero there too).
+      // A packed chunk holds 128 / BITS features; zero-filled past k (its rows of a are zero there too).
+      if constexpr (kCursors) {
+        const bool q_ok = q_cursor_k < k;
+#pragma unroll
+        for (int j = 0; j < WT::ITERS; ++j) {
+          const int r = q_row + j * WT::ROWS_PER_ITER;
+          const bool ok = q_ok && q_row_ok[j];
+          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? q_cursor[j] : weights, ok);
+          q_cursor[j] += q_stage_bytes;
+        }
+        q_cursor_k += BK;
+      } else if constexpr (kQuantized) {
+        const int k_offset = kt * BK;
         const bool q_ok = k_offset + q_chunk * (128 / BITS) < k;
 #pragma unroll
         for (int j = 0; j < WT::ITERS; ++j) {
           const int r = q_row + j * WT::ROWS_PER_ITER;
           const bool ok = q_ok && n0 + r < n;
-          constexpr int kTilesPerStage = WT::ROW_BYTES / quantized_layout::kTile;
           const unsigned char* src = kMayTile && quant.tiled
                                          ? tiled_src[j] + static_cast<int64_t>(kt) * kTilesPerStage *
                                                               quantized_layout::kTile * quantized_layout::kTile
@@ -438,6 +540,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
           cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? src : weights, ok);
         }
       } else {
+        const int k_offset = kt * BK;
         const bool k_ok = k_offset + copy_chunk * 8 < k;
 #pragma unroll
         for (int j = 0; j < WT::ITERS; ++j) {
@@ -449,13 +552,25 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       }
     };
     auto load_a = [&](int slot, int kt) {
-      const int k_offset = kt * BK;
-      const bool k_ok = k_offset + copy_chunk * 8 < k;
+      if constexpr (kCursors) {
+        const bool k_ok = a_cursor_k < k;
 #pragma unroll
-      for (int j = 0; j < C::A_ITERS; ++j) {
-        const int r = copy_row + j * C::ROWS_PER_ITER;
-        const bool ok = k_ok && r < rows;
-        cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + swizzled(r)), ok ? a_src[j] + k_offset : a, ok);
+        for (int j = 0; j < C::A_ITERS; ++j) {
+          const int r = copy_row + j * C::ROWS_PER_ITER;
+          const bool ok = k_ok && a_row_ok[j];
+          cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + swizzled(r)), ok ? a_cursor[j] : a, ok);
+          a_cursor[j] += BK;
+        }
+        a_cursor_k += BK;
+      } else {
+        const int k_offset = kt * BK;
+        const bool k_ok = k_offset + copy_chunk * 8 < k;
+#pragma unroll
+        for (int j = 0; j < C::A_ITERS; ++j) {
+          const int r = copy_row + j * C::ROWS_PER_ITER;
+          const bool ok = k_ok && r < rows;
+          cp_async_16(sa_base + 2 * (slot * C::A_STAGE + r * BK + swizzled(r)), ok ? a_src[j] + k_offset : a, ok);
+        }
       }
     };
 
@@ -475,23 +590,25 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
 
     // Stage s is one commit group (weights, then a) in the loop; ahead of the wait the prologue commits the weights
     // of every stage first and their a after, which the loop's wait_group<STAGES - 2> still orders correctly.
-    const bool weights_ahead = must_wait;
-    if (weights_ahead) {
+    if (!prefetched) {
+      const bool weights_ahead = must_wait;
+      if (weights_ahead) {
+#pragma unroll
+        for (int s = 0; s < C::STAGES - 1; ++s) {
+          if (s < kt_count) load_weights(s, kt_begin + s);
+          cp_async_commit();
+        }
+        rt::await_previous_kernel();
+        must_wait = false;
+      }
 #pragma unroll
       for (int s = 0; s < C::STAGES - 1; ++s) {
-        if (s < kt_count) load_weights(s, kt_begin + s);
+        if (s < kt_count) {
+          if (!weights_ahead) load_weights(s, kt_begin + s);
+          load_a(s, kt_begin + s);
+        }
         cp_async_commit();
       }
-      rt::await_previous_kernel();
-      must_wait = false;
-    }
-#pragma unroll
-    for (int s = 0; s < C::STAGES - 1; ++s) {
-      if (s < kt_count) {
-        if (!weights_ahead) load_weights(s, kt_begin + s);
-        load_a(s, kt_begin + s);
-      }
-      cp_async_commit();
     }
 
     // Pipeline slots are counted, not kt % STAGES: fewer instructions in a loop that per-channel int4 keeps
@@ -555,8 +672,8 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
                 const int shift = (kk % 2) * 8;
                 af[mi][0] = int4_pair<T>(w0 >> shift);
                 af[mi][1] = int4_pair<T>(w1 >> shift);
-                af[mi][2] = int4_pair<T>(w0 >> (shift + 4));
-                af[mi][3] = int4_pair<T>(w1 >> (shift + 4));
+                af[mi][2] = int4_high_pair<T>(w0 >> shift);
+                af[mi][3] = int4_high_pair<T>(w1 >> shift);
               }
               if constexpr (kGrouped) {
                 af[mi][0] = scaled<T>(af[mi][0], group_scale[mi][0]);
@@ -566,16 +683,14 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
               }
             } else {
               const int row = warp_n * C::WTN + mi * 16 + (lane & 15);
-              const int chunk = kk * 2 + (lane >> 4);
-              ldmatrix_x4(af[mi], w_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
+              ldmatrix_x4(af[mi], w_tile + swizzled_chunk_bytes<BK>(row, kk / 4, (kk % 4) * 2 + (lane >> 4)));
             }
           }
 #pragma unroll
           for (int pair = 0; pair < C::NI / 2; ++pair) {
             const int row = warp_m * C::WTM + pair * 16 + (lane & 7) + ((lane >> 4) << 3);
-            const int chunk = kk * 2 + ((lane >> 3) & 1);
             uint32_t r[4];
-            ldmatrix_x4(r, a_tile + 2 * (row * BK + ((chunk ^ (lane & 7)) * 8)));
+            ldmatrix_x4(r, a_tile + swizzled_chunk_bytes<BK>(row, kk / 4, (kk % 4) * 2 + ((lane >> 3) & 1)));
             bf[2 * pair][0] = r[0];
             bf[2 * pair][1] = r[1];
             bf[2 * pair + 1][0] = r[2];
@@ -598,7 +713,22 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       }
     }
     cp_async_wait<0>();
-    __syncthreads();  // the pipeline buffers become the output tile
+    __syncthreads();  // the pipeline buffers (with kOverlap, the last slot) become the output tile
+    if constexpr (kOverlap) {
+      prefetched = unit + static_cast<int>(gridDim.x) < items * slices;
+      if (prefetched) {
+        next = place_of(unit + gridDim.x);
+        start_cursors(next);
+#pragma unroll
+        for (int s = 0; s < C::STAGES - 1; ++s) {
+          if (s < next.kt_count) {
+            load_weights(s, 0);
+            load_a(s, 0);
+          }
+          cp_async_commit();
+        }
+      }
+    }
 
     if constexpr (SPLIT) {
       // The partial tile goes to L2; the item's last block to arrive sums the planes in slice order, so the result
