@@ -434,9 +434,9 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
   // Packed weights with a tile per warp of weight rows, and their rows of a, are copied through cursors that advance a
   // stage per call (a unit's stages are loaded in order; kt is then not read), not from addresses derived from kt at
   // every stage. With them, swizzled_chunk_bytes and int4_high_pair, the k loop of per-channel int4 at k = 1024
-  // (Int4Tiles, Table 1) went from 452 to 360 instructions (ptxas, sm_90a), int8's (SmallTiles) from 289 to 271. The
-  // converting kernels (prefill) keep kt's addresses: with cursors the int8 layer at 3840 tokens read 424 us, without
-  // 374-387 (H100, three calls).
+  // (Int4Tiles, Table 1) went from 452 to 360 instructions (ptxas, sm_90a; 372 with kOverlap's below), int8's
+  // (SmallTiles) from 289 to 271 (288). The converting kernels (prefill) keep kt's addresses: with cursors the int8
+  // layer at 3840 tokens read 424 us, without 374-387 (H100, three calls).
   constexpr bool kCursors = kQuantized && !WT::CONVERT_TILE;
   constexpr bool kMayTile = BITS == 8;  // int8 codes may be tiled (quantized_layout.h); int4 codes never are
   constexpr int kTilesPerStage = WT::ROW_BYTES / quantized_layout::kTile;
