@@ -1,10 +1,11 @@
-// Activations in place: the formulas of activation_cpu.cc in float32 (erff, tanhf, expf: no fast-math
-// intrinsics), grid-stride over 16-byte packs when aligned.
+// Activations in place: the formulas of activation_cpu.cc in float32 (activation_cuda.cuh's apply_activation: erff,
+// tanhf, expf, no fast-math intrinsics), grid-stride over 16-byte packs when aligned.
 
 #include <algorithm>
 #include <cstdint>
 
 #include "core/cuda/runtime.cuh"
+#include "ops/activation_cuda.cuh"
 #include "ops/backends.h"
 
 namespace elephant::ops::cuda {
@@ -17,20 +18,10 @@ using rt::to_float;
 
 constexpr int kThreads = 256;
 
-struct Relu {
-  __device__ float operator()(float v) const { return v > 0.0f ? v : 0.0f; }
-};
-struct Gelu {
-  __device__ float operator()(float v) const { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752440f)); }
-};
-struct GeluNew {  // the tanh approximation, as transformers' NewGELUActivation
-  __device__ float operator()(float v) const {
-    const float inner = 0.79788456080286535588f * (v + 0.044715f * v * v * v);
-    return 0.5f * v * (1.0f + tanhf(inner));
-  }
-};
-struct Silu {
-  __device__ float operator()(float v) const { return v / (1.0f + expf(-v)); }
+// One activation, fixed at compile time so that apply_activation's switch folds away.
+template <Activation A>
+struct Activate {
+  __device__ float operator()(float v) const { return apply_activation(static_cast<int>(A), v); }
 };
 
 template <typename T, int N, typename F>
@@ -70,13 +61,13 @@ void activate(Activation activation, Tensor& x) {
     const int64_t n = x.numel();
     switch (activation) {
       case Activation::ReLU:
-        return launch(p, n, Relu{});
+        return launch(p, n, Activate<Activation::ReLU>{});
       case Activation::Gelu:
-        return launch(p, n, Gelu{});
+        return launch(p, n, Activate<Activation::Gelu>{});
       case Activation::GeluNew:
-        return launch(p, n, GeluNew{});
+        return launch(p, n, Activate<Activation::GeluNew>{});
       case Activation::Silu:
-        return launch(p, n, Silu{});
+        return launch(p, n, Activate<Activation::Silu>{});
     }
     throw Error("activate: unknown activation");
   });

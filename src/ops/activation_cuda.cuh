@@ -1,7 +1,7 @@
 #pragma once
 
-// The activations of ops/activation.h as device functions, for kernels that apply them in their epilogue (the
-// grouped GEMMs). kNoActivation stands for none.
+// The activations of ops/activation.h as device functions: the activation op's (activation_cuda.cu) and those the
+// grouped GEMMs apply in their epilogue. kNoActivation stands for none.
 
 #include <cmath>
 
@@ -18,7 +18,7 @@ __device__ __forceinline__ float apply_activation(int activation, float v) {
       return v > 0.0f ? v : 0.0f;
     case static_cast<int>(Activation::Gelu):
       return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-    case static_cast<int>(Activation::GeluNew):
+    case static_cast<int>(Activation::GeluNew):  // the tanh approximation, as transformers' NewGELUActivation
       return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     case static_cast<int>(Activation::Silu):
       return v / (1.0f + expf(-v));
