@@ -1,7 +1,7 @@
 // The quantized grouped GEMM on CUDA against the CPU backend (which dequantizes each expert into float32 for BLAS):
-// int8 and int4, per-channel and group scales, every compute dtype, decode (split-k), medium and large tiles, k that
-// ends in half a k tile, wide packed stages, and the MoE layer's argument variants (bias and activation, a_rows,
-// out_rows).
+// int8 and int4, per-channel and group scales, every compute dtype, decode (split-k and unsplit), medium and large
+// tiles, k that ends in half a k tile, wide packed stages, and the MoE layer's argument variants (bias and
+// activation, a_rows, out_rows).
 
 #include <gtest/gtest.h>
 
@@ -158,6 +158,19 @@ TEST(CudaQuantizedGemm, WidePackedStagesMatchCpu) {
     expect_quantized_gemm_matches_cpu(wo, bits, 0, DType::F16, Variant::Plain, rng);
     expect_quantized_gemm_matches_cpu(wo, bits, 0, DType::BF16, Variant::AddToRows, rng);
   }
+}
+
+// Decode-sized wi GEMMs that run unsplit: Table 1's 40 tokens over 32 experts (int4: 8-token chunks, TinyInt4Tiles),
+// and 15 tokens over 8 experts with 12 on one (two chunks of that expert).
+TEST(CudaQuantizedGemm, DecodeTilesMatchCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(64);
+  std::vector<int32_t> table1(32, 1);
+  std::fill(table1.begin(), table1.begin() + 8, 2);
+  for (const QuantCase& tc : {QuantCase{512, 4096, table1, 0}, QuantCase{1024, 4096, {12, 1, 1, 0, 0, 0, 1, 0}, 0}})
+    for (int bits : {8, 4})
+      for (Variant variant : {Variant::Plain, Variant::AddToRows})
+        expect_quantized_gemm_matches_cpu(tc, bits, 0, DType::F16, variant, rng);
 }
 
 // A Linear layer with quantized weights (--quantize-non-experts), against the CPU's dequantized sgemm: 1-4 rows of
