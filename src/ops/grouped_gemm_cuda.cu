@@ -352,7 +352,7 @@ __device__ __forceinline__ void store_8(const rt::Pack<T, 8>& v, T* __restrict__
     for (int j = 0; j < valid; ++j) h.v[j] = dst[j];
   }
 #pragma unroll
-  for (int j = 0; j < 8; ++j) h.v[j] = rt::from_float<T>(rt::to_float(h.v[j]) + scale * rt::to_float(v.v[j]));
+  for (int j = 0; j < 8; ++j) h.v[j] = rt::add_scaled(h.v[j], scale, v.v[j]);
   if (vector) {
     *reinterpret_cast<rt::Pack<T, 8>*>(dst) = h;
   } else {
@@ -985,7 +985,7 @@ __global__ void __launch_bounds__(kSimtTile* kSimtTile)
       } else {
         const int64_t target = out_rows[m0 + ty];
         T& h = out[target * n + col];
-        h = rt::from_float<T>(rt::to_float(h) + out_scale[target] * rt::to_float(value));
+        h = rt::add_scaled(h, out_scale[target], value);
       }
     }
   }

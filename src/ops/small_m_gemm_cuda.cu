@@ -373,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, 4)
         if (rows.out_rows != nullptr) {
           const int64_t target = rows.out_rows[position];
           CT* out = c + target * n + column;
-          *out = rt::from_float<CT>(rt::to_float(*out) + rows.out_scale[target] * rt::to_float(product));
+          *out = rt::add_scaled(*out, rows.out_scale[target], product);
         } else {
           c[position * n + column] = product;
         }

@@ -149,5 +149,11 @@ __device__ __forceinline__ T from_float(float value) {
   }
 }
 
+// h + scale * v in float32, rounded once to T: a product row (v, already in T) added, scaled, to a residual row.
+template <typename T>
+__device__ __forceinline__ T add_scaled(T h, float scale, T v) {
+  return from_float<T>(to_float(h) + scale * to_float(v));
+}
+
 }  // namespace cuda
 }  // namespace elephant
