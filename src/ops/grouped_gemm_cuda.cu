@@ -101,7 +101,8 @@ using WideTiles = TileConfig<64, 16, 4, 1, 3, 5, 64 * 16 / BITS>;
 using Int4Tiles = TileConfig<64, 16, 4, 1, 4, 5, 128>;
 // Int4Tiles with chunks of 8 tokens (one n8 MMA a k step: none on padding rows) at up to 2 rows per expert: Table 1 at
 // 8 / 16 / 32 experts 11.9 / 20.9 / 34.0 -> 11.2 / 19.2 / 32.6 us, the MoE layer at 40 tokens 49.7 -> 48.4 (H100,
-// one build). An expert of more than 8 rows streams its weights once per chunk.
+// one build, which also had copy loops bench/NOTES.md records as neutral). An expert of more than 8 rows streams its
+// weights once per chunk.
 using TinyInt4Tiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.

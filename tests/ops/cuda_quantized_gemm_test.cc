@@ -161,7 +161,7 @@ TEST(CudaQuantizedGemm, WidePackedStagesMatchCpu) {
 }
 
 // Decode-sized wi GEMMs that run unsplit: Table 1's 40 tokens over 32 experts (int4: 8-token chunks, TinyInt4Tiles),
-// and 15 tokens over 8 experts with 12 on one (two chunks of that expert).
+// and 15 tokens over 8 experts with 12 on one (int4: that expert in two chunks).
 TEST(CudaQuantizedGemm, DecodeTilesMatchCpu) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(64);
