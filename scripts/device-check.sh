@@ -21,7 +21,8 @@
 #   table3q  Table 3 with quantized experts: bench_translate fp16, --quantize int8, --quantize int4, and int4 with
 #            --quantize-non-experts (next to the transformers numbers when table3 ran in the same call)
 #   cpu      bench_cpu
-#   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter)
+#   decode   bench_cuda_decode: the ops of one decode step, timed one by one (DECODE_FILTER: a benchmark filter;
+#            unfiltered it ran past 400 s on the H100, ~14 s a row: filter it, e.g. DECODE_FILTER='/8/')
 #   ab       one bench_cuda_moe filter (AB_FILTER) under each value of an environment switch (AB_VAR, AB_VALUES;
 #            "unset" runs without it), medians side by side: an A/B in one build
 #   translate bench_translate alone on the paper-shaped model (TRANSLATE_FLAGS; default batch 1 and 8 greedy), with
