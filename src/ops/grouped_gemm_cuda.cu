@@ -466,16 +466,22 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
     const int64_t row = r >= u.rows ? 0 : a_rows != nullptr ? __ldg(a_rows + u.m0 + r) : u.m0 + r;
     return a + row * k + copy_chunk * 8;
   };
+  // This thread's chunk of stage 0 of its first packed row of an item (row-major codes), or of row `row` of expert e
+  // in tiled int8 codes, where stage kt is kt stages' worth of 4 KiB blocks on.
+  const auto q_row_major_start = [&](int e, int n0) {
+    return static_cast<const unsigned char*>(weights) + (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes +
+           q_chunk * 16;
+  };
+  const auto q_tiled_start = [&](int e, int row) {
+    return static_cast<const unsigned char*>(weights) +
+           quantized_layout::tiled_offset(e, row, q_chunk * 16, n, q_row_bytes);
+  };
   const auto start_cursors = [&](const Place& u) {
-    const auto* q_src = static_cast<const unsigned char*>(weights) +
-                        (static_cast<int64_t>(u.e) * n + u.n0 + q_row) * q_row_bytes + q_chunk * 16;
+    const auto* q_src = q_row_major_start(u.e, u.n0);
 #pragma unroll
     for (int j = 0; j < WT::ITERS; ++j) {
       const int r = u.n0 + q_row + j * WT::ROWS_PER_ITER;
-      // Tiled int8 codes: this thread's chunk of stage 0 of row r; stage kt is kt stages' worth of 4 KiB blocks on.
-      q_cursor[j] = (kMayTile && quant.tiled ? static_cast<const unsigned char*>(weights) +
-                                                   quantized_layout::tiled_offset(u.e, r, q_chunk * 16, n, q_row_bytes)
-                                             : q_src + j * WT::ROWS_PER_ITER * q_row_bytes) +
+      q_cursor[j] = (kMayTile && quant.tiled ? q_tiled_start(u.e, r) : q_src + j * WT::ROWS_PER_ITER * q_row_bytes) +
                     u.kt_begin * q_stage_bytes;
       q_row_ok[j] = r < n;
     }
@@ -512,14 +518,10 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       if (!prefetched) start_cursors(u);
     } else {
       w_src = static_cast<const T*>(weights) + (static_cast<int64_t>(e) * n + n0 + copy_row) * k + copy_chunk * 8;
-      q_src = static_cast<const unsigned char*>(weights) + (static_cast<int64_t>(e) * n + n0 + q_row) * q_row_bytes +
-              q_chunk * 16;
+      q_src = q_row_major_start(e, n0);
       if (kMayTile && quant.tiled) {
 #pragma unroll
-        for (int j = 0; j < WT::ITERS; ++j)
-          tiled_src[j] =
-              static_cast<const unsigned char*>(weights) +
-              quantized_layout::tiled_offset(e, n0 + q_row + j * WT::ROWS_PER_ITER, q_chunk * 16, n, q_row_bytes);
+        for (int j = 0; j < WT::ITERS; ++j) tiled_src[j] = q_tiled_start(e, n0 + q_row + j * WT::ROWS_PER_ITER);
       }
 #pragma unroll
       for (int j = 0; j < C::A_ITERS; ++j) a_src[j] = a_row_start(u, j);
