@@ -258,7 +258,7 @@ void register_benchmarks() {
     for (int64_t tokens : {1, 2, 8, 40, 96, 320, 1280, 3840}) b->Arg(tokens);
     b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
   }
-  for (const Format& f : {Format{"fp16", DType::F16, 16}, Format{"int4", DType::F16, 4}})
+  for (const Format& f : {Format{"fp16", DType::F16, 16}, Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}})
     for (const auto& [name, part] :
          {std::pair{"sort", LayerPart::Sort}, std::pair{"wi", LayerPart::Wi}, std::pair{"wo", LayerPart::Wo}}) {
       auto* b = benchmark::RegisterBenchmark((std::string("MoeLayerPart/") + f.name + "/" + name).c_str(),

@@ -75,7 +75,15 @@ struct TileConfig {
 template <typename C, int BITS>
 struct WeightTile {
   static constexpr int ROW_BYTES = C::BK * BITS / 8;
-  static constexpr int STRIDE = BITS == 16 ? ROW_BYTES : ROW_BYTES + 16;
+  // TinyInt8Tiles' rows of 128 bytes place their 16-byte chunks XOR-swizzled by row % 8 instead (conflict-free too):
+  // without the padding its 4 stages fit 5 blocks per SM. The other packed tiles keep the padding they were measured
+  // with.
+  static constexpr bool SWIZZLED = BITS != 16 && ROW_BYTES == 128 && C::BM == 8;
+  static constexpr int STRIDE = BITS == 16 || SWIZZLED ? ROW_BYTES : ROW_BYTES + 16;
+  // Byte offset of 16-byte chunk `chunk` of packed row `row` within a stage.
+  static __device__ __forceinline__ int chunk_offset(int row, int chunk) {
+    return row * STRIDE + (SWIZZLED ? (chunk ^ (row & 7)) : chunk) * 16;
+  }
   static constexpr int CHUNKS = ROW_BYTES / 16;  // 16-byte copies per row
   static constexpr int ROWS_PER_ITER = C::THREADS / CHUNKS;
   static constexpr int ITERS = C::BN * CHUNKS / C::THREADS;
@@ -85,6 +93,7 @@ struct WeightTile {
   static constexpr bool CONVERT_TILE = BITS != 16 && C::WARPS_M > 1;
   static constexpr int SMEM_BYTES = C::STAGES * (STAGE_BYTES + C::A_STAGE * 2) + (CONVERT_TILE ? C::W_STAGE * 2 : 0);
   static_assert(C::BN * CHUNKS % C::THREADS == 0, "every thread copies whole weight rows");
+  static_assert(!SWIZZLED || !CONVERT_TILE, "convert_tile reads padded rows");
   static_assert(C::BM * C::C_STRIDE * 2 <= SMEM_BYTES, "the epilogue tile reuses the pipeline buffers");
 };
 
@@ -104,6 +113,11 @@ using Int4Tiles = TileConfig<64, 16, 4, 1, 4, 5, 128>;
 // one build, which also had copy loops bench/NOTES.md records as neutral). An expert of more than 8 rows streams its
 // weights once per chunk.
 using TinyInt4Tiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
+// The same for per-channel int8: stages of 128 bytes a row (128 features), swizzled (WeightTile) so that 4 of them fit
+// 5 blocks per SM. Measured on the H100 in one build against SmallTiles: Table 1 at 8 / 16 / 32 experts 17.7 / 30.7 /
+// 55.4 -> 16.8 / 29.1 / 51.7 us (padded rows at 4 blocks per SM: 17.0 / 29.8 / 54.0), the MoE layer's wi at 40
+// tokens 39.9 -> 35.8, but the whole layer 79.2 -> 81.7 (bench/NOTES.md).
+using TinyInt8Tiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.
 using LargeTiles = TileConfig<128, 128, 2, 4, 3, 2>;
@@ -191,10 +205,13 @@ __device__ __forceinline__ uint32_t int4_high_pair(uint32_t word) {
     return int4_pair<T>(word >> 4);
   }
 }
+// Bytes 0, 1 (or 2, 3) of word: signed codes. `exponent_bytes` is 0x64646464, passed in (QuantArgs) rather than
+// written here: with both of the byte permute's constants known, ptxas took 0x64646464 as its immediate and copied the
+// selector into a register before every permute, 16 of the 138 instructions a stage of the int8 decode kernel.
 template <typename T>
-__device__ __forceinline__ uint32_t int8_pair(uint32_t word, bool high) {  // bytes 0, 1 (or 2, 3): signed codes
+__device__ __forceinline__ uint32_t int8_pair(uint32_t word, bool high, uint32_t exponent_bytes) {
   if constexpr (std::is_same_v<T, __half>) {
-    uint32_t bits = __byte_perm(word ^ 0x80808080u, 0x64646464u, high ? 0x4342 : 0x4140);
+    uint32_t bits = __byte_perm(word ^ 0x80808080u, exponent_bytes, high ? 0x4342 : 0x4140);
     const __half2 v = __hsub2(*reinterpret_cast<__half2*>(&bits), __half2half2(__ushort_as_half(0x6480)));  // 1152
     return *reinterpret_cast<const uint32_t*>(&v);
   } else {
@@ -227,7 +244,8 @@ __device__ __forceinline__ uint32_t scale_pair(const __half* __restrict__ scales
 struct QuantArgs {
   const __half* scales = nullptr;
   int group_size = 0;
-  bool tiled = false;  // PackedLayout::Tiled codes (quantized_layout.h)
+  bool tiled = false;                     // PackedLayout::Tiled codes (quantized_layout.h)
+  uint32_t exponent_bytes = 0x64646464u;  // int8_pair's
 };
 
 // The factor of an output channel's accumulator: its scale for per-channel quantized weights, else 1.
@@ -271,7 +289,7 @@ __device__ __forceinline__ void convert_tile(const unsigned char* packed, T* til
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         if constexpr (BITS == 8) {
-          o[t] = int8_pair<T>(w[t], j == 1);
+          o[t] = int8_pair<T>(w[t], j == 1, quant.exponent_bytes);
         } else {
           o[t] = j % 2 == 0 ? int4_pair<T>(w[t] >> (4 * j)) : int4_high_pair<T>(w[t] >> (4 * (j - 1)));
         }
@@ -534,7 +552,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
         for (int j = 0; j < WT::ITERS; ++j) {
           const int r = q_row + j * WT::ROWS_PER_ITER;
           const bool ok = q_ok && q_row_ok[j];
-          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? q_cursor[j] : weights, ok);
+          cp_async_16(sw_base + slot * WT::STAGE_BYTES + WT::chunk_offset(r, q_chunk), ok ? q_cursor[j] : weights, ok);
           q_cursor[j] += q_stage_bytes;
         }
         q_cursor_k += BK;
@@ -549,7 +567,7 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
                                          ? tiled_src[j] + static_cast<int64_t>(kt) * kTilesPerStage *
                                                               quantized_layout::kTile * quantized_layout::kTile
                                          : q_src + j * WT::ROWS_PER_ITER * q_row_bytes + k_offset * BITS / 8;
-          cp_async_16(sw_base + slot * WT::STAGE_BYTES + r * WT::STRIDE + q_chunk * 16, ok ? src : weights, ok);
+          cp_async_16(sw_base + slot * WT::STAGE_BYTES + WT::chunk_offset(r, q_chunk), ok ? src : weights, ok);
         }
       } else {
         const int k_offset = kt * BK;
@@ -636,7 +654,8 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
       cp_async_commit();
 
       const uint32_t a_tile = sa_base + 2 * slot * C::A_STAGE;
-      const unsigned char* q_tile = sw + slot * WT::STAGE_BYTES;
+      const int q_tile_offset = slot * WT::STAGE_BYTES;
+      const unsigned char* q_tile = sw + q_tile_offset;
       uint32_t w_tile = sw_base + 2 * slot * C::W_STAGE;
       slot = slot == C::STAGES - 1 ? 0 : slot + 1;
       next_slot = next_slot == C::STAGES - 1 ? 0 : next_slot + 1;
@@ -673,13 +692,23 @@ __global__ void __launch_bounds__(C::THREADS, C::MIN_BLOCKS)
               const int row = warp_n * C::WTN + mi * 16 + (lane >> 2);
               // int8: word t of each 16-feature step; int4: word t of each 32-feature block, shifted to the step.
               const int word = BITS == 8 ? kk * 4 + (lane & 3) : (kk / 2) * 4 + (lane & 3);
-              const uint32_t w0 = reinterpret_cast<const uint32_t*>(q_tile + row * WT::STRIDE)[word];
-              const uint32_t w1 = reinterpret_cast<const uint32_t*>(q_tile + (row + 8) * WT::STRIDE)[word];
+              uint32_t w0, w1;
+              if constexpr (WT::SWIZZLED) {
+                // Chunk c of row r sits at place c ^ (r % 8), the same for rows r and r + 8. Slots and rows are
+                // multiples of 128 bytes, so bits 4-6 of the offset below hold r % 8 and one XOR places the chunk.
+                const int offset =
+                    (q_tile_offset + row * WT::STRIDE + (row & 7) * 16 + (lane & 3) * 4) ^ ((word / 4) * 16);
+                w0 = *reinterpret_cast<const uint32_t*>(sw + offset);
+                w1 = *reinterpret_cast<const uint32_t*>(sw + offset + 8 * WT::STRIDE);
+              } else {
+                w0 = reinterpret_cast<const uint32_t*>(q_tile + row * WT::STRIDE)[word];
+                w1 = reinterpret_cast<const uint32_t*>(q_tile + (row + 8) * WT::STRIDE)[word];
+              }
               if constexpr (BITS == 8) {
-                af[mi][0] = int8_pair<T>(w0, false);
-                af[mi][1] = int8_pair<T>(w1, false);
-                af[mi][2] = int8_pair<T>(w0, true);
-                af[mi][3] = int8_pair<T>(w1, true);
+                af[mi][0] = int8_pair<T>(w0, false, quant.exponent_bytes);
+                af[mi][1] = int8_pair<T>(w1, false, quant.exponent_bytes);
+                af[mi][2] = int8_pair<T>(w0, true, quant.exponent_bytes);
+                af[mi][3] = int8_pair<T>(w1, true, quant.exponent_bytes);
               } else {
                 const int shift = (kk % 2) * 8;
                 af[mi][0] = int4_pair<T>(w0 >> shift);
@@ -915,6 +944,9 @@ void launch_small_tiles(const Problem<T>& p) {
     // to 4 rows an expert.
     if constexpr (BITS != 16) {
       if (p.quant.group_size == 0 && p.k >= 2048) return launch_mma<T, WideTiles<BITS>, BITS>(p);
+    }
+    if constexpr (BITS == 8) {
+      if (p.quant.group_size == 0 && p.rows <= 2 * p.experts) return launch_mma<T, TinyInt8Tiles, BITS>(p);
     }
     if constexpr (BITS == 4) {
       if (p.quant.group_size == 0 && p.rows <= 2 * p.experts) return launch_mma<T, TinyInt4Tiles, BITS>(p);

@@ -160,17 +160,20 @@ TEST(CudaQuantizedGemm, WidePackedStagesMatchCpu) {
   }
 }
 
-// Decode-sized wi GEMMs that run unsplit: Table 1's 40 tokens over 32 experts (int4: 8-token chunks, TinyInt4Tiles),
-// and 15 tokens over 8 experts with 12 on one (int4: that expert in two chunks).
+// Decode-sized wi GEMMs that run unsplit in 8-token chunks (TinyInt8Tiles, TinyInt4Tiles): Table 1's 40 tokens over
+// 32 experts; 15 tokens over 8 experts with 12 on one (that expert in two chunks); k = 416, a stage and a quarter
+// past the last whole 128-feature stage, n = 200 (untiled int8 codes, a partial weight tile) and a pruned row.
 TEST(CudaQuantizedGemm, DecodeTilesMatchCpu) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(64);
   std::vector<int32_t> table1(32, 1);
   std::fill(table1.begin(), table1.begin() + 8, 2);
-  for (const QuantCase& tc : {QuantCase{512, 4096, table1, 0}, QuantCase{1024, 4096, {12, 1, 1, 0, 0, 0, 1, 0}, 0}})
+  for (const QuantCase& tc : {QuantCase{512, 4096, table1, 0}, QuantCase{1024, 4096, {12, 1, 1, 0, 0, 0, 1, 0}, 0},
+                              QuantCase{416, 200, {3, 0, 1, 2, 0, 1, 1, 0}, 1}})
     for (int bits : {8, 4})
-      for (Variant variant : {Variant::Plain, Variant::AddToRows})
-        expect_quantized_gemm_matches_cpu(tc, bits, 0, DType::F16, variant, rng);
+      for (DType dtype : testdev::cuda_dtypes())
+        for (Variant variant : {Variant::Plain, Variant::AddToRows})
+          expect_quantized_gemm_matches_cpu(tc, bits, 0, dtype, variant, rng);
 }
 
 // A Linear layer with quantized weights (--quantize-non-experts), against the CPU's dequantized sgemm: 1-4 rows of
