@@ -98,6 +98,7 @@ void add_mixture_of_experts(const MixtureOfExperts& moe, ops::Activation activat
 ExpertGemmArgs::ExpertGemmArgs(ops::Activation activation, const Tensor& sorted_rows, const Tensor& probability) {
   wi.activation = activation;
   wi.a_rows = &sorted_rows;
+  wi.next_starts_early = true;
   wo.out_rows = &sorted_rows;
   wo.out_scale = &probability;
   wo.routing_settled = true;

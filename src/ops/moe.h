@@ -43,6 +43,9 @@ struct GroupedGemmArgs {
   // MoE layer: routing ran before the first). On CUDA the GEMM then starts streaming its weights while that kernel
   // still runs (programmatic dependent launch), and waits for it only before reading a.
   bool routing_settled = false;
+  // True when the next kernel queued is such a GEMM (the first GEMM of a MoE layer): on CUDA a persistent decode grid
+  // then leaves one block's room on each SM, where the next GEMM's blocks start streaming their weights early.
+  bool next_starts_early = false;
 };
 
 // For every expert e and row i in [offsets[e], offsets[e + 1]): out[i] = act(a[i] · weights[e]^T + bias[e]), with
