@@ -116,7 +116,7 @@ using TinyInt4Tiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
 // The same for per-channel int8: stages of 128 bytes a row (128 features), swizzled (WeightTile) so that 4 of them fit
 // 5 blocks per SM. Measured on the H100 in one build against SmallTiles: Table 1 at 8 / 16 / 32 experts 17.7 / 30.7 /
 // 55.4 -> 16.8 / 29.1 / 51.7 us (padded rows at 4 blocks per SM: 17.0 / 29.8 / 54.0), the MoE layer's wi at 40
-// tokens 39.9 -> 35.8, but the whole layer 79.2 -> 81.7 (bench/NOTES.md).
+// tokens 39.9 -> 35.8; the whole layer lost (79.2 -> 81.7) until its wi left wo a block's room (launch_mma).
 using TinyInt8Tiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.
