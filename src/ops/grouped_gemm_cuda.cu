@@ -75,7 +75,7 @@ struct TileConfig {
 template <typename C, int BITS>
 struct WeightTile {
   static constexpr int ROW_BYTES = C::BK * BITS / 8;
-  // TinyInt8Tiles' rows of 128 bytes place their 16-byte chunks XOR-swizzled by row % 8 instead (conflict-free too):
+  // TinyTiles' int8 rows of 128 bytes place their 16-byte chunks XOR-swizzled by row % 8 instead (conflict-free too):
   // without the padding its 4 stages fit 5 blocks per SM. The other packed tiles keep the padding they were measured
   // with.
   static constexpr bool SWIZZLED = BITS != 16 && ROW_BYTES == 128 && C::BM == 8;
@@ -108,16 +108,15 @@ using WideTiles = TileConfig<64, 16, 4, 1, 3, 5, 64 * 16 / BITS>;
 // Per-channel int4 at shorter k and few rows an expert: 64 bytes a row (128 features) in 4 stages, half of SmallTiles'
 // barriers and loop overhead per byte with as many bytes in flight.
 using Int4Tiles = TileConfig<64, 16, 4, 1, 4, 5, 128>;
-// Int4Tiles with chunks of 8 tokens (one n8 MMA a k step: none on padding rows) at up to 2 rows per expert: Table 1 at
-// 8 / 16 / 32 experts 11.9 / 20.9 / 34.0 -> 11.2 / 19.2 / 32.6 us, the MoE layer at 40 tokens 49.7 -> 48.4 (H100,
-// one build, which also had copy loops bench/NOTES.md records as neutral). An expert of more than 8 rows streams its
-// weights once per chunk.
-using TinyInt4Tiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
-// The same for per-channel int8: stages of 128 bytes a row (128 features), swizzled (WeightTile) so that 4 of them fit
-// 5 blocks per SM. Measured on the H100 in one build against SmallTiles: Table 1 at 8 / 16 / 32 experts 17.7 / 30.7 /
-// 55.4 -> 16.8 / 29.1 / 51.7 us (padded rows at 4 blocks per SM: 17.0 / 29.8 / 54.0), the MoE layer's wi at 40
-// tokens 39.9 -> 35.8; the whole layer lost (79.2 -> 81.7) until its wi left wo a block's room (launch_mma).
-using TinyInt8Tiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
+// Per-channel packed weights at up to 2 rows per expert: Int4Tiles with chunks of 8 tokens (one n8 MMA a k step: none
+// on padding rows). An expert of more than 8 rows streams its weights once per chunk. H100, one build each:
+// - int4 (64-byte rows) against Int4Tiles: Table 1 at 8 / 16 / 32 experts 11.9 / 20.9 / 34.0 -> 11.2 / 19.2 / 32.6
+//   us, the MoE layer at 40 tokens 49.7 -> 48.4 (a build which also had copy loops bench/NOTES.md records as neutral);
+// - int8 (128-byte rows, swizzled in WeightTile so that 4 stages fit 5 blocks per SM) against SmallTiles: Table 1
+//   17.7 / 30.7 / 55.4 -> 16.8 / 29.1 / 51.7 us (padded rows at 4 blocks per SM: 17.0 / 29.8 / 54.0), the MoE layer's
+//   wi at 40 tokens 39.9 -> 35.8; the whole layer lost (79.2 -> 81.7) until its wi left wo a block's room
+//   (launch_mma).
+using TinyTiles = TileConfig<64, 8, 4, 1, 4, 5, 128>;
 using MediumTiles = TileConfig<128, 64, 4, 2, 4, 2>;
 // Prefill: up to a few hundred rows per expert, bound by the MMAs.
 using LargeTiles = TileConfig<128, 128, 2, 4, 3, 2>;
@@ -894,11 +893,10 @@ void launch_mma(const Problem<T>& p, const SplitK& split = {}, int64_t most_unit
     return std::max(per_sm, 1);
   }();
   // Room for the next GEMM only beside the 8-token chunk tiles: there each expert hit is one chunk (at most 2 rows an
-  // expert), so one block an SM fewer rarely adds a round. H100, the MoE layer at 40 tokens (wi Tiny), one build: int8
-  // 81.4 -> 75.5 us, int4 48.6 -> 47.6. Elsewhere it lost: int4 at 96 tokens (Int4Tiles) 60.8 -> 77.3; the converting
-  // kernels (2 blocks an SM) read 16-19% slower at 1280-3840 tokens than in the call before.
-  constexpr bool kMayLeaveRoom = std::is_same_v<C, TinyInt8Tiles> || std::is_same_v<C, TinyInt4Tiles>;
-  const bool leave_room = kMayLeaveRoom && p.leave_room && blocks_per_sm > 1;
+  // expert), so one block an SM fewer rarely adds a round. H100, the MoE layer at 40 tokens (wi on TinyTiles), one
+  // build: int8 81.4 -> 75.5 us, int4 48.6 -> 47.6. Elsewhere it lost: int4 at 96 tokens (Int4Tiles) 60.8 -> 77.3; the
+  // converting kernels (2 blocks an SM) read 16-19% slower at 1280-3840 tokens than in the call before.
+  const bool leave_room = std::is_same_v<C, TinyTiles> && p.leave_room && blocks_per_sm > 1;
   const int grid_limit = (leave_room ? blocks_per_sm - 1 : blocks_per_sm) * rt::device_properties().multiProcessorCount;
   // Sum over experts of ceil(rows_e / BM) is below rows / BM + experts.
   const int64_t n_tiles = (p.n + C::BN - 1) / C::BN;
@@ -952,12 +950,9 @@ void launch_small_tiles(const Problem<T>& p) {
     // to 4 rows an expert.
     if constexpr (BITS != 16) {
       if (p.quant.group_size == 0 && p.k >= 2048) return launch_mma<T, WideTiles<BITS>, BITS>(p);
-    }
-    if constexpr (BITS == 8) {
-      if (p.quant.group_size == 0 && p.rows <= 2 * p.experts) return launch_mma<T, TinyInt8Tiles, BITS>(p);
+      if (p.quant.group_size == 0 && p.rows <= 2 * p.experts) return launch_mma<T, TinyTiles, BITS>(p);
     }
     if constexpr (BITS == 4) {
-      if (p.quant.group_size == 0 && p.rows <= 2 * p.experts) return launch_mma<T, TinyInt4Tiles, BITS>(p);
       if (p.quant.group_size == 0 && p.rows <= 4 * p.experts) return launch_mma<T, Int4Tiles, BITS>(p);
     }
     launch_mma<T, C, BITS>(p);

@@ -160,7 +160,7 @@ TEST(CudaQuantizedGemm, WidePackedStagesMatchCpu) {
   }
 }
 
-// Decode-sized wi GEMMs that run unsplit in 8-token chunks (TinyInt8Tiles, TinyInt4Tiles): Table 1's 40 tokens over
+// Decode-sized wi GEMMs that run unsplit in 8-token chunks (TinyTiles, int8 and int4): Table 1's 40 tokens over
 // 32 experts; 15 tokens over 8 experts with 12 on one (that expert in two chunks); k = 416 (three 128-feature stages
 // and a quarter of a fourth), n = 200 (untiled int8 codes, a partial weight tile) and a pruned row.
 TEST(CudaQuantizedGemm, DecodeTilesMatchCpu) {
