@@ -53,7 +53,8 @@ std::vector<Tensor> weights(const Shape& shape, int copies, std::mt19937& rng) {
 }
 
 // x [rows, in] · W^T, W [out, in] through ops::linear, as the model's projections and dense FFN run (the small-m
-// kernel up to kSmallMMaxRows rows, cuBLAS above; GemmPath below times the two side by side).
+// kernels up to kSmallMMaxRows rows, float FMAs up to kSmallMFloatMaxRows and tensor cores above, cuBLAS past them;
+// GemmPath below times the kernels and cuBLAS side by side).
 void BM_Linear(benchmark::State& state, int64_t out, int64_t in) {
   const int64_t rows = state.range(0);
   std::mt19937 rng(1);
@@ -305,7 +306,7 @@ void BM_Argmax(benchmark::State& state) {
 void register_benchmarks() {
   const auto add = [](const char* name, auto&& fn) {
     auto* b = benchmark::RegisterBenchmark(name, fn);
-    b->Arg(1)->Arg(8)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+    b->Arg(1)->Arg(8)->Arg(16)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
   };
   add("Linear/1024x1024", [](benchmark::State& s) { BM_Linear(s, kModel, kModel); });
   add("Linear/4096x1024", [](benchmark::State& s) { BM_Linear(s, kFf, kModel); });
@@ -324,7 +325,7 @@ void register_benchmarks() {
     const std::string path = library ? "/cublas" : "/small_m";
     const auto add_path = [&](const std::string& name, auto&& fn) {
       benchmark::RegisterBenchmark((name + path).c_str(), fn)
-          ->DenseRange(1, ops::cuda::kSmallMMaxRows)
+          ->ArgsProduct({{1, 2, 4, 5, 8, 12, ops::cuda::kSmallMMaxRows}})
           ->UseManualTime()
           ->Unit(benchmark::kMicrosecond)
           ->MinTime(0.1);

@@ -8,23 +8,28 @@
 // c); its lanes walk k in 16-byte chunks, each lane with kUnroll chunks of both rows in flight (8 independent
 // 16-byte loads) before the first use. Weights bypass L1 (read once); the m rows of a are read through L1, where
 // every warp of the SM shares them. float32 accumulation; lanes reduce by shuffles and the warps of a group through
-// shared memory, in a fixed order: the result does not depend on timing.
+// shared memory, in a fixed order: the result does not depend on timing. That holds up to kSmallMFloatMaxRows rows;
+// from 5 to 16 rows (batch 8, or 8 sentences with 2 beams) half-precision weights stream the same way into the
+// tensor cores instead (small_m_mma_kernel below).
 //
 // int8 weights (a quantized Linear, quantization/quantized_tensor.h) stream the same way, 16 codes a chunk, half the
 // bytes: each code becomes a float times its scale (per channel, or its group's), the CPU's dequantized value.
 //
-// For ops::rms_norm_linear the kernel normalizes a itself (kNorm): every block computes the rows' RMS norm as the
+// For ops::rms_norm_linear the float kernel normalizes a itself (kNorm): every block computes the rows' RMS norm as the
 // norm kernel does, bit for bit, into shared memory, and reads a from there. A decode step saves the norm's launch
 // and its round trip through memory before most projections.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "core/cuda/runtime.cuh"
 #include "ops/activation_cuda.cuh"
 #include "ops/gemm_cuda.h"
+#include "ops/mma_cuda.cuh"
 #include "ops/rms_norm_cuda.cuh"
 #include "quantization/quantized_tensor.h"
 
@@ -387,6 +392,93 @@ __global__ void __launch_bounds__(kThreads, 4)
   }
 }
 
+// 5..16 rows run on the tensor cores (mma.sync m16n8k16, float32 accumulation): at 8 rows the float FMAs above issue
+// about as many instructions as there are weight bytes, and lost to cuBLAS. A block owns 8 weight rows, the mma's
+// n8 B operand; a's rows are its A operand, the rows past m zero registers that are never loaded (kSixteen: rows
+// 8..15 exist). Lane (g, t) loads 16 bytes of weight row g and the same 16 bytes of k of a's rows g and g + 8: the
+// chunk's 8 features feed two mmas, their k order (the same for both operands) a permutation of the chunk's, so no
+// shuffle is needed. A step of the block covers 4 x WARPS chunks of k; the warps' partial tiles are added in shared
+// memory in warp order (the result does not depend on timing). Each lane keeps two passes of kMmaUnroll weight
+// chunks in flight: the next one loads while this one multiplies. More warps for longer rows (mma_warps_for): with
+// 4, a 1024 x 4096 weight's 128 blocks streamed k in 4 dependent passes. No fused norm: normalizing 8-16 rows in
+// every block cost more than the norm kernel (H100: norm + 1024x1024 at 8 rows 5.6 us fused, 3.6 separate).
+constexpr int kMmaUnroll = 4;
+
+template <typename T, bool kSixteen, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32)
+    small_m_mma_kernel(const T* __restrict__ a, const T* __restrict__ w, T* __restrict__ c, int m, int n, int k,
+                       int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta, bool w_is_weight) {
+  constexpr int kStepChunks = 4 * WARPS;
+  constexpr int kPass = kStepChunks * kMmaUnroll;
+  __shared__ float partial[WARPS][32][4];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int chunks = k / 8;
+  // Rows past n (in the last block) read row n - 1 again and store nothing.
+  const int64_t w_row_index = min(static_cast<int64_t>(blockIdx.x) * 8 + g, static_cast<int64_t>(n - 1));
+  const uint4* w_row = reinterpret_cast<const uint4*>(w + blockIdx.y * w_batch_stride + w_row_index * k);
+  c += blockIdx.y * c_batch_stride;
+
+  // Passes start at a warp-uniform chunk (mma.sync needs the whole warp); lane t takes chunk base + t of each step.
+  uint4 w_now[kMmaUnroll], w_next[kMmaUnroll];
+  const auto load_pass = [&](uint4(&buffer)[kMmaUnroll], int base) {
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int chunk = base + t + u * kStepChunks;
+      buffer[u] = chunk < chunks ? load_streaming(w_row + chunk) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  const int first = warp * 4;
+  if (w_is_weight) load_pass(w_now, first);
+  rt::await_previous_kernel();
+  if (!w_is_weight) load_pass(w_now, first);
+  const auto load_a = [&](int r, int chunk) {
+    if (r >= m || chunk >= chunks) return make_uint4(0, 0, 0, 0);
+    return __ldg(reinterpret_cast<const uint4*>(a + static_cast<int64_t>(r) * k) + chunk);
+  };
+
+  float acc[4] = {};
+  const auto multiply_pass = [&](const uint4(&buffer)[kMmaUnroll], int base) {
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int chunk = base + t + u * kStepChunks;
+      const uint4 low = load_a(g, chunk);
+      const uint4 high = kSixteen ? load_a(g + 8, chunk) : make_uint4(0, 0, 0, 0);
+      const uint32_t first_half[4] = {low.x, high.x, low.y, high.y};
+      const uint32_t second_half[4] = {low.z, high.z, low.w, high.w};
+      mma_16816<T>(acc, first_half, buffer[u].x, buffer[u].y);
+      mma_16816<T>(acc, second_half, buffer[u].z, buffer[u].w);
+    }
+  };
+  for (int base = first; base < chunks; base += 2 * kPass) {
+    load_pass(w_next, base + kPass);
+    multiply_pass(w_now, base);
+    if (base + kPass >= chunks) break;
+    load_pass(w_now, base + 2 * kPass);
+    multiply_pass(w_next, base + kPass);
+  }
+
+#pragma unroll
+  for (int i = 0; i < 4; ++i) partial[warp][lane][i] = acc[i];
+  __syncthreads();
+  if (warp != 0) return;
+  float sum[4] = {};
+  for (int s = 0; s < WARPS; ++s)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sum[i] += partial[s][lane][i];
+      // sum[0..1]: a's row g, weight rows 2t and 2t + 1 of the block's 8; sum[2..3]: row g + 8.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = g + (i / 2) * 8;
+    const int64_t column = static_cast<int64_t>(blockIdx.x) * 8 + 2 * t + i % 2;
+    if (r >= m || column >= n) continue;
+    T* out = c + static_cast<int64_t>(r) * n + column;
+    float value = alpha * sum[i];
+    if (beta != 0.0f) value += beta * rt::to_float(*out);  // beta == 0 never reads c (it may hold NaN)
+    *out = rt::from_float<T>(value);
+  }
+}
+
 // Warps per row group: enough that one pass of kUnroll chunks per lane covers the row's `chunks` 16-byte weight
 // chunks, at most kMaxGroupWarps.
 int group_warps_for(int64_t chunks) {
@@ -430,16 +522,48 @@ void launch_variant(const Problem<T, CT>& p) {
     case 3:
       run(small_m_gemm_kernel<T, CT, 3, kNorm, BITS, kExperts>);
       break;
-    default:
+    case 4:
       run(small_m_gemm_kernel<T, CT, 4, kNorm, BITS, kExperts>);
       break;
+    default:
+      throw std::logic_error("small_m_gemm: " + std::to_string(p.m) + " rows past the float kernel's bound");
   }
+}
+
+template <typename T, bool kSixteen, int WARPS>
+void launch_mma_variant(const Problem<T, T>& p) {
+  const dim3 grid(rt::blocks_for(p.n, 8), static_cast<unsigned>(p.count));
+  rt::launch(small_m_mma_kernel<T, kSixteen, WARPS>, grid, WARPS * 32, 0, p.a, static_cast<const T*>(p.w), p.c,
+             static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k), p.w_stride, p.c_stride, p.alpha,
+             p.beta, p.w_is_weight);
+}
+
+// Warps per block of the tensor-core kernel: enough that one pass of kMmaUnroll chunks per lane covers the row, at
+// least 4 and at most 16.
+template <typename T, bool kSixteen>
+void launch_mma_rows(const Problem<T, T>& p) {
+  const int64_t chunks = p.k / 8;
+  if (chunks <= 4 * 4 * kMmaUnroll)
+    launch_mma_variant<T, kSixteen, 4>(p);
+  else if (chunks <= 4 * 8 * kMmaUnroll)
+    launch_mma_variant<T, kSixteen, 8>(p);
+  else
+    launch_mma_variant<T, kSixteen, 16>(p);
+}
+
+template <typename T>
+void launch_mma(const Problem<T, T>& p) {
+  if (p.m > 8)
+    launch_mma_rows<T, true>(p);
+  else
+    launch_mma_rows<T, false>(p);
 }
 
 template <int BITS, typename T, typename CT>
 void launch(const Problem<T, CT>& p) {
   if constexpr (BITS == 16 && std::is_same_v<T, CT>) {  // experts: half precision in and out
     if (p.rows.offsets) return launch_variant<T, CT, false, BITS, true>(p);
+    if (p.m > kSmallMFloatMaxRows) return launch_mma(p);
   }
   if (p.norm.weight)
     launch_variant<T, CT, true, BITS, false>(p);
@@ -471,21 +595,30 @@ void launch_into(const Tensor& a, const Tensor& w, int64_t n, int64_t count, Ten
     run(c.data<T>());
 }
 
-// What every caller needs: half precision, 1..kSmallMMaxRows rows (m) of k, whole 16-byte chunks per row, aligned
-// starts, int sizes.
-bool applies(DType dtype, int64_t m, int64_t k, const void* a, const void* w, int64_t n, int64_t count) {
-  return (dtype == DType::F16 || dtype == DType::BF16) && m >= 1 && m <= kSmallMMaxRows && k > 0 && k % 8 == 0 &&
+// What every caller needs: half precision, 1..max_rows rows (m) of k, whole 16-byte chunks per row, aligned starts,
+// int sizes.
+bool applies(DType dtype, int64_t m, int64_t max_rows, int64_t k, const void* a, const void* w, int64_t n,
+             int64_t count) {
+  return (dtype == DType::F16 || dtype == DType::BF16) && m >= 1 && m <= max_rows && k > 0 && k % 8 == 0 &&
          n <= INT32_MAX && k <= INT32_MAX && count <= 65535 && rt::is_aligned(a) && rt::is_aligned(w);
 }
-bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count) {
-  return applies(a.dtype(), a.dim(0), a.dim(1), a.raw(), w.raw(), n, count);
+// Half-precision weights: the tensor-core kernel above kSmallMFloatMaxRows rows when c is in a's dtype.
+bool applies(const Tensor& a, const Tensor& w, int64_t n, int64_t count, DType c_dtype) {
+  const int64_t max_rows = c_dtype == a.dtype() ? kSmallMMaxRows : kSmallMFloatMaxRows;
+  return applies(a.dtype(), a.dim(0), max_rows, a.dim(1), a.raw(), w.raw(), n, count);
+}
+// The fused norm: the float kernel's rows, k <= kNormMaxK, the norm weight 16-byte aligned.
+bool norm_applies(const Tensor& x, const Tensor& norm_weight) {
+  return x.dim(0) <= kSmallMFloatMaxRows && x.dim(1) <= kNormMaxK && rt::is_aligned(norm_weight.raw());
 }
 
-// x's 1..kSmallMMaxRows rows against an int8 Linear weight, with what `setup` adds (beta, a norm).
+// x's 1..kSmallMFloatMaxRows rows against an int8 Linear weight, with what `setup` adds (beta, a norm).
 template <typename Setup>
 bool launch_quantized(const Tensor& x, const QuantizedTensor& weight, Tensor& y, const Setup& setup) {
   const int64_t m = x.dim(0), n = weight.dim(0), k = weight.dim(1);
-  if (weight.bits != 8 || k % 16 != 0 || !applies(x, weight.values, n, 1)) return false;  // 16 codes a chunk
+  if (weight.bits != 8 || k % 16 != 0 ||  // 16 codes a chunk
+      !applies(x.dtype(), m, kSmallMFloatMaxRows, k, x.raw(), weight.values.raw(), n, 1))
+    return false;
   rt::dispatch_floating(x.dtype(), "quantized_linear", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
@@ -514,7 +647,7 @@ bool small_m_quantized_linear(const Tensor& x, const QuantizedTensor& weight, Te
 
 bool small_m_rms_norm_quantized_linear(const Tensor& x, const Tensor& norm_weight, float eps,
                                        const QuantizedTensor& weight, Tensor& y) {
-  if (x.dim(1) > kNormMaxK || !rt::is_aligned(norm_weight.raw())) return false;
+  if (!norm_applies(x, norm_weight)) return false;
   return launch_quantized(x, weight, y, [&](auto& p) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(p.a)>>;
     p.norm = {norm_weight.data<T>(), eps, 1.0f};
@@ -523,7 +656,7 @@ bool small_m_rms_norm_quantized_linear(const Tensor& x, const Tensor& norm_weigh
 
 bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
   const int64_t n = c.dim(1);
-  if (!args.transpose_b || !applies(a, b, n, 1)) return false;
+  if (!args.transpose_b || !applies(a, b, n, 1, c.dtype())) return false;
   rt::dispatch_floating(a.dtype(), "gemm", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
@@ -542,7 +675,8 @@ bool small_m_grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& 
   const int64_t rows = args.out_rows ? args.out_rows->dim(0) : out.dim(0);
   const int64_t experts = weights.dim(0), n = weights.dim(1), k = weights.dim(2);
   // m: the product's rows (a's are read through a_rows); one grid slot per expert that can have rows.
-  if (experts > INT32_MAX || !applies(a.dtype(), rows, k, a.raw(), weights.raw(), n, std::min(rows, experts)))
+  if (experts > INT32_MAX ||
+      !applies(a.dtype(), rows, kSmallMFloatMaxRows, k, a.raw(), weights.raw(), n, std::min(rows, experts)))
     return false;
   rt::dispatch_floating(a.dtype(), "grouped_gemm", [&](auto tag) {
     using T = decltype(tag);
@@ -573,7 +707,7 @@ bool small_m_grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& 
 
 bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
   const int64_t n = weights.dim(1), count = weights.dim(0);
-  if (!applies(x, weights, n, count)) return false;
+  if (!applies(x, weights, n, count, y.dtype())) return false;
   rt::dispatch_floating(x.dtype(), "linear_stack", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {
@@ -587,8 +721,8 @@ bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
 bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
                              float scale) {
   const bool stack = weights.rank() == 3;
-  const int64_t k = x.dim(1), n = weights.dim(-2), count = stack ? weights.dim(0) : 1;
-  if (!applies(x, weights, n, count) || k > kNormMaxK || !rt::is_aligned(norm_weight.raw())) return false;
+  const int64_t n = weights.dim(-2), count = stack ? weights.dim(0) : 1;
+  if (!applies(x, weights, n, count, y.dtype()) || !norm_applies(x, norm_weight)) return false;
   rt::dispatch_floating(x.dtype(), "rms_norm_linear", [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>) {

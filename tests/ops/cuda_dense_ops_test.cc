@@ -121,14 +121,16 @@ Tensor unaligned_rows(const Tensor& flat, int64_t rows, int64_t width) {
   return flat.narrow(1, rows * width).reshape({rows, width});
 }
 
-// The small-m kernel (ops::cuda::small_m_gemm: F16/BF16, b^T, at most 4 rows, k a multiple of 8, 16-byte aligned
-// a and b) and its fallbacks. m = 9 crosses the row bound; k = 12 and 1001 are not whole 16-byte chunks (cuBLAS);
-// k = 1000 is 125 chunks, a partial pass; n = 1 and 7 leave a warp's second row past n; k = 8200 takes more than
-// one pass of a 4-warp row group.
+// The small-m kernels (ops::cuda::small_m_gemm: F16/BF16, b^T, k a multiple of 8, 16-byte aligned a and b; float
+// FMAs up to 4 rows, tensor cores for 5-16 rows into a's dtype) and their fallbacks. m = 5 and 9 start the tensor-core
+// kernel's 8- and 16-row variants, m = 17 crosses the row bound, and F32 results past 4 rows take cuBLAS; k = 12 and
+// 1001 are not whole 16-byte chunks (cuBLAS); k = 1000 is 125 chunks, a partial pass; n = 1 and 7 leave a warp's
+// second row (a block's last weight rows) past n; k = 8200 takes more than one pass of a 4-warp row group, and
+// several double passes of the tensor-core kernel.
 TEST(CudaDenseOps, CudaSmallMGemmMatchesCpu) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(19);
-  const std::vector<int64_t> ms = {1, 2, 3, 4, 5, 8};
+  const std::vector<int64_t> ms = {1, 2, 3, 4, 5, 8, 9, 16, 17};
   const std::vector<std::pair<int64_t, int64_t>> nks = {{1, 8},       {7, 1024},    {64, 4096},   {1000, 1000},
                                                         {1024, 1024}, {4096, 1024}, {1024, 4096}, {64, 12},
                                                         {3, 2048},    {5, 8200},    {64, 1001}};
@@ -184,18 +186,20 @@ TEST(CudaDenseOps, CudaSmallMGemmUnalignedFallsBack) {
       }
 }
 
-// The same inputs twice give the same bits (fixed reduction order), here on the 4-warp row groups of k = 4096.
+// The same inputs twice give the same bits (fixed reduction order), here on the 4-warp row groups of k = 4096 (4
+// rows into float32) and the tensor-core kernel's warps (16 rows).
 TEST(CudaDenseOps, CudaSmallMGemmIsDeterministic) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(21);
-  for (DType dtype : {DType::F16, DType::BF16}) {
-    const Tensor a = to_cuda(random_cpu({4, 4096}, rng), dtype);
-    const Tensor b = to_cuda(random_cpu({1000, 4096}, rng), dtype);
-    Tensor c1 = poisoned({4, 1000}, DType::F32, Device::CUDA), c2 = poisoned({4, 1000}, DType::F32, Device::CUDA);
-    ops::gemm(a, b, c1);
-    ops::gemm(a, b, c2);
-    EXPECT_EQ(host(c1).to_vector<float>(), host(c2).to_vector<float>());
-  }
+  for (DType dtype : {DType::F16, DType::BF16})
+    for (const auto& [m, c_dtype] : {std::pair<int64_t, DType>{4, DType::F32}, {16, dtype}}) {
+      const Tensor a = to_cuda(random_cpu({m, 4096}, rng), dtype);
+      const Tensor b = to_cuda(random_cpu({1000, 4096}, rng), dtype);
+      Tensor c1 = poisoned({m, 1000}, c_dtype, Device::CUDA), c2 = poisoned({m, 1000}, c_dtype, Device::CUDA);
+      ops::gemm(a, b, c1);
+      ops::gemm(a, b, c2);
+      EXPECT_EQ(host(c1).to_vector<float>(), host(c2).to_vector<float>());
+    }
 }
 
 // linear_stack on the small-m kernel (a second grid dimension over the weights), across the row bound and with
@@ -207,6 +211,10 @@ TEST(CudaDenseOps, CudaSmallMLinearStackMatchesCpu) {
     for (const auto& [count, m, n, k] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{3, 1, 1024, 1024},
                                          {3, 4, 1024, 1024},
                                          {3, 5, 64, 1024},
+                                         {3, 8, 1024, 1024},
+                                         {3, 16, 7, 4096},
+                                         {2, 12, 1000, 1000},
+                                         {3, 17, 64, 1024},
                                          {3, 2, 7, 4096},
                                          {2, 3, 1000, 1000},
                                          {3, 4, 64, 12},
@@ -228,13 +236,15 @@ struct NormLinearCase {
   int64_t rows, n, k, count;
 };
 
-// 1-4 half-precision rows with k a multiple of 8 up to 4096 take the fused kernel; 5 rows, k = 4104 (past the fused
-// bound, still the small-m GEMM), k = 12 (not whole chunks) and F32 take rms_norm and the projection. k = 40 and 8
-// leave most of the norm's warp sums zero; n = 1 and 7 a warp's second weight row past n.
+// 1-4 half-precision rows with k a multiple of 8 up to 4096 take the fused kernel; 5-16 rows (the tensor-core
+// kernel, which has no fused norm), 17 rows, k = 4104 (past the fused bound, still the small-m GEMM), k = 12 (not
+// whole chunks) and F32 take rms_norm and the projection. k = 40 and 8 leave most of the norm's warp sums zero;
+// n = 1 and 7 a warp's second weight row (a block's last weight rows) past n.
 const std::vector<NormLinearCase> kNormLinearCases = {
-    {1, 1024, 1024, 0}, {4, 1024, 1024, 0}, {2, 1000, 1024, 0}, {3, 7, 1024, 0}, {1, 1, 1024, 0}, {4, 1024, 4096, 0},
-    {2, 64, 4104, 0},   {5, 1024, 1024, 0}, {3, 64, 40, 0},     {4, 33, 8, 0},   {2, 16, 12, 0},  {1, 1024, 1024, 3},
-    {4, 1024, 1024, 3}, {3, 1000, 1024, 1}, {5, 64, 1024, 3},   {2, 7, 4096, 3}, {3, 64, 12, 3}};
+    {1, 1024, 1024, 0},  {4, 1024, 1024, 0}, {2, 1000, 1024, 0},  {3, 7, 1024, 0}, {1, 1, 1024, 0},  {4, 1024, 4096, 0},
+    {2, 64, 4104, 0},    {5, 1024, 1024, 0}, {3, 64, 40, 0},      {4, 33, 8, 0},   {2, 16, 12, 0},   {1, 1024, 1024, 3},
+    {4, 1024, 1024, 3},  {3, 1000, 1024, 1}, {5, 64, 1024, 3},    {2, 7, 4096, 3}, {3, 64, 12, 3},   {8, 1024, 1024, 0},
+    {16, 1024, 1024, 3}, {9, 7, 1024, 0},    {12, 1000, 1024, 1}, {6, 33, 40, 0},  {8, 64, 4096, 0}, {17, 64, 1024, 0}};
 
 Shape norm_linear_output(const NormLinearCase& c) { return c.count ? Shape{c.count, c.rows, c.n} : Shape{c.rows, c.n}; }
 
