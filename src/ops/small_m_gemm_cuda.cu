@@ -399,7 +399,7 @@ __global__ void __launch_bounds__(kThreads, 4)
 // chunk's 8 features feed two mmas, their k order (the same for both operands) a permutation of the chunk's, so no
 // shuffle is needed. A step of the block covers 4 x WARPS chunks of k; the warps' partial tiles are added in shared
 // memory in warp order (the result does not depend on timing). Each lane keeps two passes of kMmaUnroll weight
-// chunks in flight: the next one loads while this one multiplies. More warps for longer rows (mma_warps_for): with
+// chunks in flight: the next one loads while this one multiplies. More warps for longer rows (launch_mma_rows): with
 // 4, a 1024 x 4096 weight's 128 blocks streamed k in 4 dependent passes. No fused norm: normalizing 8-16 rows in
 // every block cost more than the norm kernel (H100: norm + 1024x1024 at 8 rows 5.6 us fused, 3.6 separate).
 constexpr int kMmaUnroll = 4;
@@ -462,11 +462,12 @@ __global__ void __launch_bounds__(WARPS * 32)
   for (int i = 0; i < 4; ++i) partial[warp][lane][i] = acc[i];
   __syncthreads();
   if (warp != 0) return;
+  // sum[0..1]: a's row g, weight rows 2t and 2t + 1 of the block's 8; sum[2..3]: row g + 8.
   float sum[4] = {};
-  for (int s = 0; s < WARPS; ++s)
+  for (int s = 0; s < WARPS; ++s) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) sum[i] += partial[s][lane][i];
-      // sum[0..1]: a's row g, weight rows 2t and 2t + 1 of the block's 8; sum[2..3]: row g + 8.
+  }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int r = g + (i / 2) * 8;
