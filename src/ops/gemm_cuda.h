@@ -16,7 +16,9 @@ namespace elephant::ops::cuda {
 // kSmallMFloatMaxRows rows the kernel multiplies in float FMAs, which bounds the experts, int8 weights and float32
 // results too; above, on the tensor cores. Measured on the H100 (bench_cuda_decode, fp16, 2026-11-26): at 1 row the
 // FMA kernel beats cuBLAS on every decode shape (1024x1024 2.99 vs 4.09 us, 1024x4096 5.03 vs 7.35); at 8 rows it
-// lost on the wider ones (4096x1024 7.47 vs 5.30, q,k,v stack 6.15 vs 4.97).
+// lost on the wider ones (4096x1024 7.47 vs 5.30, q,k,v stack 6.15 vs 4.97). The tensor-core kernel at 8 rows
+// (2026-11-27): 1024x1024 2.29 vs 4.05 us, 4096x1024 3.92 vs 5.27, 1024x4096 5.90 vs 7.44, q,k,v 3.39 vs 4.95; at 16
+// rows it loses on 4096x1024 only (5.79 vs 5.30).
 constexpr int64_t kSmallMMaxRows = 16;
 constexpr int64_t kSmallMFloatMaxRows = 4;
 
