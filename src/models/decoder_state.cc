@@ -221,6 +221,15 @@ void DecoderState::reorder_rows(const Tensor& parents) {
                                 std::to_string(rows()) + ", not a row of that source");
     }
   if (steps_done_ == 0 || rows() == 0 || layers_.empty()) return;
+  // A search keeps a source's rows together, the same number for every source: then all caches move in place in one
+  // op, a group of rows at a time.
+  const int64_t group = source_group_rows();
+  if (group > 0) {
+    std::vector<Tensor*> caches;
+    for (Layer& layer : layers_) caches.insert(caches.end(), {&layer.self_keys, &layer.self_values});
+    ops::reorder_cache_groups(caches, parents, group, steps_done_);
+    return;
+  }
   // The self layout's query_begin is 0..rows (one query per row): the identity that copies the reordered slots
   // back, already on the device.
   const Tensor& in_place = self_attention_layout().query_begin;
@@ -230,6 +239,19 @@ void DecoderState::reorder_rows(const Tensor& parents) {
       ops::gather_cache_rows(*cache, parents, steps_done_, reordered);
       ops::gather_cache_rows(reordered, in_place, steps_done_, *cache);
     }
+}
+
+int64_t DecoderState::source_group_rows() const {
+  const auto count = static_cast<int64_t>(row_source_.size());
+  int64_t group = 1;
+  while (group < count && row_source_[group] == row_source_[0]) ++group;
+  if (count % group != 0) return 0;
+  for (int64_t r = 0; r < count; ++r) {
+    const bool starts_group = r % group == 0;
+    // Sources rise from group to group, so that each is one group.
+    if (starts_group ? r > 0 && row_source_[r] <= row_source_[r - 1] : row_source_[r] != row_source_[r - 1]) return 0;
+  }
+  return group;
 }
 
 }  // namespace elephant

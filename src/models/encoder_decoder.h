@@ -67,6 +67,8 @@ class DecoderState {
   // state's device, with row_source()[parents[i]] == row_source()[i], checked on the CPU only). Only the written
   // self-attention cache slots move, within their buffers; sources, memory, layouts and activity stay as they are.
   void reorder_rows(const Tensor& parents);
+  // The rows of each source when every source has that many, consecutive (a search's layout), else 0.
+  int64_t source_group_rows() const;
   // Makes room in the self-attention caches for one more step, growing them geometrically: most
   // sentences stop long before max_steps, so the caches are not sized for it up front.
   void reserve_next_step();

@@ -27,6 +27,7 @@
   void log_softmax(const Tensor& x, Tensor& y);                                                                        \
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& out);                                                  \
   void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, Tensor& out);                         \
+  void reorder_cache_groups(const std::vector<Tensor*>& caches, const Tensor& parents, int64_t group, int64_t steps);  \
   void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache);                                     \
   void attention(const Tensor& queries, const Tensor& keys, const Tensor& values, const AttentionLayout& layout,       \
                  const AttentionArgs& args, Tensor& out);                                                              \

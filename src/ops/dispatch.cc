@@ -279,6 +279,32 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
   ELEPHANT_DISPATCH(cache.device(), gather_cache_rows(cache, rows, steps, out));
 }
 
+void reorder_cache_groups(const std::vector<Tensor*>& caches, const Tensor& parents, int64_t group, int64_t steps) {
+  const std::string op = "reorder_cache_groups";
+  if (caches.empty()) return;
+  const Tensor& first = *caches.front();
+  check_dtype(op, parents, DType::I32, "parents");
+  for (const Tensor* cache : caches) {
+    same_device(op, *cache, parents);
+    if (cache->rank() != 3 || cache->shape() != first.shape() || cache->dtype() != first.dtype())
+      fail(op, "cache " + describe(*cache) + " beside " + describe(first));
+  }
+  if (parents.rank() != 1 || parents.dim(0) != first.dim(0) || group < 1 || first.dim(0) % group != 0 || steps < 0 ||
+      steps > first.dim(1))
+    fail(op, "caches " + describe(first) + ", parents " + describe(parents) + ", groups of " + std::to_string(group) +
+                 ", " + std::to_string(steps) + " steps");
+  if (first.dim(0) == 0 || steps == 0 || first.dim(2) == 0) return;
+  if (parents.device() == Device::CPU)
+    for (int64_t r = 0; r < first.dim(0); ++r) {
+      const int64_t begin = r - r % group, parent = parents.data<int32_t>()[r];
+      if (parent < begin || parent >= begin + group)
+        throw std::out_of_range(op + ": row " + std::to_string(r) + " continues row " + std::to_string(parent) +
+                                ", outside its group [" + std::to_string(begin) + ", " + std::to_string(begin + group) +
+                                ")");
+    }
+  ELEPHANT_DISPATCH(first.device(), reorder_cache_groups(caches, parents, group, steps));
+}
+
 void write_cache_step(const Tensor& values, const Tensor& slots, Tensor& cache) {
   same_device("write_cache_step", values, cache);
   same_device("write_cache_step", slots, cache);

@@ -1,4 +1,5 @@
 #include <cstring>
+#include <vector>
 
 #include "ops/backends.h"
 
@@ -13,6 +14,27 @@ void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, T
     std::memcpy(o + static_cast<size_t>(i * out.dim(1)) * slot_bytes,
                 in + static_cast<size_t>(index[i] * cache.dim(1)) * slot_bytes,
                 static_cast<size_t>(steps) * slot_bytes);
+  }
+}
+
+void reorder_cache_groups(const std::vector<Tensor*>& caches, const Tensor& parents, int64_t group, int64_t steps) {
+  const Tensor& first = *caches.front();
+  const size_t slot_bytes = static_cast<size_t>(first.dim(2)) * dtype_size(first.dtype());
+  const size_t row_bytes = static_cast<size_t>(first.dim(1)) * slot_bytes,
+               moved = static_cast<size_t>(steps) * slot_bytes;
+  const int32_t* parent = parents.data<int32_t>();
+  std::vector<char> copy(static_cast<size_t>(group) * moved);
+  for (Tensor* cache : caches) {
+    auto* rows = static_cast<char*>(cache->raw());
+    for (int64_t begin = 0; begin < first.dim(0); begin += group) {
+      for (int64_t j = 0; j < group; ++j)
+        std::memcpy(copy.data() + static_cast<size_t>(j) * moved, rows + static_cast<size_t>(begin + j) * row_bytes,
+                    moved);
+      for (int64_t r = begin; r < begin + group; ++r)
+        if (parent[r] != r)
+          std::memcpy(rows + static_cast<size_t>(r) * row_bytes,
+                      copy.data() + static_cast<size_t>(parent[r] - begin) * moved, moved);
+    }
   }
 }
 

@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <vector>
+
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
 
@@ -34,7 +37,85 @@ __global__ void write_cache_step_kernel(const Word* __restrict__ values, int64_t
     cache[(r * slots + step) * slot_words + w] = values[r * slot_words + w];
 }
 
+// A launch's caches (the paper model's 12 decoder layers have 24): more take more launches.
+constexpr int kLaunchCaches = 32;
+// Beams per source the reorder kernel holds in registers; wider groups go through gather_cache_rows.
+constexpr int kMaxGroup = 8;
+
+struct CachePointers {
+  void* at[kLaunchCaches];
+};
+
+// One thread per word of a group's written slots (blockIdx.y the group, blockIdx.z the cache): it reads that word of
+// every row of the group before it writes any, so the reorder is in place, one read and at most one write per word,
+// where gathering into a copy and back read and wrote every word twice.
+template <typename Word>
+__global__ void reorder_cache_groups_kernel(CachePointers caches, const int32_t* __restrict__ parents, int group,
+                                            int64_t row_words, int64_t words) {
+  rt::await_previous_kernel();
+  Word* cache = static_cast<Word*>(caches.at[blockIdx.z]);
+  const int64_t begin = static_cast<int64_t>(blockIdx.y) * group;
+  int parent[kMaxGroup];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+    const int p = j < group ? parents[begin + j] - static_cast<int>(begin) : j;
+    parent[j] = p >= 0 && p < group ? p : j;  // the CPU throws; here the row is left as it was
+  }
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < words; w += int64_t(gridDim.x) * blockDim.x) {
+    Word v[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      if (j < group) v[j] = cache[(begin + j) * row_words + w];
+    }
+    // Each value goes to the rows that continue its row: constant indices keep v in registers.
+#pragma unroll
+    for (int q = 0; q < kMaxGroup; ++q)
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j)
+        if (j < group && parent[j] == q && q != j) cache[(begin + j) * row_words + w] = v[q];
+  }
+}
+
+template <typename Word>
+void launch_reorder(const std::vector<Tensor*>& caches, const Tensor& parents, int64_t group, int64_t steps) {
+  const Tensor& first = *caches.front();
+  const int64_t slot_words = first.dim(2) * static_cast<int64_t>(dtype_size(first.dtype())) / sizeof(Word);
+  const int64_t words = steps * slot_words;
+  for (size_t done = 0; done < caches.size(); done += kLaunchCaches) {
+    CachePointers pointers{};
+    const size_t count = std::min(caches.size() - done, static_cast<size_t>(kLaunchCaches));
+    for (size_t i = 0; i < count; ++i) pointers.at[i] = caches[done + i]->raw();
+    const dim3 grid(std::min<unsigned>(rt::blocks_for(words, 256), 64), static_cast<unsigned>(first.dim(0) / group),
+                    static_cast<unsigned>(count));
+    rt::launch(reorder_cache_groups_kernel<Word>, grid, 256, 0, pointers, parents.data<int32_t>(),
+               static_cast<int>(group), first.dim(1) * slot_words, words);
+  }
+}
+
 }  // namespace
+
+void reorder_cache_groups(const std::vector<Tensor*>& caches, const Tensor& parents, int64_t group, int64_t steps) {
+  const Tensor& first = *caches.front();
+  if (group > kMaxGroup) {
+    for (Tensor* cache : caches) {
+      Tensor reordered = Tensor::empty({cache->dim(0), steps, cache->dim(2)}, cache->dtype(), Device::CUDA);
+      gather_cache_rows(*cache, parents, steps, reordered);
+      std::vector<int32_t> in_place(static_cast<size_t>(cache->dim(0)));
+      for (size_t r = 0; r < in_place.size(); ++r) in_place[r] = static_cast<int32_t>(r);
+      gather_cache_rows(reordered, Tensor::from_vector(in_place, {cache->dim(0)}, Device::CUDA), steps, *cache);
+    }
+    return;
+  }
+  const int64_t slot_bytes = first.dim(2) * static_cast<int64_t>(dtype_size(first.dtype()));
+  const bool aligned =
+      std::all_of(caches.begin(), caches.end(), [](const Tensor* c) { return rt::is_aligned(c->raw()); });
+  if (slot_bytes % 16 == 0 && aligned)
+    launch_reorder<uint4>(caches, parents, group, steps);
+  else if (slot_bytes % 4 == 0)
+    launch_reorder<uint32_t>(caches, parents, group, steps);
+  else
+    launch_reorder<uint8_t>(caches, parents, group, steps);
+}
 
 void gather_cache_rows(const Tensor& cache, const Tensor& rows, int64_t steps, Tensor& out) {
   const int64_t slot_bytes = cache.dim(2) * static_cast<int64_t>(dtype_size(cache.dtype()));

@@ -477,6 +477,32 @@ TEST(DecoderStateTest, ReorderRowsMovesWrittenSlotsInPlace) {
   }
 }
 
+// A search keeps each source's rows together, as many for every source: reorder_rows then moves all caches in place
+// at once (ops::reorder_cache_groups). Where sources have unequal row counts it gathers each cache: the same result.
+TEST(DecoderStateTest, ReorderRowsOfUnequalSources) {
+  std::mt19937 rng(1112);
+  DecoderState state = make_state(2, 6, 3, 2, rng);  // 3 sources of 2 rows
+  EXPECT_EQ(state.source_group_rows(), 2);
+  state.select_rows({0, 1, 2, 4});  // source 0 keeps 2 rows, sources 1 and 2 one each
+  EXPECT_EQ(state.source_group_rows(), 0);
+  const Snapshot before = snapshot(state);
+  const std::vector<int32_t> parents = {1, 1, 2, 3};
+  state.reorder_rows(Tensor::from_vector(parents, {4}));
+  for (size_t l = 0; l < before.layers.size(); ++l) {
+    const DecoderState::Layer& layer = state.layers()[l];
+    const Snapshot::Layer& old = before.layers[l];
+    const int64_t row = layer.self_keys.dim(1) * kWidth;
+    std::vector<float> keys = old.self_keys, values = old.self_values;
+    for (int64_t r = 0; r < 4; ++r)
+      for (int64_t i = 0; i < 3 * kWidth; ++i) {
+        keys[r * row + i] = old.self_keys[parents[r] * row + i];
+        values[r * row + i] = old.self_values[parents[r] * row + i];
+      }
+    EXPECT_TRUE(testref::bitwise_equal(layer.self_keys, keys)) << "layer " << l;
+    EXPECT_TRUE(testref::bitwise_equal(layer.self_values, values)) << "layer " << l;
+  }
+}
+
 TEST(DecoderStateTest, ReorderRowsRejectsRowsOfOtherSourcesAndBadTensors) {
   std::mt19937 rng(1111);
   DecoderState state = make_state(2, 6, 3, 1, rng);

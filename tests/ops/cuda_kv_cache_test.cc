@@ -39,6 +39,38 @@ TEST(CudaKvCache, WriteCacheStepAndGatherCacheRowsMatchTheCpu) {
   }
 }
 
+// Beam search's in-place reorder of every cache on CUDA against the CPU: 16-byte words (width 64, 1024), 4-byte words
+// (width 2 in half precision, 3 in F32), bytes (width 3 in half precision), groups up to the kernel's 8 and one
+// past them (the gathering fallback).
+TEST(CudaKvCache, ReorderCacheGroupsMatchesTheCpu) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(1402);
+  for (const DType dtype : testdev::cuda_dtypes())
+    for (const int64_t width : {2, 3, 64, 1024})
+      for (const int64_t group : {1, 2, 5, 8, 9}) {
+        SCOPED_TRACE(dtype_name(dtype) + " width " + std::to_string(width) + " group " + std::to_string(group));
+        const int64_t rows = 3 * group;
+        std::vector<int32_t> parents(static_cast<size_t>(rows));
+        for (int64_t r = 0; r < rows; ++r)
+          parents[static_cast<size_t>(r)] = static_cast<int32_t>(r - r % group + (r * 7 + 3) % group);
+        std::vector<Tensor> cpu, gpu;
+        for (int i = 0; i < 3; ++i) {
+          cpu.push_back(testdev::rounded_to(random_cpu({rows, 9, width}, rng), dtype));
+          gpu.push_back(testdev::to_cuda(cpu.back(), dtype));
+        }
+        std::vector<Tensor*> cpu_caches, gpu_caches;
+        for (int i = 0; i < 3; ++i) {
+          cpu_caches.push_back(&cpu[static_cast<size_t>(i)]);
+          gpu_caches.push_back(&gpu[static_cast<size_t>(i)]);
+        }
+        const Tensor cpu_parents = Tensor::from_vector(parents, {rows});
+        ops::reorder_cache_groups(cpu_caches, cpu_parents, group, 6);
+        ops::reorder_cache_groups(gpu_caches, cpu_parents.to(Device::CUDA), group, 6);
+        for (int i = 0; i < 3; ++i)
+          EXPECT_TRUE(testdev::relative_l2_within(gpu[static_cast<size_t>(i)], cpu[static_cast<size_t>(i)], 0.0));
+      }
+}
+
 // Indices are not read by the host on CUDA: out-of-range ones must neither fault nor read out of bounds.
 TEST(CudaKvCache, OutOfRangeRowsAreSkippedOrZeroed) {
   ELEPHANT_REQUIRE_CUDA();

@@ -112,6 +112,64 @@ TEST(KvCacheTest, GatherCacheRowsReordersAndResizes) {
   EXPECT_NO_THROW(ops::gather_cache_rows(cache, Tensor::from_vector(std::vector<int32_t>{}, {0}), 3, none));
 }
 
+// Parents within groups of `group` rows, some rows continuing themselves.
+std::vector<int32_t> group_parents(int64_t rows, int64_t group, std::mt19937& rng) {
+  std::vector<int32_t> parents(static_cast<size_t>(rows));
+  std::uniform_int_distribution<int64_t> pick(0, group - 1);
+  for (int64_t r = 0; r < rows; ++r)
+    parents[static_cast<size_t>(r)] = static_cast<int32_t>(r - r % group + (r % 3 == 0 ? r % group : pick(rng)));
+  return parents;
+}
+
+// In place, all caches at once: the same as gathering each cache's rows into a copy (reference_gather), slots past
+// `steps` untouched.
+TEST(KvCacheTest, ReorderCacheGroupsEqualsGatheringEachCache) {
+  std::mt19937 rng(1305);
+  for (int64_t group : {1, 2, 3, 8, 9})
+    for (int64_t width : {1, 6, 33})
+      for (int64_t steps : {0, 1, 5}) {
+        SCOPED_TRACE(::testing::Message() << "group " << group << " width " << width << " steps " << steps);
+        const int64_t rows = 2 * group;
+        const std::vector<int32_t> parents = group_parents(rows, group, rng);
+        std::vector<Tensor> caches;
+        std::vector<std::vector<float>> expected;
+        for (int i = 0; i < 3; ++i) {
+          caches.push_back(random_tensor({rows, 5, width}, rng));
+          expected.push_back(reference_gather(caches.back(), parents, steps, caches.back()));
+        }
+        std::vector<Tensor*> pointers;
+        for (Tensor& cache : caches) pointers.push_back(&cache);
+        ops::reorder_cache_groups(pointers, Tensor::from_vector(parents, {rows}), group, steps);
+        for (size_t i = 0; i < caches.size(); ++i) EXPECT_TRUE(testref::bitwise_equal(caches[i], expected[i]));
+      }
+}
+
+TEST(KvCacheTest, ReorderCacheGroupsChecksArguments) {
+  std::mt19937 rng(1306);
+  Tensor cache = random_tensor({4, 6, 5}, rng), other = random_tensor({4, 6, 5}, rng);
+  const Tensor parents = Tensor::from_vector(std::vector<int32_t>{1, 0, 2, 2}, {4});
+  std::vector<Tensor*> both = {&cache, &other};
+  EXPECT_NO_THROW(ops::reorder_cache_groups(both, parents, 2, 6));
+  EXPECT_NO_THROW(ops::reorder_cache_groups({}, parents, 2, 6));
+  EXPECT_THROW(ops::reorder_cache_groups(both, parents, 3, 2), std::invalid_argument);  // 4 rows in groups of 3
+  EXPECT_THROW(ops::reorder_cache_groups(both, parents, 0, 2), std::invalid_argument);
+  EXPECT_THROW(ops::reorder_cache_groups(both, parents, 2, 7), std::invalid_argument);  // past the slots
+  EXPECT_THROW(ops::reorder_cache_groups(both, parents, 2, -1), std::invalid_argument);
+  EXPECT_THROW(ops::reorder_cache_groups(both, Tensor::from_vector(std::vector<int32_t>{1, 0, 2}, {3}), 1, 2),
+               std::invalid_argument);
+  EXPECT_THROW(ops::reorder_cache_groups(both, Tensor::from_vector(std::vector<int64_t>{1, 0, 2, 2}, {4}), 2, 2),
+               std::invalid_argument);
+  Tensor wider = random_tensor({4, 6, 6}, rng);
+  std::vector<Tensor*> mixed = {&cache, &wider};
+  EXPECT_THROW(ops::reorder_cache_groups(mixed, parents, 2, 2), std::invalid_argument);
+  Tensor half = Tensor::empty({4, 6, 5}, DType::F16);
+  std::vector<Tensor*> dtypes = {&cache, &half};
+  EXPECT_THROW(ops::reorder_cache_groups(dtypes, parents, 2, 2), std::invalid_argument);
+  // A parent of another group: rows 2 and 3 are group [2, 4).
+  const Tensor across = Tensor::from_vector(std::vector<int32_t>{1, 0, 1, 2}, {4});
+  EXPECT_THROW(ops::reorder_cache_groups(both, across, 2, 2), std::out_of_range);
+}
+
 TEST(KvCacheTest, GatherCacheRowsChecksArguments) {
   std::mt19937 rng(1303);
   const Tensor cache = random_tensor({4, 6, 5}, rng);
