@@ -1,11 +1,9 @@
 #include <algorithm>
-#include <cmath>
 #include <numeric>
 
 #include "core/host_readback.h"
 #include "decoding/search.h"
 #include "ops/beam.h"
-#include "ops/softmax.h"
 #include "ops/topk.h"
 
 namespace elephant {
@@ -56,22 +54,20 @@ std::vector<std::vector<int32_t>> beam_search(EncoderDecoderModel& model, const 
   };
 
   // Queues step `step`: log-probs plus each row's running score, then the best 2 x beam_size of every source's beams x
-  // vocab (torch.topk over the flattened scores, as transformers does), the bookkeeping, the copy of the can_improve
-  // flags into flags[step % 2], and, pipelined (unless it is the last step), the caches' rows following their beams.
+  // vocab (torch.topk over the flattened scores, as transformers does; one op, ops::beam_candidates), the bookkeeping,
+  // the copy of the can_improve flags into flags[step % 2], and, pipelined (unless it is the last step), the caches'
+  // rows following their beams.
   HostReadback flags[2];
   const auto follow_beams = [&] { state->reorder_rows(beams.next_rows.reshape({beams.sources() * beam_size})); };
   const auto queue_step = [&](int step) {
     const int64_t live_count = beams.sources(), rows = live_count * beam_size;
     const Tensor logits = model.step(*state, beams.next_tokens.reshape({rows}));
     const int64_t vocab = logits.dim(1);
-    Tensor scores = Tensor::empty(logits.shape(), DType::F32, device);
-    ops::log_softmax(logits, scores);
-    if (step < options.min_length) ops::fill_column(scores, special.eos, -INFINITY);
-    ops::add_row_values(scores, beams.scores.reshape({rows}));
     const int count = static_cast<int>(std::min<int64_t>(2 * beam_size, beam_size * vocab));
     Tensor top_values = Tensor::empty({live_count, count}, DType::F32, device);
     Tensor top_indices = Tensor::empty({live_count, count}, DType::I32, device);
-    ops::topk(scores.reshape({live_count, beam_size * vocab}), count, top_values, top_indices);
+    ops::beam_candidates(logits, beams.scores.reshape({rows}), beam_size, step < options.min_length ? special.eos : -1,
+                         count, top_values, top_indices);
     beam_options.vocab = vocab;
     ops::beam_advance(top_values, top_indices, step, beam_options, beams);
     flags[step % 2].start(beams.can_improve);

@@ -654,6 +654,28 @@ void fill_column(Tensor& x, int64_t column, float value) {
   ELEPHANT_DISPATCH(x.device(), fill_column(x, column, value));
 }
 
+void beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_size, int64_t excluded, int k,
+                     Tensor& values, Tensor& indices) {
+  const std::string op = "beam_candidates";
+  same_device(op, logits, row_values);
+  same_device(op, logits, values);
+  same_device(op, logits, indices);
+  check_dtype(op, logits, DType::F32, "logits");
+  check_dtype(op, row_values, DType::F32, "row_values");
+  check_dtype(op, values, DType::F32, "values");
+  check_dtype(op, indices, DType::I32, "indices");
+  if (logits.rank() != 2 || beam_size < 1 || logits.dim(0) % beam_size != 0 ||
+      row_values.shape() != Shape{logits.dim(0)} || excluded < -1 || excluded >= logits.dim(1) || k < 1 ||
+      k > kMaxTopK || k > beam_size * logits.dim(1) || logits.dim(1) * beam_size > INT32_MAX)
+    fail(op, "logits " + describe(logits) + " in sources of " + std::to_string(beam_size) + " beams, row_values " +
+                 describe(row_values) + ", excluded " + std::to_string(excluded) + ", k " + std::to_string(k));
+  const Shape out{logits.dim(0) / beam_size, k};
+  if (values.shape() != out || indices.shape() != out)
+    fail(op, "values " + describe(values) + ", indices " + describe(indices) + " for " + shape_string(out));
+  if (logits.dim(0) == 0) return;
+  ELEPHANT_DISPATCH(logits.device(), beam_candidates(logits, row_values, beam_size, excluded, k, values, indices));
+}
+
 void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens, Tensor& finished, Tensor& lengths,
                     Tensor& history) {
   for (const Tensor* t : std::initializer_list<const Tensor*>{&tokens, &finished, &lengths, &history})

@@ -2,12 +2,11 @@
 // exp(x - max)) per thread (online softmax, one exp per element), merged across the block; pass 2 re-reads
 // the row and writes. Rows are read in 16-byte packs when aligned, so 256K-column rows take 2 reads + 1 write.
 
-#include <algorithm>
-#include <cfloat>
 #include <cstdint>
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
+#include "ops/softmax_cuda.cuh"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -16,56 +15,10 @@ namespace rt = ::elephant::cuda;
 using rt::from_float;
 using rt::Pack;
 using rt::to_float;
-
-// The running max starts at -FLT_MAX, not -inf, so that a leading -inf element adds exp(-inf) = 0 instead
-// of exp(-inf - -inf) = NaN.
-struct Stats {
-  float max = -FLT_MAX;
-  float sum = 0.0f;
-};
-
-__device__ __forceinline__ void add(Stats& s, float v) {
-  if (v > s.max) {
-    s.sum = s.sum * expf(s.max - v) + 1.0f;
-    s.max = v;
-  } else {
-    s.sum += expf(v - s.max);
-  }
-}
-
-__device__ __forceinline__ Stats merge(Stats a, Stats b) {
-  const float max = fmaxf(a.max, b.max);
-  return {max, a.sum * expf(a.max - max) + b.sum * expf(b.max - max)};
-}
-
-__device__ Stats block_stats(Stats s) {
-  __shared__ Stats partial[32];
-  __shared__ Stats total;
-  for (int offset = 16; offset > 0; offset /= 2)
-    s = merge(s, {__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)});
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    s = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : Stats{};
-    for (int offset = 16; offset > 0; offset /= 2)
-      s = merge(s, {__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)});
-    if (lane == 0) total = s;
-  }
-  __syncthreads();
-  return total;
-}
-
-template <typename T, int N>
-__device__ Stats row_stats(const Pack<T, N>* row, int64_t packs) {
-  Stats s;
-  for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
-    const Pack<T, N> v = row[i];
-#pragma unroll
-    for (int e = 0; e < N; ++e) add(s, to_float(v.v[e]));
-  }
-  return block_stats(s);
-}
+using softmax_detail::Launch;
+using softmax_detail::launch_for;
+using softmax_detail::row_stats;
+using softmax_detail::Stats;
 
 // N divides d (N == 1 when rows are not 16-byte aligned).
 template <typename T, int N>
@@ -101,18 +54,6 @@ __global__ void log_softmax_kernel(const T* __restrict__ x, float* __restrict__ 
     for (int e = 0; e < N; ++e) o.v[e] = to_float(v.v[e]) - s.max - log_sum;
     out[i] = o;
   }
-}
-
-struct Launch {
-  unsigned rows;
-  int threads;
-};
-
-Launch launch_for(const Tensor& x, int64_t packs) {
-  const int64_t d = x.dim(-1);
-  const int64_t rows = x.numel() / d;
-  if (rows > 0x7fffffff) throw Error("softmax: too many rows for one launch");
-  return {static_cast<unsigned>(rows), static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, 1024))};
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
+#include "ops/softmax_cuda.cuh"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -51,27 +52,31 @@ struct Candidates {
   }
 };
 
-// Block (row, chunk) writes its best k to values/indices [rows, chunks, k] (chunks: gridDim.y).
-template <int K, typename Source>
-__global__ void topk_kernel(Source source, int k, float* __restrict__ values, int* __restrict__ indices) {
-  rt::await_previous_kernel();
-  Entry list[K];
+// Entry e into a thread's list (best first, K long) if it beats the last; NaN never enters.
+template <int K>
+__device__ __forceinline__ void push(Entry (&list)[K], const Entry& e) {
+  if (e.value != e.value || !better(e, list[K - 1])) return;
+  list[K - 1] = e;
+#pragma unroll
+  for (int j = K - 1; j > 0; --j)
+    if (better(list[j], list[j - 1])) {
+      const Entry t = list[j];
+      list[j] = list[j - 1];
+      list[j - 1] = t;
+    }
+}
+
+template <int K>
+__device__ __forceinline__ void clear(Entry (&list)[K]) {
 #pragma unroll
   for (int j = 0; j < K; ++j) list[j] = {-FLT_MAX * 2.0f, INT_MAX};  // -inf, empty
-  for (int64_t i = source.begin() + threadIdx.x; i < source.end(); i += blockDim.x) {
-    const Entry e = source.at(i);
-    if (e.value != e.value || !better(e, list[K - 1])) continue;  // NaN never enters
-    list[K - 1] = e;
-#pragma unroll
-    for (int j = K - 1; j > 0; --j)
-      if (better(list[j], list[j - 1])) {
-        const Entry t = list[j];
-        list[j] = list[j - 1];
-        list[j - 1] = t;
-      }
-  }
+}
 
-  __shared__ Entry warp_best[kThreads / 32];
+// The block's best k entries of its threads' lists, in k rounds of a block-wide argmax, each round's winner popping
+// its owner's head: thread 0 calls store(round, winner). Blocks of up to 1024 threads; every thread calls it.
+template <int K, typename Store>
+__device__ void block_best(Entry (&list)[K], int k, const Store& store) {
+  __shared__ Entry warp_best[32];
   __shared__ Entry winner;
   for (int round = 0; round < k; ++round) {
     Entry b = list[0];
@@ -84,15 +89,7 @@ __global__ void topk_kernel(Source source, int k, float* __restrict__ values, in
       Entry w = warp_best[0];
       for (int i = 1; i < static_cast<int>(blockDim.x / 32); ++i) w = best_of(w, warp_best[i]);
       winner = w;
-      const int64_t at = (static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y) * k + round;
-      const bool empty = w.index == INT_MAX;
-      if (gridDim.y == 1) {  // the row's result
-        values[at] = empty ? NAN : w.value;
-        indices[at] = empty ? -1 : w.index;
-      } else {  // a candidate for the second pass
-        values[at] = w.value;
-        indices[at] = w.index;
-      }
+      store(round, w);
     }
     __syncthreads();
     // Indices are unique, so exactly one thread owns the winner: it pops its head.
@@ -103,6 +100,56 @@ __global__ void topk_kernel(Source source, int k, float* __restrict__ values, in
     }
     __syncthreads();
   }
+}
+
+// Block (row, chunk) writes its best k to values/indices [rows, chunks, k] (chunks: gridDim.y).
+template <int K, typename Source>
+__global__ void topk_kernel(Source source, int k, float* __restrict__ values, int* __restrict__ indices) {
+  rt::await_previous_kernel();
+  Entry list[K];
+  clear(list);
+  for (int64_t i = source.begin() + threadIdx.x; i < source.end(); i += blockDim.x) push(list, source.at(i));
+  block_best(list, k, [&](int round, const Entry& w) {
+    const int64_t at = (static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y) * k + round;
+    const bool empty = w.index == INT_MAX;
+    if (gridDim.y == 1) {  // the row's result
+      values[at] = empty ? NAN : w.value;
+      indices[at] = empty ? -1 : w.index;
+    } else {  // a candidate for the second pass
+      values[at] = w.value;
+      indices[at] = w.index;
+    }
+  });
+}
+
+// Beam search's first pass, one block per row of logits, shaped as log_softmax's launch so that the row's statistics
+// are the same bits: the row's best k of its log-probs (column `excluded` at -inf) plus its row value, indexed into
+// its source's beams x vocabulary. The logits are read twice (statistics, then candidates), where log_softmax,
+// add_row_values and topk read and wrote them five times.
+template <int K, int N>
+__global__ void __launch_bounds__(1024)
+    beam_row_candidates_kernel(const float* __restrict__ logits, int64_t vocab, const float* __restrict__ row_values,
+                               int beam, int64_t excluded, int k, float* __restrict__ values,
+                               int* __restrict__ indices) {
+  rt::await_previous_kernel();
+  const float* x = logits + blockIdx.x * vocab;
+  const softmax_detail::Stats s =
+      softmax_detail::row_stats<float, N>(reinterpret_cast<const rt::Pack<float, N>*>(x), vocab / N);
+  const float log_sum = logf(s.sum);
+  const float add = row_values[blockIdx.x];
+  const int64_t offset = (blockIdx.x % beam) * vocab;
+  Entry list[K];
+  clear(list);
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    float v = x[i] - s.max - log_sum;  // as log_softmax_kernel computes it
+    if (i == excluded) v = -INFINITY;
+    v += add;
+    push(list, Entry{v, static_cast<int>(offset + i)});
+  }
+  block_best(list, k, [&](int round, const Entry& w) {
+    values[static_cast<int64_t>(blockIdx.x) * k + round] = w.value;
+    indices[static_cast<int64_t>(blockIdx.x) * k + round] = w.index;
+  });
 }
 
 __global__ void add_row_values_kernel(float* __restrict__ x, const float* __restrict__ row_values, int64_t n) {
@@ -144,7 +191,39 @@ void launch_topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
              values.data<float>(), indices.data<int32_t>());
 }
 
+template <int K>
+void launch_beam_candidates(const Tensor& logits, const Tensor& row_values, int beam, int64_t excluded, int k,
+                            Tensor& values, Tensor& indices) {
+  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+  Tensor candidate_values = Tensor::empty({rows, k}, DType::F32, Device::CUDA);
+  Tensor candidate_indices = Tensor::empty({rows, k}, DType::I32, Device::CUDA);
+  const bool vector = vocab % 4 == 0 && rt::is_aligned(logits.raw());  // as log_softmax reads an F32 row
+  const softmax_detail::Launch l = softmax_detail::launch_for(logits, vector ? vocab / 4 : vocab);
+  const auto first = vector ? beam_row_candidates_kernel<K, 4> : beam_row_candidates_kernel<K, 1>;
+  rt::launch(first, l.rows, l.threads, 0, logits.data<float>(), vocab, row_values.data<float>(), beam, excluded, k,
+             candidate_values.data<float>(), candidate_indices.data<int32_t>());
+  // A source's beams are consecutive rows: its candidates are beam x k consecutive entries.
+  rt::launch(topk_kernel<K, Candidates>, dim3(static_cast<unsigned>(rows / beam), 1), kThreads, 0,
+             Candidates{candidate_values.data<float>(), candidate_indices.data<int32_t>(), beam * int64_t{k}}, k,
+             values.data<float>(), indices.data<int32_t>());
+}
+
 }  // namespace
+
+void beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_size, int64_t excluded, int k,
+                     Tensor& values, Tensor& indices) {
+  if (k <= 1) return launch_beam_candidates<1>(logits, row_values, beam_size, excluded, k, values, indices);
+  if (k <= 2) return launch_beam_candidates<2>(logits, row_values, beam_size, excluded, k, values, indices);
+  if (k <= 4) return launch_beam_candidates<4>(logits, row_values, beam_size, excluded, k, values, indices);
+  if (k <= 8) return launch_beam_candidates<8>(logits, row_values, beam_size, excluded, k, values, indices);
+  if (k <= 16) return launch_beam_candidates<16>(logits, row_values, beam_size, excluded, k, values, indices);
+  // Longer lists do not fit 1024 threads' registers (K = 32: 95 a thread): the ops one by one.
+  Tensor scores = Tensor::empty(logits.shape(), DType::F32, Device::CUDA);
+  log_softmax(logits, scores);
+  if (excluded >= 0) fill_column(scores, excluded, -INFINITY);
+  add_row_values(scores, row_values);
+  topk(scores.reshape({logits.dim(0) / beam_size, beam_size * logits.dim(1)}), k, values, indices);
+}
 
 void topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
   if (k <= 1) return launch_topk<1>(x, k, values, indices);

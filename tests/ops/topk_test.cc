@@ -7,9 +7,11 @@
 #include <numeric>
 #include <random>
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 #include "ops/device_helpers.h"
+#include "ops/softmax.h"
 
 namespace elephant {
 namespace {
@@ -90,6 +92,50 @@ TEST(TopkTest, AddRowValuesAndFillColumn) {
   EXPECT_THROW(ops::add_row_values(x, Tensor::zeros({3})), std::invalid_argument);
 }
 
+// What beam search composed before ops::beam_candidates: log_softmax, EOS at -inf, the running scores, topk over
+// each source's beams x vocabulary.
+void composed_candidates(const Tensor& logits, const Tensor& row_values, int beam, int64_t excluded, int k,
+                         Tensor& values, Tensor& indices) {
+  Tensor scores = Tensor::empty(logits.shape(), DType::F32, logits.device());
+  ops::log_softmax(logits, scores);
+  if (excluded >= 0) ops::fill_column(scores, excluded, -INFINITY);
+  ops::add_row_values(scores, row_values);
+  ops::topk(scores.reshape({logits.dim(0) / beam, beam * logits.dim(1)}), k, values, indices);
+}
+
+TEST(TopkTest, BeamCandidatesEqualTheComposedOps) {
+  std::mt19937 rng(14);
+  for (const auto& [beam, vocab, k] : {std::tuple<int, int64_t, int>{1, 7, 2}, {2, 50, 4}, {4, 33, 8}, {3, 1, 3}}) {
+    const int64_t rows = 3 * beam;
+    const Tensor logits = testdev::random_cpu({rows, vocab}, rng, -4.0f, 4.0f);
+    const Tensor scores = testdev::random_cpu({rows}, rng, -10.0f, 0.0f);
+    for (int64_t excluded : {int64_t{-1}, vocab - 1}) {
+      SCOPED_TRACE(::testing::Message() << "beam " << beam << " vocab " << vocab << " excluded " << excluded);
+      Tensor values = Tensor::empty({3, k}), indices = Tensor::empty({3, k}, DType::I32);
+      Tensor expected_values = Tensor::empty({3, k}), expected_indices = Tensor::empty({3, k}, DType::I32);
+      ops::beam_candidates(logits, scores, beam, excluded, k, values, indices);
+      composed_candidates(logits, scores, beam, excluded, k, expected_values, expected_indices);
+      EXPECT_EQ(indices.to_vector<int32_t>(), expected_indices.to_vector<int32_t>());
+      expect_same(values.to_vector<float>(), expected_values.to_vector<float>());
+    }
+  }
+}
+
+TEST(TopkTest, BeamCandidatesRejectBadArguments) {
+  const Tensor logits = Tensor::zeros({4, 10}), scores = Tensor::zeros({4});
+  Tensor values = Tensor::empty({2, 3}), indices = Tensor::empty({2, 3}, DType::I32);
+  EXPECT_NO_THROW(ops::beam_candidates(logits, scores, 2, 9, 3, values, indices));
+  EXPECT_THROW(ops::beam_candidates(logits, scores, 3, -1, 3, values, indices), std::invalid_argument);  // 4 rows
+  EXPECT_THROW(ops::beam_candidates(logits, scores, 2, 10, 3, values, indices), std::invalid_argument);
+  EXPECT_THROW(ops::beam_candidates(logits, scores, 2, -2, 3, values, indices), std::invalid_argument);
+  EXPECT_THROW(ops::beam_candidates(logits, scores, 2, -1, 0, values, indices), std::invalid_argument);
+  EXPECT_THROW(ops::beam_candidates(logits, Tensor::zeros({3}), 2, -1, 3, values, indices), std::invalid_argument);
+  Tensor short_values = Tensor::empty({2, 2});
+  EXPECT_THROW(ops::beam_candidates(logits, scores, 2, -1, 3, short_values, indices), std::invalid_argument);
+  EXPECT_THROW(ops::beam_candidates(Tensor::zeros({4, 10}, DType::I32), scores, 2, -1, 3, values, indices),
+               std::invalid_argument);
+}
+
 TEST(CudaTopkTest, MatchesTheCpuExactly) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(12);
@@ -138,6 +184,36 @@ TEST(CudaTopkTest, AddRowValuesAndFillColumnMatchTheCpu) {
   ops::add_row_values(gpu, add.to(Device::CUDA));
   ops::fill_column(gpu, 999, -INFINITY);
   expect_same(gpu.to_vector<float>(), cpu.to_vector<float>());
+}
+
+// The fused CUDA op against the same ops composed on CUDA (the same bits: the row statistics come from the same
+// block shape) and against the CPU (the same candidates), with a vocabulary as long as the paper model's; k = 18
+// takes the composed ops on CUDA too.
+TEST(CudaTopkTest, BeamCandidatesEqualTheComposedOps) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(15);
+  for (const auto& [beam, vocab, k] :
+       {std::tuple<int, int64_t, int>{2, 128000, 4}, {4, 1001, 8}, {1, 50, 2}, {8, 4096, 16}, {9, 300, 18}}) {
+    const int64_t rows = 3 * beam, sources = 3;
+    const Tensor logits = testdev::random_cpu({rows, vocab}, rng, -8.0f, 8.0f);
+    const Tensor scores = testdev::random_cpu({rows}, rng, -20.0f, 0.0f);
+    for (int64_t excluded : {int64_t{-1}, int64_t{1}}) {
+      SCOPED_TRACE(::testing::Message() << "beam " << beam << " vocab " << vocab << " excluded " << excluded);
+      Tensor fused_values = testdev::poisoned({sources, k}, DType::F32, Device::CUDA);
+      Tensor fused_indices = Tensor::zeros({sources, k}, DType::I32, Device::CUDA);
+      Tensor composed_values = testdev::poisoned({sources, k}, DType::F32, Device::CUDA);
+      Tensor composed_indices = Tensor::zeros({sources, k}, DType::I32, Device::CUDA);
+      const Tensor device_logits = logits.to(Device::CUDA), device_scores = scores.to(Device::CUDA);
+      ops::beam_candidates(device_logits, device_scores, beam, excluded, k, fused_values, fused_indices);
+      composed_candidates(device_logits, device_scores, beam, excluded, k, composed_values, composed_indices);
+      EXPECT_EQ(fused_indices.to_vector<int32_t>(), composed_indices.to_vector<int32_t>());
+      EXPECT_EQ(fused_values.to_vector<float>(), composed_values.to_vector<float>());
+      Tensor values = Tensor::empty({sources, k}), indices = Tensor::empty({sources, k}, DType::I32);
+      ops::beam_candidates(logits, scores, beam, excluded, k, values, indices);
+      EXPECT_EQ(fused_indices.to_vector<int32_t>(), indices.to_vector<int32_t>());
+      EXPECT_TRUE(testdev::relative_l2_within(fused_values, values, testdev::tolerance_for(DType::F32)));
+    }
+  }
 }
 
 }  // namespace

@@ -1,0 +1,84 @@
+#pragma once
+
+// What the softmax kernels (softmax_cuda.cu) share with beam search's fused candidates (topk_cuda.cu): a row's
+// (max, sum of exp(x - max)) in the same block shape and order, so that both give a row the same log-probs bit for
+// bit.
+
+#include <algorithm>
+#include <cfloat>
+#include <cstdint>
+
+#include "core/cuda/runtime.cuh"
+#include "core/tensor.h"
+#include "elephant/error.h"
+
+namespace elephant::ops::cuda {
+namespace softmax_detail {
+
+namespace rt = ::elephant::cuda;
+
+// The running max starts at -FLT_MAX, not -inf, so that a leading -inf element adds exp(-inf) = 0 instead
+// of exp(-inf - -inf) = NaN.
+struct Stats {
+  float max = -FLT_MAX;
+  float sum = 0.0f;
+};
+
+__device__ __forceinline__ void add(Stats& s, float v) {
+  if (v > s.max) {
+    s.sum = s.sum * expf(s.max - v) + 1.0f;
+    s.max = v;
+  } else {
+    s.sum += expf(v - s.max);
+  }
+}
+
+__device__ __forceinline__ Stats merge(Stats a, Stats b) {
+  const float max = fmaxf(a.max, b.max);
+  return {max, a.sum * expf(a.max - max) + b.sum * expf(b.max - max)};
+}
+
+__device__ inline Stats block_stats(Stats s) {
+  __shared__ Stats partial[32];
+  __shared__ Stats total;
+  for (int offset = 16; offset > 0; offset /= 2)
+    s = merge(s, {__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)});
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : Stats{};
+    for (int offset = 16; offset > 0; offset /= 2)
+      s = merge(s, {__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)});
+    if (lane == 0) total = s;
+  }
+  __syncthreads();
+  return total;
+}
+
+template <typename T, int N>
+__device__ inline Stats row_stats(const rt::Pack<T, N>* row, int64_t packs) {
+  Stats s;
+  for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
+    const rt::Pack<T, N> v = row[i];
+#pragma unroll
+    for (int e = 0; e < N; ++e) add(s, rt::to_float(v.v[e]));
+  }
+  return block_stats(s);
+}
+
+// One block per row; threads by the row's packs (16-byte packs when the row allows, else elements).
+struct Launch {
+  unsigned rows;
+  int threads;
+};
+
+inline Launch launch_for(const Tensor& x, int64_t packs) {
+  const int64_t d = x.dim(-1);
+  const int64_t rows = x.numel() / d;
+  if (rows > 0x7fffffff) throw Error("softmax: too many rows for one launch");
+  return {static_cast<unsigned>(rows), static_cast<int>(std::clamp<int64_t>((packs + 31) / 32 * 32, 32, 1024))};
+}
+
+}  // namespace softmax_detail
+}  // namespace elephant::ops::cuda
