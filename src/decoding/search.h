@@ -17,9 +17,9 @@ struct SearchOptions {
   // Queue each step on the device before the host reads the previous step's finished flags, so that the device does
   // not idle while they come back and the host decides: reporting, pruning and stopping then act a step late, and
   // the step after the last sentence finished is computed for nothing. Unset: beam search on CUDA only. Measured
-  // on the H100 (paper model, Table 3, 2026-11-26): beam 2 gains 15% at batch 1 and 11% at batch 8, but greedy
-  // loses 3% at batch 1 and 13% at batch 8 (not understood yet), and the CPU computes synchronously and would only
-  // gain the extra step. Tokens are the same either way.
+  // on the H100 (paper model, Table 3): beam 2 gains 15% at batch 1 and 11% at batch 8 (2026-11-26); greedy first
+  // lost 3% and 13% there, and on 2026-11-27 changed nothing beyond the noise at batch 1, 8 and 96 (README); the CPU
+  // computes synchronously and would only gain the extra step. Tokens are the same either way.
   std::optional<bool> pipeline_steps;
 };
 
