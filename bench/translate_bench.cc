@@ -8,9 +8,10 @@
 //                             [--quantize int8|int4] [--steps-only]
 //
 // --steps-only times the decode step alone instead: new_tokens - 2 steps of a greedy-sized batch queued back to back
-// (replayed from their CUDA graph), nothing read back and no search around them. Next to the whole translation's
-// time per step it separates the step's device time from what the search adds (bookkeeping kernels, the host's
-// turnaround for the finished flags).
+// (replayed from their CUDA graph), nothing read back and no search around them. In the same process it times the
+// two phases of a greedy translation of that batch through the model: the encoder, and the whole greedy search
+// (new_tokens steps with the search's bookkeeping, flag read-backs and the step graph's capture). The search minus
+// new_tokens back-to-back steps is what the search adds to the steps.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -22,6 +23,7 @@
 
 #include "core/cuda_graph.h"
 #include "core/device_memory.h"
+#include "decoding/search.h"
 #include "elephant/error.h"
 #include "elephant/translator.h"
 #include "models/encoder_decoder.h"
@@ -59,18 +61,64 @@ double seconds_per_step(elephant::EncoderDecoderModel& model, int batch, int inp
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / (steps - 2);
 }
 
+struct PhaseSeconds {
+  double encode = 0.0, search = 0.0;
+};
+
+// A greedy translation of `batch` random sources through the model, `steps` tokens forced: the encoder, then the
+// search (which returns its ids on the host), each timed from a synchronized device.
+PhaseSeconds greedy_phase_seconds(elephant::EncoderDecoderModel& model, int batch, int input_length, int steps,
+                                  std::mt19937& rng) {
+  using namespace elephant;
+  std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
+  std::vector<std::vector<int32_t>> sources(static_cast<size_t>(batch));
+  for (auto& source : sources) {
+    for (int t = 0; t + 1 < input_length; ++t) source.push_back(token(rng));
+    source.push_back(model.special_tokens().eos);
+  }
+  const Device device = model.options().device;
+  SearchOptions options;
+  options.max_length = options.min_length = steps;
+  device_synchronize(device);
+  const auto start = std::chrono::steady_clock::now();
+  const EncoderOutput encoded = model.encode(sources);
+  device_synchronize(device);
+  const auto encoded_at = std::chrono::steady_clock::now();
+  const auto results = generate(model, encoded, options);
+  const auto done = std::chrono::steady_clock::now();
+  if (static_cast<int>(results.size()) != batch || static_cast<int>(results.front().size()) != steps)
+    throw Error("a greedy search did not give the forced length");
+  return {std::chrono::duration<double>(encoded_at - start).count(),
+          std::chrono::duration<double>(done - encoded_at).count()};
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
 int time_steps_only(const std::string& model_dir, const elephant::ModelOptions& options,
                     const std::vector<int>& batch_sizes, int input_length, int steps, int batches, int seed) {
   using namespace elephant;
   if (steps < 3) throw UsageError("--steps-only needs --new-tokens of at least 3");
   auto model = load_model(model_dir, options);
   std::mt19937 rng(static_cast<unsigned>(seed));
-  std::printf("| batch | decode step ms (steps queued back to back, median of %d decodes) |\n|---|---|\n", batches);
+  std::printf(
+      "| batch | decode step ms (steps queued back to back) | encoder ms | greedy search ms (%d steps) | search - %d "
+      "steps ms |\n|---|---|---|---|---|\n",
+      steps, steps);
   for (const int batch : batch_sizes) {
-    std::vector<double> seconds;
-    for (int i = 0; i < batches; ++i) seconds.push_back(seconds_per_step(*model, batch, input_length, steps, rng));
-    std::sort(seconds.begin(), seconds.end());
-    std::printf("| %d | %.3f |\n", batch, seconds[seconds.size() / 2] * 1e3);
+    std::vector<double> step, encode, search;
+    greedy_phase_seconds(*model, batch, input_length, steps, rng);  // warm-up: graphs, first-use work
+    for (int i = 0; i < batches; ++i) {
+      step.push_back(seconds_per_step(*model, batch, input_length, steps, rng));
+      const PhaseSeconds phases = greedy_phase_seconds(*model, batch, input_length, steps, rng);
+      encode.push_back(phases.encode);
+      search.push_back(phases.search);
+    }
+    const double step_ms = median(step) * 1e3, search_ms = median(search) * 1e3;
+    std::printf("| %d | %.3f | %.2f | %.2f | %.2f |\n", batch, step_ms, median(encode) * 1e3, search_ms,
+                search_ms - steps * step_ms);
     std::fflush(stdout);
   }
   return 0;
