@@ -6,6 +6,12 @@
 #   here:  scripts/fetch-device-deps.sh && scripts/fetch-cutlass.sh
 #   there: scripts/device-check.sh             (device call with carry [".deps/debs", ".deps/wheels"])
 #
+# Or with binaries built here, no build there (saves the ~200 s a fresh machine's build takes of the device time):
+#   here:  scripts/pack-prebuilt.sh            (a CUDA Release build in build-cuda)
+#   there: PREBUILT=1 scripts/device-check.sh  (carry [".deps/rundebs", ".deps/prebuilt"])
+# Without their build tree the tests run as 8 shards of elephant_tests instead of ctest; GPU_FILTER is then a
+# GoogleTest filter (default *Cuda*).
+#
 # STAGES picks what runs (default: "tests memcheck bench"):
 #   tests    ctest, every suite (the GPU suites run; nothing may be skipped there)
 #   gpu      only the GPU suites (ctest -R Cuda, or GPU_FILTER): the quick check after a CUDA change
@@ -44,11 +50,16 @@ rm -rf "$logs"
 mkdir -p "$logs"
 root=$PWD/.deps/root
 arch=$(gcc -dumpmachine)
-if [ -d .deps/debs ]; then
+prebuilt=${PREBUILT:-0}
+debs=.deps/debs
+[ "$prebuilt" = 1 ] && debs=.deps/rundebs  # the shared libraries the binaries need, nothing to build with
+if [ -d "$debs" ]; then
   mkdir -p "$root"
-  for deb in .deps/debs/*.deb; do dpkg -x "$deb" "$root"; done
+  for deb in "$debs"/*.deb; do dpkg -x "$deb" "$root"; done
 fi
-scripts/fetch-cutlass.sh >/dev/null || { echo "no CUTLASS headers (carry .deps/wheels)"; exit 1; }
+if [ "$prebuilt" != 1 ]; then
+  scripts/fetch-cutlass.sh >/dev/null || { echo "no CUTLASS headers (carry .deps/wheels)"; exit 1; }
+fi
 export PKG_CONFIG_SYSROOT_DIR=$root
 export PKG_CONFIG_PATH=$root/usr/lib/$arch/pkgconfig:$root/usr/share/pkgconfig
 export LD_LIBRARY_PATH=$root/usr/lib/$arch:$root/usr/lib/$arch/openblas-openmp:${LD_LIBRARY_PATH:-}
@@ -61,6 +72,35 @@ ctest_parallel() {
   OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE ctest "$@"
 }
 
+# elephant_tests as 8 shards at once, 2 CPU threads each (the prebuilt binaries have no ctest tree): filter, log.
+gtest_parallel() {
+  local filter=$1 log=$2 pids=() shard rc=0
+  for shard in 0 1 2 3 4 5 6 7; do
+    GTEST_TOTAL_SHARDS=8 GTEST_SHARD_INDEX=$shard OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE \
+      build-device/bin/elephant_tests --gtest_filter="$filter" >"$log.$shard" 2>&1 &
+    pids+=($!)
+  done
+  for shard in 0 1 2 3 4 5 6 7; do
+    wait "${pids[$shard]}" && continue
+    echo "!! shard $shard exited with status $?" >>"$log.$shard"
+    rc=1
+  done
+  cat "$log".[0-7] >"$log"
+  rm -f "$log".[0-7]
+  return $rc
+}
+
+# What the shards of gtest_parallel's log passed, failed and skipped.
+gtest_summary() {
+  grep '^!! shard' "$1"
+  awk '/^\[  PASSED  \] [0-9]+ test/ { passed += $4 }
+       /^\[  FAILED  \] [A-Za-z]/ && !/listed below/ { failed[$4] = 1 }
+       /^\[  SKIPPED \] [A-Za-z]/ { skipped[$4] = 1 }
+       END { printf "%d tests passed, %d failed, %d skipped\n", passed, length(failed), length(skipped)
+             for (t in failed) print "  FAILED " t
+             for (t in skipped) print "  SKIPPED " t }' "$1" | head -30
+}
+
 pack() {
   if [ -n "${OUT:-}" ]; then tar -czf "$OUT/device-check.tgz" -C "$logs" .; fi
 }
@@ -68,15 +108,41 @@ trap pack EXIT
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no GPU"; } | tee "$logs/gpu.txt"
 start=$(date +%s)
-cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DELEPHANT_CUDA=ON -DELEPHANT_DEPS_ROOT="$root" \
-  -DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" >"$logs/configure.log" 2>&1 ||
-  { tail -30 "$logs/configure.log"; exit 1; }
-cmake --build build-device -j "${JOBS:-$(nproc)}" >"$logs/build.log" 2>&1 ||
-  { grep -E "error|Error" "$logs/build.log" | head -30; exit 1; }
-echo "== built in $(($(date +%s) - start)) s"
+if [ "$prebuilt" = 1 ]; then
+  [ -f .deps/prebuilt/bin.tar.xz ] ||
+    { echo "PREBUILT=1 needs .deps/prebuilt (scripts/pack-prebuilt.sh; carry .deps/prebuilt and .deps/rundebs)"; exit 1; }
+  tee "$logs/prebuilt.txt" <.deps/prebuilt/stamp
+  packed=$(sed -n 's/^build_dir=//p' .deps/prebuilt/stamp)
+  source_dir=$(sed -n 's/^source_dir=//p' .deps/prebuilt/stamp)
+  # The tests find the goldens and the CLI at the paths compiled in where they were built.
+  if [ "$source_dir" != "$PWD" ]; then
+    [ -e "$source_dir" ] && { echo "PREBUILT=1: $source_dir exists here and is not this checkout"; exit 1; }
+    mkdir -p "$(dirname "$source_dir")" && ln -s "$PWD" "$source_dir"
+  fi
+  [ "$packed" != build-device ] || { echo "PREBUILT=1: pack from another directory than build-device"; exit 1; }
+  rm -rf "${packed:?}/bin" build-device/bin
+  mkdir -p "$packed" build-device
+  tar -C "$packed" -xJf .deps/prebuilt/bin.tar.xz
+  ln -s "$PWD/$packed/bin" build-device/bin
+  echo "== prebuilt binaries unpacked in $(($(date +%s) - start)) s"
+else
+  [ -L build-device/bin ] && rm build-device/bin  # a prebuilt call's link
+  cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DELEPHANT_CUDA=ON -DELEPHANT_DEPS_ROOT="$root" \
+    -DCMAKE_PREFIX_PATH="$root/usr" -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" >"$logs/configure.log" 2>&1 ||
+    { tail -30 "$logs/configure.log"; exit 1; }
+  cmake --build build-device -j "${JOBS:-$(nproc)}" >"$logs/build.log" 2>&1 ||
+    { grep -E "error|Error" "$logs/build.log" | head -30; exit 1; }
+  echo "== built in $(($(date +%s) - start)) s"
+fi
 status=0
 
-if [[ $stages == *" tests "* ]]; then
+if [[ $stages == *" tests "* && $prebuilt = 1 ]]; then
+  gtest_parallel '*' "$logs/gtest.log" || status=1
+  echo "== tests (8 shards of elephant_tests)"
+  gtest_summary "$logs/gtest.log"
+  # Nothing may be skipped on the GPU machine.
+  grep -q '^\[  SKIPPED \] [A-Za-z]' "$logs/gtest.log" && { echo "!! skipped tests on the GPU machine"; status=1; }
+elif [[ $stages == *" tests "* ]]; then
   (cd build-device && ctest_parallel -j 8 --output-on-failure >"../$logs/ctest.log" 2>&1) || status=1
   echo "== tests"
   grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Exception|Not Run|Timeout" "$logs/ctest.log" | head -30
@@ -89,7 +155,11 @@ if [[ $stages == *" tests "* ]]; then
   fi
 fi
 
-if [[ $stages == *" gpu "* ]]; then
+if [[ $stages == *" gpu "* && $prebuilt = 1 ]]; then
+  gtest_parallel "${GPU_FILTER:-*Cuda*}" "$logs/gtest_gpu.log" || status=1
+  echo "== GPU suites (8 shards of elephant_tests)"
+  gtest_summary "$logs/gtest_gpu.log"
+elif [[ $stages == *" gpu "* ]]; then
   (cd build-device && ctest_parallel -j 8 -R "${GPU_FILTER:-Cuda}" --output-on-failure >"../$logs/ctest_gpu.log" 2>&1) || status=1
   echo "== GPU suites"
   grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Exception|Skipped|Timeout" "$logs/ctest_gpu.log" | head -30
