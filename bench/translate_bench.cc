@@ -37,17 +37,25 @@ std::vector<int> parse_list(const std::string& text) {
   return values;
 }
 
-// Seconds per decode step of `batch` random sources, steps 2 .. steps - 1 queued back to back after a synchronization
-// (step 0 and 1 make and record the graph), the same ids fed every step.
-double seconds_per_step(elephant::EncoderDecoderModel& model, int batch, int input_length, int steps,
-                        std::mt19937& rng) {
-  using namespace elephant;
+// `batch` random sources of input_length ids, EOS last (no pad, EOS or unknown inside).
+std::vector<std::vector<int32_t>> random_sources(const elephant::EncoderDecoderModel& model, int batch,
+                                                 int input_length, std::mt19937& rng) {
   std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
   std::vector<std::vector<int32_t>> sources(static_cast<size_t>(batch));
   for (auto& source : sources) {
     for (int t = 0; t + 1 < input_length; ++t) source.push_back(token(rng));
     source.push_back(model.special_tokens().eos);
   }
+  return sources;
+}
+
+// Seconds per decode step of `batch` random sources, steps 2 .. steps - 1 queued back to back after a synchronization
+// (step 0 and 1 make and record the graph), the same ids fed every step.
+double seconds_per_step(elephant::EncoderDecoderModel& model, int batch, int input_length, int steps,
+                        std::mt19937& rng) {
+  using namespace elephant;
+  const auto sources = random_sources(model, batch, input_length, rng);
+  std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
   const Device device = model.options().device;
   const EncoderOutput encoded = model.encode(sources);
   auto state = model.start_decoding(encoded, 1, steps);
@@ -70,12 +78,7 @@ struct PhaseSeconds {
 PhaseSeconds greedy_phase_seconds(elephant::EncoderDecoderModel& model, int batch, int input_length, int steps,
                                   std::mt19937& rng) {
   using namespace elephant;
-  std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
-  std::vector<std::vector<int32_t>> sources(static_cast<size_t>(batch));
-  for (auto& source : sources) {
-    for (int t = 0; t + 1 < input_length; ++t) source.push_back(token(rng));
-    source.push_back(model.special_tokens().eos);
-  }
+  const auto sources = random_sources(model, batch, input_length, rng);
   const Device device = model.options().device;
   SearchOptions options;
   options.max_length = options.min_length = steps;
