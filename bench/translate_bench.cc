@@ -12,6 +12,10 @@
 // two phases of a greedy translation of that batch through the model: the encoder, and the whole greedy search
 // (new_tokens steps with the search's bookkeeping, flag read-backs and the step graph's capture). The search minus
 // new_tokens back-to-back steps is what the search adds to the steps.
+//
+// --steps-only --profile-step runs, per batch size, one decode of three steps and brackets the third (replayed from
+// its graph) for a profiler started with collection off: `ncu --profile-from-start off` then sees one step's kernels
+// (scripts/device-check.sh's stepprofile stage).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -100,12 +104,35 @@ double median(std::vector<double> values) {
   return values[values.size() / 2];
 }
 
+// One decode of `batch` random sources: steps 0 and 1 run (kernel by kernel, then recorded), step 2 replays inside
+// the profiler's bracket.
+void profile_one_step(elephant::EncoderDecoderModel& model, int batch, int input_length, std::mt19937& rng) {
+  using namespace elephant;
+  const EncoderOutput encoded = model.encode(random_sources(model, batch, input_length, rng));
+  auto state = model.start_decoding(encoded, 1, 3);
+  const Device device = model.options().device;
+  const Tensor ids = Tensor::from_vector(std::vector<int32_t>(static_cast<size_t>(batch), 5), {batch}, device);
+  model.step(*state, ids);
+  model.step(*state, ids);
+  device_synchronize(device);
+  cuda_profiler_start();
+  model.step(*state, ids);
+  device_synchronize(device);
+  cuda_profiler_stop();
+}
+
 int time_steps_only(const std::string& model_dir, const elephant::ModelOptions& options,
-                    const std::vector<int>& batch_sizes, int input_length, int steps, int batches, int seed) {
+                    const std::vector<int>& batch_sizes, int input_length, int steps, int batches, int seed,
+                    bool profile_step) {
   using namespace elephant;
   if (steps < 3) throw UsageError("--steps-only needs --new-tokens of at least 3");
   auto model = load_model(model_dir, options);
   std::mt19937 rng(static_cast<unsigned>(seed));
+  if (profile_step) {
+    for (const int batch : batch_sizes) profile_one_step(*model, batch, input_length, rng);
+    std::printf("profiled one replayed decode step per batch size\n");
+    return 0;
+  }
   std::printf(
       "| batch | decode step ms (steps queued back to back) | encoder ms | greedy search ms (%d steps) | search - %d "
       "steps ms |\n|---|---|---|---|---|\n",
@@ -134,7 +161,8 @@ int main(int argc, char** argv) {
   std::string model_dir, device = "cuda", dtype = "fp16", batch_sizes = "1,8,32,96", beams = "1,2", json_path,
                          quantize = "none";
   int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
-  bool no_cuda_graphs = false, no_pipeline = false, quantize_non_experts = false, steps_only = false;
+  bool no_cuda_graphs = false, no_pipeline = false, quantize_non_experts = false, steps_only = false,
+       profile_step = false;
   app.add_option("model_dir", model_dir)->required();
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
@@ -152,6 +180,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
   app.add_flag("--steps-only", steps_only,
                "time the decode step alone (greedy-sized batches, steps queued back to back, no search)");
+  app.add_flag("--profile-step", profile_step,
+               "with --steps-only: one replayed step per batch size between cudaProfilerStart and Stop, nothing timed");
   app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
 
@@ -164,8 +194,10 @@ int main(int argc, char** argv) {
       options.cuda_graphs = !no_cuda_graphs;
       options.quantize = {quantize == "int8" ? 8 : quantize == "int4" ? 4 : 0, 0};
       options.quantize_non_experts = quantize_non_experts;
-      return time_steps_only(model_dir, options, parse_list(batch_sizes), input_length, new_tokens, batches, seed);
+      return time_steps_only(model_dir, options, parse_list(batch_sizes), input_length, new_tokens, batches, seed,
+                             profile_step);
     }
+    if (profile_step) throw UsageError("--profile-step needs --steps-only");
     TranslatorOptions translator_options;
     translator_options.device = parse_device_request(device);
     translator_options.compute_type = parse_compute_type(dtype);

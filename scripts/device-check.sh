@@ -36,6 +36,9 @@
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1; PROFILE_FLAGS: more
 #            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels. The H100 machine of
 #            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
+#   stepprofile Nsight Compute over one decode step replayed from its graph (bench_translate --steps-only
+#            --profile-step, STEP_PROFILE_BATCH, default 8; STEP_PROFILE_FLAGS: more flags): each kernel's duration,
+#            one at a time (no PDL overlap), in launch order (step_profile.csv) and summed by kernel
 #   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32):
 #            sections, scheduler and warp-stall statistics (ncu.txt), and the SASS with its stall samples (ncu_sass.csv).
 #            NCU_KERNELS (a kernel-name regex, default grouped_gemm) and NCU_LAUNCHES (default 2) widen it, e.g. every
@@ -398,6 +401,52 @@ for r in rows[:12]: print(f\"{int(float(r['Total Time (ns)'])):>12} {r['Num Call
     rm -f "$logs/profile.nsys-rep" "$logs/profile.sqlite"
   else
     echo "== profile: no nsys on this machine"
+  fi
+fi
+
+if [[ $stages == *" stepprofile "* ]]; then
+  # Where a decode step's time goes, kernel by kernel: one replayed step, the only work inside the profiler's bracket.
+  model=build-device/paper_model
+  [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$ncu" ]; then
+    # shellcheck disable=SC2086
+    "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --page raw \
+      build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --steps-only --profile-step \
+      --batch-sizes "${STEP_PROFILE_BATCH:-8}" ${STEP_PROFILE_FLAGS:-} >"$logs/step_profile.csv" \
+      2>"$logs/step_profile.txt" || status=1
+    echo "== one decode step at batch ${STEP_PROFILE_BATCH:-8}, kernel by kernel (Nsight Compute, serialized: no PDL"
+    echo "   overlap; durations in us, summed by kernel; each launch in order in step_profile.csv)"
+    python3 - "$logs/step_profile.csv" <<'PY' || status=1
+import csv, re, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+rows = list(csv.DictReader(lines))
+metric = "gpu__time_duration.sum"
+name_column = next(c for c in ("Kernel Name", "Function Name", "Name") if c in rows[0])
+units = rows[0] if not rows[0].get("ID") else {}  # the raw page's second line: each metric's unit
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(units.get(metric, "nsecond"), 1e-3)
+def number(text):
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+kernels = [(r[name_column], number(r[metric]) * scale) for r in rows if r.get("ID") and number(r.get(metric, ""))]
+def short(name):
+    name = name.replace("(anonymous namespace)::", "").replace("void ", "").strip()
+    return re.split(r"[<(]", name, maxsplit=1)[0].split("::")[-1]
+totals = {}
+for name, us in kernels:
+    count, total = totals.get(short(name), (0, 0.0))
+    totals[short(name)] = (count + 1, total + us)
+print(f"{len(kernels)} kernels, {sum(us for _, us in kernels):.1f} us in all")
+print("| kernel | launches | us | share |")
+print("|---|---|---|---|")
+whole = sum(us for _, us in kernels) or 1.0
+for name, (count, total) in sorted(totals.items(), key=lambda item: -item[1][1])[:25]:
+    print(f"| {name} | {count} | {total:.1f} | {total / whole:.2f} |")
+PY
+  else
+    echo "== stepprofile: no ncu on this machine"
   fi
 fi
 

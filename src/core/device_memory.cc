@@ -17,6 +17,7 @@ void fill_zero(void* destination, size_t bytes);
 void synchronize();
 DeviceMemoryUsage memory_usage();
 void reset_peak_memory();
+void profiler(bool collect);
 }  // namespace cuda
 #define ELEPHANT_ON_CUDA(call) return cuda::call
 #else
@@ -65,6 +66,18 @@ DeviceMemoryUsage cuda_memory_usage() {
 void reset_cuda_peak_memory() {
 #ifdef ELEPHANT_WITH_CUDA
   if (cuda_device_count() > 0) cuda::reset_peak_memory();
+#endif
+}
+
+void cuda_profiler_start() {
+#ifdef ELEPHANT_WITH_CUDA
+  if (cuda_device_count() > 0) cuda::profiler(true);
+#endif
+}
+
+void cuda_profiler_stop() {
+#ifdef ELEPHANT_WITH_CUDA
+  if (cuda_device_count() > 0) cuda::profiler(false);
 #endif
 }
 

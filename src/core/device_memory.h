@@ -25,4 +25,9 @@ struct DeviceMemoryUsage {
 DeviceMemoryUsage cuda_memory_usage();
 void reset_cuda_peak_memory();
 
+// Brackets the work to profile when a profiler starts with collection off (Nsight Compute's --profile-from-start
+// off): only what runs between the two is profiled. Nothing without a GPU.
+void cuda_profiler_start();
+void cuda_profiler_stop();
+
 }  // namespace elephant

@@ -1,3 +1,5 @@
+#include <cuda_profiler_api.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -132,6 +134,8 @@ void fill_zero(void* destination, size_t bytes) {
 }
 
 void synchronize() { ELEPHANT_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+void profiler(bool collect) { ELEPHANT_CUDA_CHECK(collect ? cudaProfilerStart() : cudaProfilerStop()); }
 
 // For HostReadback: a copy to pinned host memory does not wait for the device, and an event after it lets the host
 // wait for that copy alone.
