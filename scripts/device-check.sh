@@ -110,6 +110,8 @@ pack() {
 trap pack EXIT
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no GPU"; } | tee "$logs/gpu.txt"
+# The host's CPU too: transformers' Table 3 baseline is bound by it.
+{ echo "host CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) threads"; } | tee -a "$logs/gpu.txt"
 start=$(date +%s)
 if [ "$prebuilt" = 1 ]; then
   [ -f .deps/prebuilt/bin.tar.xz ] ||

@@ -33,6 +33,16 @@ def timed(device, fn):
     return time.perf_counter() - start
 
 
+def host_cpu():
+    """The host's CPU model: transformers' generate() is bound by the host at these sizes, so its numbers move with
+    the machine's CPU (Table 3's ratios with them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir")
@@ -55,6 +65,7 @@ def main():
     vocab = model.config.vocab_size
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
+    print(f"host CPU: {host_cpu()}", flush=True)
     for beams in (int(b) for b in args.beams.split(",")):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             # Ids 3.. avoid pad (0) and eos (1) inside the source; the last token is EOS.
@@ -79,7 +90,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                           dtype=args.dtype, input_length=args.input_length, new_tokens=args.new_tokens,
+                           host_cpu=host_cpu(), dtype=args.dtype, input_length=args.input_length, new_tokens=args.new_tokens,
                            versions=dict(torch=torch.__version__, transformers=transformers.__version__),
                            rows=rows), f, indent=1)
 
