@@ -120,7 +120,8 @@ if [ "$prebuilt" = 1 ]; then
   packed=$(sed -n 's/^build_dir=//p' .deps/prebuilt/stamp)
   source_dir=$(sed -n 's/^source_dir=//p' .deps/prebuilt/stamp)
   # The tests find the goldens and the CLI at the paths compiled in where they were built.
-  if [ "$source_dir" != "$PWD" ]; then
+  if [ "$(readlink -f "$source_dir")" != "$(readlink -f "$PWD")" ]; then
+    [ -L "$source_dir" ] && rm "$source_dir"  # an earlier call's link
     [ -e "$source_dir" ] && { echo "PREBUILT=1: $source_dir exists here and is not this checkout"; exit 1; }
     mkdir -p "$(dirname "$source_dir")" && ln -s "$PWD" "$source_dir"
   fi
