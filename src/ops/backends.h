@@ -47,8 +47,6 @@
   void topk(const Tensor& x, int k, Tensor& values, Tensor& indices);                                                  \
   void add_row_values(Tensor& x, const Tensor& row_values);                                                            \
   void fill_column(Tensor& x, int64_t column, float value);                                                            \
-  void beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_size, int64_t excluded, int k,         \
-                       Tensor& values, Tensor& indices);                                                               \
   void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens, Tensor& finished, Tensor& lengths, \
                       Tensor& history);                                                                                \
   void beam_advance(const Tensor& values, const Tensor& indices, int step, const BeamOptions& options,                 \

@@ -1,5 +1,6 @@
 // The public ops: argument checks shared by every backend, then the backend of the tensors' device.
 
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
@@ -15,6 +16,7 @@
 #include "ops/moe_cuda.h"
 #include "ops/rms_norm.h"
 #include "ops/softmax.h"
+#include "ops/topk_cuda.h"
 
 namespace elephant::ops {
 namespace {
@@ -673,7 +675,17 @@ void beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_si
   if (values.shape() != out || indices.shape() != out)
     fail(op, "values " + describe(values) + ", indices " + describe(indices) + " for " + shape_string(out));
   if (logits.dim(0) == 0) return;
-  ELEPHANT_DISPATCH(logits.device(), beam_candidates(logits, row_values, beam_size, excluded, k, values, indices));
+#ifdef ELEPHANT_WITH_CUDA
+  if (logits.device() == Device::CUDA &&
+      cuda::beam_candidates(logits, row_values, beam_size, excluded, k, values, indices))
+    return;
+#endif
+  // Everywhere else the ops one by one: the reference the fused kernel equals bit for bit.
+  Tensor scores = Tensor::empty(logits.shape(), DType::F32, logits.device());
+  log_softmax(logits, scores);
+  if (excluded >= 0) fill_column(scores, excluded, -INFINITY);
+  add_row_values(scores, row_values);
+  topk(scores.reshape({logits.dim(0) / beam_size, beam_size * logits.dim(1)}), k, values, indices);
 }
 
 void greedy_advance(const Tensor& best, int32_t eos, int32_t pad, Tensor& tokens, Tensor& finished, Tensor& lengths,

@@ -47,14 +47,4 @@ void fill_column(Tensor& x, int64_t column, float value) {
   for (int64_t r = 0; r < x.dim(0); ++r) x.data<float>()[r * x.dim(1) + column] = value;
 }
 
-// The composition the CUDA kernels fuse: the reference for them.
-void beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_size, int64_t excluded, int k,
-                     Tensor& values, Tensor& indices) {
-  Tensor scores = Tensor::empty(logits.shape(), DType::F32, Device::CPU);
-  log_softmax(logits, scores);
-  if (excluded >= 0) fill_column(scores, excluded, -INFINITY);
-  add_row_values(scores, row_values);
-  topk(scores.reshape({logits.dim(0) / beam_size, beam_size * logits.dim(1)}), k, values, indices);
-}
-
 }  // namespace elephant::ops::cpu

@@ -11,6 +11,7 @@
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
 #include "ops/softmax_cuda.cuh"
+#include "ops/topk_cuda.h"
 
 namespace elephant::ops::cuda {
 namespace {
@@ -210,19 +211,21 @@ void launch_beam_candidates(const Tensor& logits, const Tensor& row_values, int 
 
 }  // namespace
 
-void beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_size, int64_t excluded, int k,
+bool beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_size, int64_t excluded, int k,
                      Tensor& values, Tensor& indices) {
-  if (k <= 1) return launch_beam_candidates<1>(logits, row_values, beam_size, excluded, k, values, indices);
-  if (k <= 2) return launch_beam_candidates<2>(logits, row_values, beam_size, excluded, k, values, indices);
-  if (k <= 4) return launch_beam_candidates<4>(logits, row_values, beam_size, excluded, k, values, indices);
-  if (k <= 8) return launch_beam_candidates<8>(logits, row_values, beam_size, excluded, k, values, indices);
-  if (k <= 16) return launch_beam_candidates<16>(logits, row_values, beam_size, excluded, k, values, indices);
-  // Longer lists do not fit 1024 threads' registers (K = 32: 95 a thread): the ops one by one.
-  Tensor scores = Tensor::empty(logits.shape(), DType::F32, Device::CUDA);
-  log_softmax(logits, scores);
-  if (excluded >= 0) fill_column(scores, excluded, -INFINITY);
-  add_row_values(scores, row_values);
-  topk(scores.reshape({logits.dim(0) / beam_size, beam_size * logits.dim(1)}), k, values, indices);
+  if (k <= 1)
+    launch_beam_candidates<1>(logits, row_values, beam_size, excluded, k, values, indices);
+  else if (k <= 2)
+    launch_beam_candidates<2>(logits, row_values, beam_size, excluded, k, values, indices);
+  else if (k <= 4)
+    launch_beam_candidates<4>(logits, row_values, beam_size, excluded, k, values, indices);
+  else if (k <= 8)
+    launch_beam_candidates<8>(logits, row_values, beam_size, excluded, k, values, indices);
+  else if (k <= 16)
+    launch_beam_candidates<16>(logits, row_values, beam_size, excluded, k, values, indices);
+  else
+    return false;
+  return true;
 }
 
 void topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
