@@ -222,9 +222,9 @@ void DecoderState::reorder_rows(const Tensor& parents) {
     }
   if (steps_done_ == 0 || rows() == 0 || layers_.empty()) return;
   // A search keeps a source's rows together, the same number for every source: then all caches move in place in one
-  // op, a group of rows at a time.
+  // op, a group of rows at a time. Other layouts, and more than kMaxCacheGroup beams, gather each cache and back.
   const int64_t group = source_group_rows();
-  if (group > 0) {
+  if (group > 0 && group <= ops::kMaxCacheGroup) {
     std::vector<Tensor*> caches;
     for (Layer& layer : layers_) caches.insert(caches.end(), {&layer.self_keys, &layer.self_values});
     ops::reorder_cache_groups(caches, parents, group, steps_done_);

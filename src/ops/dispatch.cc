@@ -291,8 +291,8 @@ void reorder_cache_groups(const std::vector<Tensor*>& caches, const Tensor& pare
     if (cache->rank() != 3 || cache->shape() != first.shape() || cache->dtype() != first.dtype())
       fail(op, "cache " + describe(*cache) + " beside " + describe(first));
   }
-  if (parents.rank() != 1 || parents.dim(0) != first.dim(0) || group < 1 || first.dim(0) % group != 0 || steps < 0 ||
-      steps > first.dim(1))
+  if (parents.rank() != 1 || parents.dim(0) != first.dim(0) || group < 1 || group > kMaxCacheGroup ||
+      first.dim(0) % group != 0 || steps < 0 || steps > first.dim(1))
     fail(op, "caches " + describe(first) + ", parents " + describe(parents) + ", groups of " + std::to_string(group) +
                  ", " + std::to_string(steps) + " steps");
   if (first.dim(0) == 0 || steps == 0 || first.dim(2) == 0) return;

@@ -39,8 +39,7 @@ __global__ void write_cache_step_kernel(const Word* __restrict__ values, int64_t
 
 // A launch's caches (the paper model's 12 decoder layers have 24): more take more launches.
 constexpr int kLaunchCaches = 32;
-// Beams per source the reorder kernel holds in registers; wider groups go through gather_cache_rows.
-constexpr int kMaxGroup = 8;
+constexpr int kMaxGroup = static_cast<int>(kMaxCacheGroup);  // a word of each row in registers
 
 struct CachePointers {
   void* at[kLaunchCaches];
@@ -96,16 +95,6 @@ void launch_reorder(const std::vector<Tensor*>& caches, const Tensor& parents, i
 
 void reorder_cache_groups(const std::vector<Tensor*>& caches, const Tensor& parents, int64_t group, int64_t steps) {
   const Tensor& first = *caches.front();
-  if (group > kMaxGroup) {
-    for (Tensor* cache : caches) {
-      Tensor reordered = Tensor::empty({cache->dim(0), steps, cache->dim(2)}, cache->dtype(), Device::CUDA);
-      gather_cache_rows(*cache, parents, steps, reordered);
-      std::vector<int32_t> in_place(static_cast<size_t>(cache->dim(0)));
-      for (size_t r = 0; r < in_place.size(); ++r) in_place[r] = static_cast<int32_t>(r);
-      gather_cache_rows(reordered, Tensor::from_vector(in_place, {cache->dim(0)}, Device::CUDA), steps, *cache);
-    }
-    return;
-  }
   const int64_t slot_bytes = first.dim(2) * static_cast<int64_t>(dtype_size(first.dtype()));
   const bool aligned =
       std::all_of(caches.begin(), caches.end(), [](const Tensor* c) { return rt::is_aligned(c->raw()); });

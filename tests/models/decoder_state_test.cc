@@ -477,6 +477,26 @@ TEST(DecoderStateTest, ReorderRowsMovesWrittenSlotsInPlace) {
   }
 }
 
+// reorder_rows(parents) on `state`: row r's first `steps_done` slots of every cache become row parents[r]'s, bit for
+// bit; the other slots stay.
+void expect_reorder_moves_written_slots(DecoderState& state, const std::vector<int32_t>& parents, int64_t steps_done) {
+  const Snapshot before = snapshot(state);
+  state.reorder_rows(Tensor::from_vector(parents, {static_cast<int64_t>(parents.size())}));
+  for (size_t l = 0; l < before.layers.size(); ++l) {
+    const DecoderState::Layer& layer = state.layers()[l];
+    const Snapshot::Layer& old = before.layers[l];
+    const int64_t row = layer.self_keys.dim(1) * kWidth;
+    std::vector<float> keys = old.self_keys, values = old.self_values;
+    for (int64_t r = 0; r < static_cast<int64_t>(parents.size()); ++r)
+      for (int64_t i = 0; i < steps_done * kWidth; ++i) {
+        keys[r * row + i] = old.self_keys[parents[r] * row + i];
+        values[r * row + i] = old.self_values[parents[r] * row + i];
+      }
+    EXPECT_TRUE(testref::bitwise_equal(layer.self_keys, keys)) << "layer " << l;
+    EXPECT_TRUE(testref::bitwise_equal(layer.self_values, values)) << "layer " << l;
+  }
+}
+
 // A search keeps each source's rows together, as many for every source: reorder_rows then moves all caches in place
 // at once (ops::reorder_cache_groups). Where sources have unequal row counts it gathers each cache: the same result.
 TEST(DecoderStateTest, ReorderRowsOfUnequalSources) {
@@ -485,22 +505,18 @@ TEST(DecoderStateTest, ReorderRowsOfUnequalSources) {
   EXPECT_EQ(state.source_group_rows(), 2);
   state.select_rows({0, 1, 2, 4});  // source 0 keeps 2 rows, sources 1 and 2 one each
   EXPECT_EQ(state.source_group_rows(), 0);
-  const Snapshot before = snapshot(state);
-  const std::vector<int32_t> parents = {1, 1, 2, 3};
-  state.reorder_rows(Tensor::from_vector(parents, {4}));
-  for (size_t l = 0; l < before.layers.size(); ++l) {
-    const DecoderState::Layer& layer = state.layers()[l];
-    const Snapshot::Layer& old = before.layers[l];
-    const int64_t row = layer.self_keys.dim(1) * kWidth;
-    std::vector<float> keys = old.self_keys, values = old.self_values;
-    for (int64_t r = 0; r < 4; ++r)
-      for (int64_t i = 0; i < 3 * kWidth; ++i) {
-        keys[r * row + i] = old.self_keys[parents[r] * row + i];
-        values[r * row + i] = old.self_values[parents[r] * row + i];
-      }
-    EXPECT_TRUE(testref::bitwise_equal(layer.self_keys, keys)) << "layer " << l;
-    EXPECT_TRUE(testref::bitwise_equal(layer.self_values, values)) << "layer " << l;
-  }
+  expect_reorder_moves_written_slots(state, {1, 1, 2, 3}, 3);
+}
+
+// More beams a source than ops::reorder_cache_groups takes: reorder_rows gathers each cache, with the same result.
+TEST(DecoderStateTest, ReorderRowsOfWideGroups) {
+  std::mt19937 rng(1113);
+  DecoderState state = make_state(9, 6, 3, 2, rng);  // 3 sources of 9 rows
+  ASSERT_EQ(state.source_group_rows(), 9);
+  const int64_t rows = state.rows();
+  std::vector<int32_t> parents(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) parents[static_cast<size_t>(r)] = static_cast<int32_t>(r - r % 9 + (r * 5) % 9);
+  expect_reorder_moves_written_slots(state, parents, 3);
 }
 
 TEST(DecoderStateTest, ReorderRowsRejectsRowsOfOtherSourcesAndBadTensors) {
