@@ -554,6 +554,9 @@ void launch_mma_rows(const Problem<T, T>& p) {
 
 template <typename T>
 void launch_mma(const Problem<T, T>& p) {
+  // norm_applies keeps fused norms to the float kernel's rows: a norm here would be dropped, not applied.
+  if (p.norm.weight)
+    throw std::logic_error("small_m_gemm: a fused norm at " + std::to_string(p.m) + " rows, past the float kernel's");
   if (p.m > 8)
     launch_mma_rows<T, true>(p);
   else
