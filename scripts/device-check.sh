@@ -33,6 +33,9 @@
 #            "unset" runs without it), medians side by side: an A/B in one build
 #   translate bench_translate alone on the paper-shaped model (TRANSLATE_FLAGS; default batch 1 and 8 greedy), with
 #            the graph captures and their host time per batch, then again with --steps-only (the decode step alone)
+#   versus   bench_translate of this build against a second pack's (VERSUS, e.g. prebuilt-main from
+#            `scripts/pack-prebuilt.sh build-dir prebuilt-main`, carried too): VERSUS_ROUNDS (default 2) rounds of
+#            A then B, VERSUS_FLAGS (default --batch-sizes 1,8,96 --beams 1,2 --batches 5); medians side by side
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1; PROFILE_FLAGS: more
 #            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels. The H100 machine of
 #            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
@@ -380,6 +383,40 @@ if [[ $stages == *" translate "* ]]; then
   build-device/bin/bench_translate "$model" --device cuda --dtype fp16 \
     ${TRANSLATE_FLAGS:---batch-sizes 1,8 --beams 1 --batches 5} --steps-only 2>&1 | tee "$logs/translate_steps.txt" |
     grep '^|' || status=1
+fi
+
+if [[ $stages == *" versus "* ]]; then
+  # Two builds on the same machine and inputs, alternated so that a drift of the machine touches both: the A/B of a
+  # branch against main in one call.
+  : "${VERSUS:?versus needs VERSUS, a second pack under .deps}"
+  model=build-device/paper_model
+  [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
+  rm -rf build-versus && mkdir -p build-versus && tar -C build-versus -xJf ".deps/$VERSUS/bin.tar.xz"
+  tee "$logs/versus_stamp.txt" <".deps/$VERSUS/stamp" | grep commit=
+  for round in $(seq "${VERSUS_ROUNDS:-2}"); do
+    for side in this versus; do
+      bin=build-device/bin
+      [ $side = versus ] && bin=build-versus/bin
+      # shellcheck disable=SC2086
+      "$bin/bench_translate" "$model" --device cuda --dtype fp16 \
+        ${VERSUS_FLAGS:---batch-sizes 1,8,96 --beams 1,2 --batches 5} --json "$logs/versus_${side}_$round.json" >"$logs/versus_${side}_$round.txt" 2>&1 || status=1
+    done
+  done
+  echo "== this build against $VERSUS (median ms a batch, each round; ratio of the medians over the rounds)"
+  python3 - "$logs" "${VERSUS_ROUNDS:-2}" <<'PY' || status=1
+import json, statistics, sys
+logs, rounds = sys.argv[1], int(sys.argv[2])
+key = lambda r: (r["batch"], r["beam"])
+runs = {side: [{key(r): r["median_batch_s"] * 1e3 for r in json.load(open(f"{logs}/versus_{side}_{i}.json"))["rows"]}
+               for i in range(1, rounds + 1)] for side in ("this", "versus")}
+print("| batch | beam | this ms | versus ms | versus / this |")
+print("|---|---|---|---|---|")
+for k in runs["this"][0]:
+    this, other = ([run[k] for run in runs[side]] for side in ("this", "versus"))
+    ratio = statistics.median(other) / statistics.median(this)
+    print(f"| {k[0]} | {k[1]} | {' / '.join(f'{t:.2f}' for t in this)} | {' / '.join(f'{t:.2f}' for t in other)} | "
+          f"{ratio:.3f} |")
+PY
 fi
 
 if [[ $stages == *" profile "* ]]; then
