@@ -402,8 +402,11 @@ if [[ $stages == *" versus "* ]]; then
         ${VERSUS_FLAGS:---batch-sizes 1,8,96 --beams 1,2 --batches 5} --json "$logs/versus_${side}_$round.json" >"$logs/versus_${side}_$round.txt" 2>&1 || status=1
     done
   done
-  echo "== this build against $VERSUS (median ms a batch, each round; ratio of the medians over the rounds)"
-  python3 - "$logs" "${VERSUS_ROUNDS:-2}" <<'PY' || status=1
+  if [[ " ${VERSUS_FLAGS:-} " == *" --steps-only "* ]]; then  # no JSON: each round's tables
+    for f in "$logs"/versus_{this,versus}_*.txt; do echo "-- $(basename "$f" .txt)" && grep '^|' "$f"; done
+  else
+    echo "== this build against $VERSUS (median ms a batch, each round; ratio of the medians over the rounds)"
+    python3 - "$logs" "${VERSUS_ROUNDS:-2}" <<'PY' || status=1
 import json, statistics, sys
 logs, rounds = sys.argv[1], int(sys.argv[2])
 key = lambda r: (r["batch"], r["beam"])
@@ -417,6 +420,7 @@ for k in runs["this"][0]:
     print(f"| {k[0]} | {k[1]} | {' / '.join(f'{t:.2f}' for t in this)} | {' / '.join(f'{t:.2f}' for t in other)} | "
           f"{ratio:.3f} |")
 PY
+  fi
 fi
 
 if [[ $stages == *" profile "* ]]; then
@@ -450,8 +454,11 @@ if [[ $stages == *" stepprofile "* ]]; then
   [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -n "$ncu" ]; then
+    # Caches and clocks as the step leaves them: ncu's defaults flush the caches and lock the base clock before each
+    # kernel, which a replayed step's small kernels, reading what the kernel before them wrote, never see.
     # shellcheck disable=SC2086
-    "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --page raw \
+    "$ncu" --profile-from-start off --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+      --csv --page raw \
       build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --steps-only --profile-step \
       --batch-sizes "${STEP_PROFILE_BATCH:-8}" ${STEP_PROFILE_FLAGS:-} >"$logs/step_profile.csv" \
       2>"$logs/step_profile.txt" || status=1
@@ -472,7 +479,7 @@ def number(text):
         return None
 kernels = [(r[name_column], number(r[metric]) * scale) for r in rows if r.get("ID") and number(r.get(metric, ""))]
 def short(name):
-    name = name.replace("(anonymous namespace)::", "").replace("void ", "").strip()
+    name = re.sub(r"\(anonymous namespace\)::|<unnamed>::|void ", "", name).strip()
     return re.split(r"[<(]", name, maxsplit=1)[0].split("::")[-1]
 totals = {}
 for name, us in kernels:
