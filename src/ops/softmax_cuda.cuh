@@ -1,8 +1,9 @@
 #pragma once
 
 // What the softmax kernels (softmax_cuda.cu) share with beam search's fused candidates (topk_cuda.cu): a row's
-// (max, sum of exp(x - max)) in the same block shape and order, so that both give a row the same log-probs bit for
-// bit.
+// (max, sum of exp(x - max)) in the same order, so that both give a row the same log-probs bit for bit. The fused
+// candidates spread a row's block over several: each of its warps computes, in a block of its own, what that warp of
+// the row's block computes (thread_stats, warp_stats), and warps_stats adds them as the row's block does.
 
 #include <algorithm>
 #include <cfloat>
@@ -38,33 +39,50 @@ __device__ __forceinline__ Stats merge(Stats a, Stats b) {
   return {max, a.sum * expf(a.max - max) + b.sum * expf(b.max - max)};
 }
 
+// A warp's statistics by a butterfly; lane 0's result is the one the block keeps.
+__device__ __forceinline__ Stats warp_stats(Stats s) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    s = merge(s, {__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)});
+  return s;
+}
+
+// The block's statistics from its warps' (lane 0's), `warps` of them, added by warp 0 as block_stats does.
+__device__ __forceinline__ Stats warps_stats(const Stats* warp_results, int warps) {
+  const int lane = threadIdx.x % 32;
+  return warp_stats(lane < warps ? warp_results[lane] : Stats{});
+}
+
 __device__ inline Stats block_stats(Stats s) {
   __shared__ Stats partial[32];
   __shared__ Stats total;
-  for (int offset = 16; offset > 0; offset /= 2)
-    s = merge(s, {__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)});
+  s = warp_stats(s);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) partial[warp] = s;
   __syncthreads();
   if (warp == 0) {
-    s = lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : Stats{};
-    for (int offset = 16; offset > 0; offset /= 2)
-      s = merge(s, {__shfl_xor_sync(0xffffffffu, s.max, offset), __shfl_xor_sync(0xffffffffu, s.sum, offset)});
+    s = warps_stats(partial, static_cast<int>(blockDim.x / 32));
     if (lane == 0) total = s;
   }
   __syncthreads();
   return total;
 }
 
+// Thread `thread` of a row's block of `threads`: its packs thread, thread + threads, ... in order.
 template <typename T, int N>
-__device__ inline Stats row_stats(const rt::Pack<T, N>* row, int64_t packs) {
+__device__ inline Stats thread_stats(const rt::Pack<T, N>* row, int64_t packs, int64_t thread, int64_t threads) {
   Stats s;
-  for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
+#pragma unroll 4
+  for (int64_t i = thread; i < packs; i += threads) {
     const rt::Pack<T, N> v = row[i];
 #pragma unroll
     for (int e = 0; e < N; ++e) add(s, rt::to_float(v.v[e]));
   }
-  return block_stats(s);
+  return s;
+}
+
+template <typename T, int N>
+__device__ inline Stats row_stats(const rt::Pack<T, N>* row, int64_t packs) {
+  return block_stats(thread_stats<T, N>(row, packs, threadIdx.x, blockDim.x));
 }
 
 // One block per row; threads by the row's packs (16-byte packs when the row allows, else elements).

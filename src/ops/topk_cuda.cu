@@ -123,33 +123,59 @@ __global__ void topk_kernel(Source source, int k, float* __restrict__ values, in
   });
 }
 
-// Beam search's first pass, one block per row of logits, shaped as log_softmax's launch so that the row's statistics
-// are the same bits: the row's best k of its log-probs (column `excluded` at -inf) plus its row value, indexed into
-// its source's beams x vocabulary. The logits are read twice (statistics, then candidates), where log_softmax,
-// add_row_values and topk read and wrote them five times.
-template <int K, int N>
-__global__ void __launch_bounds__(1024)
-    beam_row_candidates_kernel(const float* __restrict__ logits, int64_t vocab, const float* __restrict__ row_values,
-                               int beam, int64_t excluded, int k, float* __restrict__ values,
-                               int* __restrict__ indices) {
+// Beam search's candidates in three launches, the rows spread over the GPU: one block per row (log_softmax's shape)
+// read a 128,000-word row at one SM's pace, at batch 1 with 2 beams on two SMs of 132.
+//
+// 1. Warp w of the row's log_softmax block, in a block of its own (up to 4 such warps a block): its threads' packs
+//    and its butterfly, as log_softmax_kernel computes them; lane 0 writes the warp's statistics.
+template <int N>
+__global__ void __launch_bounds__(128)
+    beam_row_stats_kernel(const float* __restrict__ logits, int64_t vocab, int row_warps,
+                          softmax_detail::Stats* __restrict__ warp_stats) {
   rt::await_previous_kernel();
-  const float* x = logits + blockIdx.x * vocab;
-  const softmax_detail::Stats s =
-      softmax_detail::row_stats<float, N>(reinterpret_cast<const rt::Pack<float, N>*>(x), vocab / N);
+  const int warp = blockIdx.y * (blockDim.x / 32) + threadIdx.x / 32;
+  if (warp >= row_warps) return;  // whole warps: the butterfly needs all 32 lanes
+  const auto* row = reinterpret_cast<const rt::Pack<float, N>*>(logits + blockIdx.x * vocab);
+  const softmax_detail::Stats s = softmax_detail::warp_stats(softmax_detail::thread_stats<float, N>(
+      row, vocab / N, warp * 32 + threadIdx.x % 32, static_cast<int64_t>(row_warps) * 32));
+  if (threadIdx.x % 32 == 0) warp_stats[static_cast<int64_t>(blockIdx.x) * row_warps + warp] = s;
+}
+
+// 2. Block (row, chunk): the row's statistics from its warps' as log_softmax's warp 0 adds them, then the chunk's best
+//    k of the log-probs (column `excluded` at -inf) plus the row's value, indexed into the source's beams x vocabulary,
+//    to candidates [rows, chunks, k].
+template <int K>
+__global__ void __launch_bounds__(1024)
+    beam_chunk_candidates_kernel(const float* __restrict__ logits, int64_t vocab, int64_t chunk,
+                                 const softmax_detail::Stats* __restrict__ warp_stats, int row_warps,
+                                 const float* __restrict__ row_values, int beam, int64_t excluded, int k,
+                                 float* __restrict__ values, int* __restrict__ indices) {
+  rt::await_previous_kernel();
+  __shared__ softmax_detail::Stats total;
+  if (threadIdx.x < 32) {
+    const softmax_detail::Stats s =
+        softmax_detail::warps_stats(warp_stats + static_cast<int64_t>(blockIdx.x) * row_warps, row_warps);
+    if (threadIdx.x == 0) total = s;
+  }
+  __syncthreads();
+  const softmax_detail::Stats s = total;
   const float log_sum = logf(s.sum);
   const float add = row_values[blockIdx.x];
   const int64_t offset = (blockIdx.x % beam) * vocab;
+  const float* x = logits + blockIdx.x * vocab;
   Entry list[K];
   clear(list);
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+  const int64_t end = min(vocab, (blockIdx.y + 1) * chunk);
+  for (int64_t i = blockIdx.y * chunk + threadIdx.x; i < end; i += blockDim.x) {
     float v = x[i] - s.max - log_sum;  // as log_softmax_kernel computes it
     if (i == excluded) v = -INFINITY;
     v += add;
     push(list, Entry{v, static_cast<int>(offset + i)});
   }
   block_best(list, k, [&](int round, const Entry& w) {
-    values[static_cast<int64_t>(blockIdx.x) * k + round] = w.value;
-    indices[static_cast<int64_t>(blockIdx.x) * k + round] = w.index;
+    const int64_t at = (static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y) * k + round;
+    values[at] = w.value;
+    indices[at] = w.index;
   });
 }
 
@@ -167,15 +193,18 @@ __global__ void fill_column_kernel(float* __restrict__ x, int64_t rows, int64_t 
     x[r * n + column] = value;
 }
 
+// Chunks a row of `columns` is split into: about two blocks per SM over all rows, each chunk at least 4096 columns
+// (and a chunk's best k are few next to its columns); 65535 chunks at most (gridDim.y).
+int64_t chunks_for(int64_t rows, int64_t columns) {
+  constexpr int64_t kMinChunk = 4096;
+  const int64_t want = 2LL * rt::device_properties().multiProcessorCount;
+  return std::clamp<int64_t>(std::min(want / std::max<int64_t>(rows, 1), columns / kMinChunk), 1, int64_t{65535});
+}
+
 template <int K>
 void launch_topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
   const int64_t rows = x.dim(0), n = x.dim(1);
-  // About two blocks per SM over all rows, each chunk at least 4096 columns (and a chunk's best k are few next to
-  // its columns); 65535 chunks at most (gridDim.y).
-  constexpr int64_t kMinChunk = 4096;
-  const int64_t want = 2LL * rt::device_properties().multiProcessorCount;
-  const int64_t chunks =
-      std::clamp<int64_t>(std::min(want / std::max<int64_t>(rows, 1), n / kMinChunk), 1, int64_t{65535});
+  const int64_t chunks = chunks_for(rows, n);
   const int64_t chunk = (n + chunks - 1) / chunks;
   const dim3 first(static_cast<unsigned>(rows), static_cast<unsigned>(chunks));
   if (chunks == 1) {
@@ -196,16 +225,34 @@ template <int K>
 void launch_beam_candidates(const Tensor& logits, const Tensor& row_values, int beam, int64_t excluded, int k,
                             Tensor& values, Tensor& indices) {
   const int64_t rows = logits.dim(0), vocab = logits.dim(1);
-  Tensor candidate_values = Tensor::empty({rows, k}, DType::F32, Device::CUDA);
-  Tensor candidate_indices = Tensor::empty({rows, k}, DType::I32, Device::CUDA);
+  // log_softmax's launch for these rows: its block's warps, each a warp of the statistics launch.
   const bool vector = vocab % 4 == 0 && rt::is_aligned(logits.raw());  // as log_softmax reads an F32 row
   const softmax_detail::Launch l = softmax_detail::launch_for(logits, vector ? vocab / 4 : vocab);
-  const auto first = vector ? beam_row_candidates_kernel<K, 4> : beam_row_candidates_kernel<K, 1>;
-  rt::launch(first, l.rows, l.threads, 0, logits.data<float>(), vocab, row_values.data<float>(), beam, excluded, k,
+  const int row_warps = l.threads / 32;
+  Tensor warp_stats = Tensor::empty({rows, row_warps, 2}, DType::F32, Device::CUDA);
+  auto* stats = reinterpret_cast<softmax_detail::Stats*>(warp_stats.data<float>());
+  static_assert(sizeof(softmax_detail::Stats) == 2 * sizeof(float));
+  const int stats_warps = std::min(row_warps, 4);
+  const dim3 stats_grid(l.rows, static_cast<unsigned>((row_warps + stats_warps - 1) / stats_warps));
+  if (vector)
+    rt::launch(beam_row_stats_kernel<4>, stats_grid, stats_warps * 32, 0, logits.data<float>(), vocab, row_warps,
+               stats);
+  else
+    rt::launch(beam_row_stats_kernel<1>, stats_grid, stats_warps * 32, 0, logits.data<float>(), vocab, row_warps,
+               stats);
+
+  const int64_t chunks = chunks_for(rows, vocab);
+  const int64_t chunk = (vocab + chunks - 1) / chunks;
+  // One chunk a row (many rows): a block as wide as log_softmax's, so that a row still streams at full width.
+  const int threads = chunks == 1 ? l.threads : kThreads;
+  Tensor candidate_values = Tensor::empty({rows, chunks, k}, DType::F32, Device::CUDA);
+  Tensor candidate_indices = Tensor::empty({rows, chunks, k}, DType::I32, Device::CUDA);
+  rt::launch(beam_chunk_candidates_kernel<K>, dim3(l.rows, static_cast<unsigned>(chunks)), threads, 0,
+             logits.data<float>(), vocab, chunk, stats, row_warps, row_values.data<float>(), beam, excluded, k,
              candidate_values.data<float>(), candidate_indices.data<int32_t>());
-  // A source's beams are consecutive rows: its candidates are beam x k consecutive entries.
+  // A source's beams are consecutive rows: its candidates are beam x chunks x k consecutive entries.
   rt::launch(topk_kernel<K, Candidates>, dim3(static_cast<unsigned>(rows / beam), 1), kThreads, 0,
-             Candidates{candidate_values.data<float>(), candidate_indices.data<int32_t>(), beam * int64_t{k}}, k,
+             Candidates{candidate_values.data<float>(), candidate_indices.data<int32_t>(), beam * chunks * k}, k,
              values.data<float>(), indices.data<int32_t>());
 }
 

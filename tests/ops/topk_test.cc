@@ -186,19 +186,26 @@ TEST(CudaTopkTest, AddRowValuesAndFillColumnMatchTheCpu) {
   expect_same(gpu.to_vector<float>(), cpu.to_vector<float>());
 }
 
-// The fused CUDA op against the same ops composed on CUDA (the same bits: the row statistics come from the same
-// block shape) and against the CPU (the same candidates), with a vocabulary as long as the paper model's; k = 18
-// takes the composed ops on CUDA too.
+// The fused CUDA op against the same ops composed on CUDA (the same bits: the row statistics are log_softmax's, warp
+// by warp) and against the CPU (the same candidates), with a vocabulary as long as the paper model's (rows split in
+// chunks over the GPU), an odd one split in chunks (element by element), 140 rows of one chunk each (a block as wide
+// as log_softmax's), and a few short ones; k = 18 takes the composed ops on CUDA too.
 TEST(CudaTopkTest, BeamCandidatesEqualTheComposedOps) {
   ELEPHANT_REQUIRE_CUDA();
   std::mt19937 rng(15);
-  for (const auto& [beam, vocab, k] :
-       {std::tuple<int, int64_t, int>{2, 128000, 4}, {4, 1001, 8}, {1, 50, 2}, {8, 4096, 16}, {9, 300, 18}}) {
-    const int64_t rows = 3 * beam, sources = 3;
+  for (const auto& [beam, vocab, k, sources] : {std::tuple<int, int64_t, int, int64_t>{2, 128000, 4, 3},
+                                                {2, 40001, 4, 1},
+                                                {2, 8192, 4, 70},
+                                                {4, 1001, 8, 3},
+                                                {1, 50, 2, 3},
+                                                {8, 4096, 16, 3},
+                                                {9, 300, 18, 3}}) {
+    const int64_t rows = sources * beam;
     const Tensor logits = testdev::random_cpu({rows, vocab}, rng, -8.0f, 8.0f);
     const Tensor scores = testdev::random_cpu({rows}, rng, -20.0f, 0.0f);
     for (int64_t excluded : {int64_t{-1}, int64_t{1}}) {
-      SCOPED_TRACE(::testing::Message() << "beam " << beam << " vocab " << vocab << " excluded " << excluded);
+      SCOPED_TRACE(::testing::Message() << "beam " << beam << " vocab " << vocab << " sources " << sources
+                                        << " excluded " << excluded);
       Tensor fused_values = testdev::poisoned({sources, k}, DType::F32, Device::CUDA);
       Tensor fused_indices = Tensor::zeros({sources, k}, DType::I32, Device::CUDA);
       Tensor composed_values = testdev::poisoned({sources, k}, DType::F32, Device::CUDA);
