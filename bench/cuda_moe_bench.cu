@@ -8,7 +8,8 @@
 // the experts hit + x read + hidden read and written, over 2.96 TB/s) and the fraction of it reached.
 //
 // MoeLayerPart/FORMAT/{sort,wi,wo}/TOKENS times each of those kernels alone, replayed the same way: where a
-// decode-sized layer's time goes.
+// decode-sized layer's time goes. MoeRoute/DTYPE/TOKENS times the routing the layer runs before them (the router
+// GEMM, softmax, top-1 and sort), which MoeLayer's fixed routing leaves out.
 //
 // With quantized experts (issue 5): MoeLayer/int8 and MoeLayer/int4 run the same layer with per-channel int8 / int4
 // experts and fp16 activations; ExpertGemm/FORMAT/E is the paper's Table 1, the wi grouped GEMM alone (A = 40 x 1024
@@ -169,6 +170,31 @@ void BM_MoeLayerPart(benchmark::State& state, DType dtype, int bits, LayerPart p
   });
 }
 
+// The layer's routing alone (ops::route_and_sort_top1: router GEMM, softmax, top-1 and the sort by expert, one launch
+// at decode sizes), fp32 router weights as the engine keeps them, x as the layer gets it (just written: in L2). The
+// graph holds kRouterCopies routers, 64 MiB, so a call's router weights come from HBM as in a step, where ~100 MB of
+// other weights pass through L2 between two routings.
+constexpr int kRouterCopies = 512;
+
+void BM_MoeRoute(benchmark::State& state, DType dtype) {
+  const int64_t tokens = state.range(0);
+  std::mt19937 rng(5);
+  std::vector<Tensor> routers;
+  for (int c = 0; c < kRouterCopies; ++c) routers.push_back(random_device({kExperts, kModel}, 0.03f, DType::F32, rng));
+  const Tensor x = random_device({tokens, kModel}, 1.0f, dtype, rng);
+  Tensor probability = Tensor::empty({tokens}, DType::F32, Device::CUDA);
+  Tensor sorted = Tensor::empty({tokens}, DType::I32, Device::CUDA);
+  Tensor offsets = Tensor::empty({kExperts + 1}, DType::I32, Device::CUDA);
+  time_graph_replays(state, kRouterCopies, [&](int c) {
+    ops::route_and_sort_top1(x, routers[c], nullptr, nullptr, probability, sorted, offsets);
+  });
+  const double bytes = 4.0 * kExperts * kModel + static_cast<double>(tokens) * kModel * dtype_size(dtype) +
+                       tokens * 8.0 + (kExperts + 1) * 4.0;
+  state.counters["floor_us"] = bytes / kHbmBytesPerSecond * 1e6;
+  state.counters["of_floor"] =
+      benchmark::Counter(bytes / kHbmBytesPerSecond, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 constexpr int64_t kTable1Tokens = 40;
 
 // Table 1's routing: experts 0 .. active-1 get 40 / active rows each (the first ones one more when it does not
@@ -266,6 +292,12 @@ void register_benchmarks() {
       for (int64_t tokens : {1, 8, 40}) b->Arg(tokens);
       b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
     }
+  for (const Format& f : {Format{"fp16", DType::F16, 16}, Format{"bf16", DType::BF16, 16}}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("MoeRoute/") + f.name).c_str(), BM_MoeRoute, f.dtype);
+    for (int64_t tokens : {1, 2, 8, 16, 40, 96, 320, 1280, 3840}) b->Arg(tokens);
+    // The minimum counts the time per routing, 1/512 of a replay: 0.05 s of it took ~25 s a row on the H100.
+    b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.002);
+  }
   for (const Format& f :
        {Format{"fp16", DType::F16, 16}, Format{"int8", DType::F16, 8}, Format{"int4", DType::F16, 4}}) {
     auto* b = benchmark::RegisterBenchmark((std::string("ExpertGemm/") + f.name).c_str(), BM_ExpertGemm, f.bits);
