@@ -151,19 +151,46 @@ __global__ void __launch_bounds__(kRouteThreads, 2)
                       const uint8_t* __restrict__ active, int tokens, int experts, int d, int32_t* __restrict__ expert,
                       float* __restrict__ probability, int32_t* __restrict__ sorted_rows,
                       int32_t* __restrict__ offsets) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // The router's weights do not depend on the kernel before this one: their lines are requested before waiting for
+  // it (programmatic dependent launch), so that their HBM latency overlaps its tail instead of following it. The
+  // blocks share the lines out; the loads below then find them in L2.
+  {
+    const auto* bytes = reinterpret_cast<const char*>(weight);
+    const int64_t size = static_cast<int64_t>(experts) * d * sizeof(float);
+    for (int64_t line = static_cast<int64_t>(blockIdx.x) * kRouteThreads + tid; line * 128 < size;
+         line += static_cast<int64_t>(gridDim.x) * kRouteThreads)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(bytes + line * 128));
+  }
   rt::await_previous_kernel();
   extern __shared__ __align__(16) float route_smem[];
   float* const xs = route_smem;                                                   // [TOKENS][d]
   float* const logits = route_smem + static_cast<int64_t>(TOKENS) * d;            // [TOKENS][experts]
   int* const chosen_experts = reinterpret_cast<int*>(logits + TOKENS * experts);  // [TOKENS] (SORT)
   int* const next = chosen_experts + TOKENS;                                      // [experts + 1] (SORT)
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int t0 = blockIdx.x * TOKENS;
 
-  for (int i = tid; i < TOKENS * d; i += kRouteThreads) {
-    const int r = i / d, c = i % d;
-    xs[i] = t0 + r < tokens ? rt::to_float(x[static_cast<int64_t>(t0 + r) * d + c]) : 0.0f;
+  // Only this block's tokens are loaded, 16 bytes a load where the rows allow it, the loads of a thread unrolled
+  // so that they are in flight together: one x value a load made this staging the kernel's longest part at decode.
+  const int block_tokens = min(TOKENS, tokens - t0);
+  const T* const block_x = x + static_cast<int64_t>(t0) * d;
+  constexpr int kPack = 16 / sizeof(T);
+  if (d % kPack == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    const int packs = d / kPack;
+#pragma unroll 4
+    for (int i = tid; i < block_tokens * packs; i += kRouteThreads) {
+      const uint4 raw = reinterpret_cast<const uint4*>(block_x)[i];
+      const T* const values = reinterpret_cast<const T*>(&raw);
+      float4* const out = reinterpret_cast<float4*>(xs + static_cast<int64_t>(i) * kPack);
+#pragma unroll
+      for (int j = 0; j < kPack / 4; ++j)
+        out[j] = make_float4(rt::to_float(values[4 * j]), rt::to_float(values[4 * j + 1]),
+                             rt::to_float(values[4 * j + 2]), rt::to_float(values[4 * j + 3]));
+    }
+  } else {
+    for (int i = tid; i < block_tokens * d; i += kRouteThreads) xs[i] = rt::to_float(block_x[i]);
   }
+  for (int i = block_tokens * d + tid; i < TOKENS * d; i += kRouteThreads) xs[i] = 0.0f;
   __syncthreads();
 
   using Vec = std::conditional_t<V == 4, float4, float>;
@@ -177,7 +204,7 @@ __global__ void __launch_bounds__(kRouteThreads, 2)
 #pragma unroll
     for (int j = 0; j < kExpertsPerWarp; ++j)
       w[j] = reinterpret_cast<const Vec*>(weight + static_cast<int64_t>(min(e0 + j, experts - 1)) * d);
-#pragma unroll(TOKENS >= 16 ? 1 : 2)
+#pragma unroll(TOKENS >= 16 ? 1 : TOKENS >= 8 ? 2 : 4)
     for (int q = lane; q < vectors; q += 32) {
       Vec wv[kExpertsPerWarp];
 #pragma unroll
@@ -271,12 +298,14 @@ void launch_route(const Tensor& x, const Tensor& weight, const Tensor* bias, con
   }
 }
 
-// As many tokens per routing block as the staged rows allow (the weights are read once per block).
+// As many tokens per routing block as the staged rows allow (the weights are read once per block), but no more
+// than there are: a block's sums and registers grow with its token count.
 template <typename F>
-void with_route_tokens(int64_t d, F&& f) {
-  if (16 * d * 4 <= kRouteMaxXBytes) {
+void with_route_tokens(int64_t tokens, int64_t d, F&& f) {
+  const auto fits = [d](int64_t n) { return n * d * 4 <= kRouteMaxXBytes; };
+  if (tokens > 8 && fits(16)) {
     f(std::integral_constant<int, 16>{});
-  } else if (8 * d * 4 <= kRouteMaxXBytes) {
+  } else if (tokens > 4 && fits(8)) {
     f(std::integral_constant<int, 8>{});
   } else {
     f(std::integral_constant<int, 4>{});
@@ -327,7 +356,7 @@ void route_top1(const Tensor& x, const Tensor& weight, const Tensor* bias, const
   if (weight.dim(0) == 0) throw Error("route_top1: no experts");
   rt::dispatch_floating(x.dtype(), "route_top1", [&](auto tag) {
     using T = decltype(tag);
-    with_route_tokens(x.dim(1), [&](auto tokens_per_block) {
+    with_route_tokens(x.dim(0), x.dim(1), [&](auto tokens_per_block) {
       launch_route<T, decltype(tokens_per_block)::value, false>(x, weight, bias, active,
                                                                 {expert.data<int32_t>(), probability.data<float>()});
     });
@@ -341,7 +370,7 @@ bool route_and_sort_top1(const Tensor& x, const Tensor& weight, const Tensor* bi
   bool fused = false;
   rt::dispatch_floating(x.dtype(), "route_and_sort_top1", [&](auto tag) {
     using T = decltype(tag);
-    with_route_tokens(d, [&](auto tokens_per_block) {
+    with_route_tokens(tokens, d, [&](auto tokens_per_block) {
       constexpr int kTokens = decltype(tokens_per_block)::value;
       if (tokens > kTokens ||
           route_shared_bytes<kTokens>(d, experts, true) > rt::device_properties().sharedMemPerBlockOptin)

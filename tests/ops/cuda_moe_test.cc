@@ -194,6 +194,31 @@ TEST(CudaMoe, RouteAndSortEqualsRouteThenSort) {
     }
 }
 
+// A token's routing does not depend on how many tokens route with it (the block size follows the token count): batch
+// pruning, which shrinks a decode step's rows, leaves the routing of the rows it keeps bit for bit.
+TEST(CudaMoe, RoutingOfATokenDoesNotDependOnTheBatch) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(31);
+  for (DType dtype : testdev::cuda_dtypes()) {
+    SCOPED_TRACE(name(dtype));
+    const Tensor x = rounded_to(random_cpu({40, 1024}, rng), dtype);
+    const Tensor w = random_cpu({32, 1024}, rng).to(Device::CUDA);
+    const auto probabilities = [&](int64_t tokens) {
+      Tensor probability = poisoned({tokens}, DType::F32, Device::CUDA);
+      Tensor rows = Tensor::empty({tokens}, DType::I32, Device::CUDA);
+      Tensor offsets = Tensor::empty({33}, DType::I32, Device::CUDA);
+      ops::route_and_sort_top1(to_cuda(x.narrow(0, tokens), dtype), w, nullptr, nullptr, probability, rows,
+                               offsets);
+      return probability.to_vector<float>();
+    };
+    const std::vector<float> all = probabilities(40);
+    for (int64_t tokens : {1, 4, 5, 8, 9, 16, 17}) {
+      SCOPED_TRACE(std::to_string(tokens) + " tokens");
+      EXPECT_EQ(probabilities(tokens), std::vector<float>(all.begin(), all.begin() + tokens));
+    }
+  }
+}
+
 struct GemmCase {
   int64_t k, n;
   std::vector<int32_t> counts;  // rows per expert
