@@ -7,10 +7,10 @@
 //   build/bin/bench_translate MODEL_DIR [--device cuda] [--dtype fp16] [--batch-sizes 1,8,32,96] [--beams 1,2]
 //                             [--quantize int8|int4] [--steps-only]
 //
-// --steps-only times the decode step alone instead: new_tokens - 2 steps of a greedy-sized batch queued back to back
+// --steps-only times the decode step alone instead: new_tokens - 2 steps of batch x beam rows queued back to back
 // (replayed from their CUDA graph), nothing read back and no search around them. In the same process it times the
-// two phases of a greedy translation of that batch through the model: the encoder, and the whole greedy search
-// (new_tokens steps with the search's bookkeeping, flag read-backs and the step graph's capture). The search minus
+// two phases of a translation of that batch through the model: the encoder, and the whole search, greedy or beam
+// (new_tokens steps with the search's per-step ops, flag read-backs and the step graph's capture). The search minus
 // new_tokens back-to-back steps is what the search adds to the steps.
 //
 // --steps-only --profile-step runs, per batch size, one decode of three steps and brackets the third (replayed from
@@ -53,17 +53,18 @@ std::vector<std::vector<int32_t>> random_sources(const elephant::EncoderDecoderM
   return sources;
 }
 
-// Seconds per decode step of `batch` random sources, steps 2 .. steps - 1 queued back to back after a synchronization
-// (step 0 and 1 make and record the graph), the same ids fed every step.
-double seconds_per_step(elephant::EncoderDecoderModel& model, int batch, int input_length, int steps,
+// Seconds per decode step of `batch` random sources with `beam` rows each, steps 2 .. steps - 1 queued back to back
+// after a synchronization (step 0 and 1 make and record the graph), the same ids fed every step.
+double seconds_per_step(elephant::EncoderDecoderModel& model, int batch, int beam, int input_length, int steps,
                         std::mt19937& rng) {
   using namespace elephant;
   const auto sources = random_sources(model, batch, input_length, rng);
   std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
   const Device device = model.options().device;
   const EncoderOutput encoded = model.encode(sources);
-  auto state = model.start_decoding(encoded, 1, steps);
-  const Tensor ids = Tensor::from_vector(std::vector<int32_t>(static_cast<size_t>(batch), token(rng)), {batch}, device);
+  auto state = model.start_decoding(encoded, beam, steps);
+  const int rows = batch * beam;
+  const Tensor ids = Tensor::from_vector(std::vector<int32_t>(static_cast<size_t>(rows), token(rng)), {rows}, device);
   model.step(*state, ids);
   model.step(*state, ids);
   device_synchronize(device);
@@ -77,14 +78,15 @@ struct PhaseSeconds {
   double encode = 0.0, search = 0.0;
 };
 
-// A greedy translation of `batch` random sources through the model, `steps` tokens forced: the encoder, then the
-// search (which returns its ids on the host), each timed from a synchronized device.
-PhaseSeconds greedy_phase_seconds(elephant::EncoderDecoderModel& model, int batch, int input_length, int steps,
-                                  std::mt19937& rng) {
+// A translation of `batch` random sources through the model with `beam` beams (1: greedy), `steps` tokens forced:
+// the encoder, then the search (which returns its ids on the host), each timed from a synchronized device.
+PhaseSeconds phase_seconds(elephant::EncoderDecoderModel& model, int batch, int beam, int input_length, int steps,
+                           std::mt19937& rng) {
   using namespace elephant;
   const auto sources = random_sources(model, batch, input_length, rng);
   const Device device = model.options().device;
   SearchOptions options;
+  options.beam_size = beam;
   options.max_length = options.min_length = steps;
   device_synchronize(device);
   const auto start = std::chrono::steady_clock::now();
@@ -94,7 +96,7 @@ PhaseSeconds greedy_phase_seconds(elephant::EncoderDecoderModel& model, int batc
   const auto results = generate(model, encoded, options);
   const auto done = std::chrono::steady_clock::now();
   if (static_cast<int>(results.size()) != batch || static_cast<int>(results.front().size()) != steps)
-    throw Error("a greedy search did not give the forced length");
+    throw Error("a search did not give the forced length");
   return {std::chrono::duration<double>(encoded_at - start).count(),
           std::chrono::duration<double>(done - encoded_at).count()};
 }
@@ -122,8 +124,8 @@ void profile_one_step(elephant::EncoderDecoderModel& model, int batch, int input
 }
 
 int time_steps_only(const std::string& model_dir, const elephant::ModelOptions& options,
-                    const std::vector<int>& batch_sizes, int input_length, int steps, int batches, int seed,
-                    bool profile_step) {
+                    const std::vector<int>& batch_sizes, const std::vector<int>& beams, int input_length, int steps,
+                    int batches, int seed, bool profile_step) {
   using namespace elephant;
   if (steps < 3) throw UsageError("--steps-only needs --new-tokens of at least 3");
   auto model = load_model(model_dir, options);
@@ -134,23 +136,24 @@ int time_steps_only(const std::string& model_dir, const elephant::ModelOptions& 
     return 0;
   }
   std::printf(
-      "| batch | decode step ms (steps queued back to back) | encoder ms | greedy search ms (%d steps) | search - %d "
-      "steps ms |\n|---|---|---|---|---|\n",
+      "| batch | beam | decode step ms (steps queued back to back) | encoder ms | search ms (%d steps) | search - %d "
+      "steps ms |\n|---|---|---|---|---|---|\n",
       steps, steps);
-  for (const int batch : batch_sizes) {
-    std::vector<double> step, encode, search;
-    greedy_phase_seconds(*model, batch, input_length, steps, rng);  // warm-up: graphs, first-use work
-    for (int i = 0; i < batches; ++i) {
-      step.push_back(seconds_per_step(*model, batch, input_length, steps, rng));
-      const PhaseSeconds phases = greedy_phase_seconds(*model, batch, input_length, steps, rng);
-      encode.push_back(phases.encode);
-      search.push_back(phases.search);
+  for (const int beam : beams)
+    for (const int batch : batch_sizes) {
+      std::vector<double> step, encode, search;
+      phase_seconds(*model, batch, beam, input_length, steps, rng);  // warm-up: graphs, first-use work
+      for (int i = 0; i < batches; ++i) {
+        step.push_back(seconds_per_step(*model, batch, beam, input_length, steps, rng));
+        const PhaseSeconds phases = phase_seconds(*model, batch, beam, input_length, steps, rng);
+        encode.push_back(phases.encode);
+        search.push_back(phases.search);
+      }
+      const double step_ms = median(step) * 1e3, search_ms = median(search) * 1e3;
+      std::printf("| %d | %d | %.3f | %.2f | %.2f | %.2f |\n", batch, beam, step_ms, median(encode) * 1e3, search_ms,
+                  search_ms - steps * step_ms);
+      std::fflush(stdout);
     }
-    const double step_ms = median(step) * 1e3, search_ms = median(search) * 1e3;
-    std::printf("| %d | %.3f | %.2f | %.2f | %.2f |\n", batch, step_ms, median(encode) * 1e3, search_ms,
-                search_ms - steps * step_ms);
-    std::fflush(stdout);
-  }
   return 0;
 }
 
@@ -179,7 +182,7 @@ int main(int argc, char** argv) {
   app.add_flag("--quantize-non-experts", quantize_non_experts, "attention and dense FFN weights in int8 too");
   app.add_flag("--no-cuda-graphs", no_cuda_graphs, "decode steps kernel by kernel (the comparison for graphs)");
   app.add_flag("--steps-only", steps_only,
-               "time the decode step alone (greedy-sized batches, steps queued back to back, no search)");
+               "time the decode step alone (batch x beam rows, steps queued back to back, no search), then the search");
   app.add_flag("--profile-step", profile_step,
                "with --steps-only: one replayed step per batch size between cudaProfilerStart and Stop, nothing timed");
   app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
@@ -194,8 +197,8 @@ int main(int argc, char** argv) {
       options.cuda_graphs = !no_cuda_graphs;
       options.quantize = {quantize == "int8" ? 8 : quantize == "int4" ? 4 : 0, 0};
       options.quantize_non_experts = quantize_non_experts;
-      return time_steps_only(model_dir, options, parse_list(batch_sizes), input_length, new_tokens, batches, seed,
-                             profile_step);
+      return time_steps_only(model_dir, options, parse_list(batch_sizes), parse_list(beams), input_length, new_tokens,
+                             batches, seed, profile_step);
     }
     if (profile_step) throw UsageError("--profile-step needs --steps-only");
     TranslatorOptions translator_options;
