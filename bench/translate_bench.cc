@@ -15,7 +15,9 @@
 //
 // --steps-only --profile-step runs, per batch size, one decode of three steps and brackets the third (replayed from
 // its graph) for a profiler started with collection off: `ncu --profile-from-start off` then sees one step's kernels
-// (scripts/device-check.sh's stepprofile stage).
+// (scripts/device-check.sh's stepprofile stage). --steps-only --profile-search brackets one whole search per batch and
+// beam size instead (a search of the same shape runs before, outside the bracket): the search's own kernels next to
+// its steps'.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -123,14 +125,42 @@ void profile_one_step(elephant::EncoderDecoderModel& model, int batch, int input
   cuda_profiler_stop();
 }
 
+// One search of `batch` random sources with `beam` beams (1: greedy), `steps` tokens forced, inside the profiler's
+// bracket, after one of the same shape outside it (graphs recorded, first-use work done): the search's own kernels
+// next to the steps'.
+void profile_one_search(elephant::EncoderDecoderModel& model, int batch, int beam, int input_length, int steps,
+                        std::mt19937& rng) {
+  using namespace elephant;
+  SearchOptions options;
+  options.beam_size = beam;
+  options.max_length = options.min_length = steps;
+  generate(model, model.encode(random_sources(model, batch, input_length, rng)), options);
+  const EncoderOutput encoded = model.encode(random_sources(model, batch, input_length, rng));
+  device_synchronize(model.options().device);
+  cuda_profiler_start();
+  generate(model, encoded, options);
+  device_synchronize(model.options().device);
+  cuda_profiler_stop();
+}
+
+struct Profiling {
+  bool step = false, search = false;
+};
+
 int time_steps_only(const std::string& model_dir, const elephant::ModelOptions& options,
                     const std::vector<int>& batch_sizes, const std::vector<int>& beams, int input_length, int steps,
-                    int batches, int seed, bool profile_step) {
+                    int batches, int seed, Profiling profile) {
   using namespace elephant;
   if (steps < 3) throw UsageError("--steps-only needs --new-tokens of at least 3");
   auto model = load_model(model_dir, options);
   std::mt19937 rng(static_cast<unsigned>(seed));
-  if (profile_step) {
+  if (profile.search) {
+    for (const int beam : beams)
+      for (const int batch : batch_sizes) profile_one_search(*model, batch, beam, input_length, steps, rng);
+    std::printf("profiled one search of %d steps per batch and beam size\n", steps);
+    return 0;
+  }
+  if (profile.step) {
     for (const int batch : batch_sizes) profile_one_step(*model, batch, input_length, rng);
     std::printf("profiled one replayed decode step per batch size\n");
     return 0;
@@ -165,7 +195,7 @@ int main(int argc, char** argv) {
                          quantize = "none";
   int input_length = 40, new_tokens = 40, batches = 5, warmup = 1, seed = 0;
   bool no_cuda_graphs = false, no_pipeline = false, quantize_non_experts = false, steps_only = false,
-       profile_step = false;
+       profile_step = false, profile_search = false;
   app.add_option("model_dir", model_dir)->required();
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
@@ -185,6 +215,8 @@ int main(int argc, char** argv) {
                "time the decode step alone (batch x beam rows, steps queued back to back, no search), then the search");
   app.add_flag("--profile-step", profile_step,
                "with --steps-only: one replayed step per batch size between cudaProfilerStart and Stop, nothing timed");
+  app.add_flag("--profile-search", profile_search,
+               "with --steps-only: one whole search per batch and beam size between cudaProfilerStart and Stop");
   app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
 
@@ -198,9 +230,9 @@ int main(int argc, char** argv) {
       options.quantize = {quantize == "int8" ? 8 : quantize == "int4" ? 4 : 0, 0};
       options.quantize_non_experts = quantize_non_experts;
       return time_steps_only(model_dir, options, parse_list(batch_sizes), parse_list(beams), input_length, new_tokens,
-                             batches, seed, profile_step);
+                             batches, seed, {profile_step, profile_search});
     }
-    if (profile_step) throw UsageError("--profile-step needs --steps-only");
+    if (profile_step || profile_search) throw UsageError("--profile-step and --profile-search need --steps-only");
     TranslatorOptions translator_options;
     translator_options.device = parse_device_request(device);
     translator_options.compute_type = parse_compute_type(dtype);

@@ -41,7 +41,9 @@
 #            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
 #   stepprofile Nsight Compute over one decode step replayed from its graph (bench_translate --steps-only
 #            --profile-step, STEP_PROFILE_BATCH, default 8; STEP_PROFILE_FLAGS: more flags): each kernel's duration,
-#            one at a time (no PDL overlap), in launch order (step_profile.csv) and summed by kernel
+#            one at a time (no PDL overlap), in launch order (step_profile.csv) and summed by kernel;
+#            STEP_PROFILE_FLAGS='--profile-search --beams 2 --new-tokens 8' brackets a whole search instead (the
+#            search's own kernels next to its steps')
 #   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32):
 #            sections, scheduler and warp-stall statistics (ncu.txt), and the SASS with its stall samples (ncu_sass.csv).
 #            NCU_KERNELS (a kernel-name regex, default grouped_gemm) and NCU_LAUNCHES (default 2) widen it, e.g. every
