@@ -55,18 +55,26 @@ std::vector<std::vector<int32_t>> random_sources(const elephant::EncoderDecoderM
   return sources;
 }
 
+// A random id for each of `rows` decoder rows, on the model's device: rows as different as a search's (one id for
+// every row could make their routing more alike).
+elephant::Tensor random_row_ids(const elephant::EncoderDecoderModel& model, int rows, std::mt19937& rng) {
+  std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
+  std::vector<int32_t> ids(static_cast<size_t>(rows));
+  for (auto& id : ids) id = token(rng);
+  return elephant::Tensor::from_vector(ids, {rows}, model.options().device);
+}
+
 // Seconds per decode step of `batch` random sources with `beam` rows each, steps 2 .. steps - 1 queued back to back
 // after a synchronization (step 0 and 1 make and record the graph), the same ids fed every step.
 double seconds_per_step(elephant::EncoderDecoderModel& model, int batch, int beam, int input_length, int steps,
                         std::mt19937& rng) {
   using namespace elephant;
   const auto sources = random_sources(model, batch, input_length, rng);
-  std::uniform_int_distribution<int32_t> token(3, model.special_tokens().vocab_size - 1);
   const Device device = model.options().device;
   const EncoderOutput encoded = model.encode(sources);
   auto state = model.start_decoding(encoded, beam, steps);
   const int rows = batch * beam;
-  const Tensor ids = Tensor::from_vector(std::vector<int32_t>(static_cast<size_t>(rows), token(rng)), {rows}, device);
+  const Tensor ids = random_row_ids(model, rows, rng);
   model.step(*state, ids);
   model.step(*state, ids);
   device_synchronize(device);
@@ -115,7 +123,7 @@ void profile_one_step(elephant::EncoderDecoderModel& model, int batch, int input
   const EncoderOutput encoded = model.encode(random_sources(model, batch, input_length, rng));
   auto state = model.start_decoding(encoded, 1, 3);
   const Device device = model.options().device;
-  const Tensor ids = Tensor::from_vector(std::vector<int32_t>(static_cast<size_t>(batch), 5), {batch}, device);
+  const Tensor ids = random_row_ids(model, batch, rng);
   model.step(*state, ids);
   model.step(*state, ids);
   device_synchronize(device);
