@@ -207,8 +207,7 @@ TEST(CudaMoe, RoutingOfATokenDoesNotDependOnTheBatch) {
       Tensor probability = poisoned({tokens}, DType::F32, Device::CUDA);
       Tensor rows = Tensor::empty({tokens}, DType::I32, Device::CUDA);
       Tensor offsets = Tensor::empty({33}, DType::I32, Device::CUDA);
-      ops::route_and_sort_top1(to_cuda(x.narrow(0, tokens), dtype), w, nullptr, nullptr, probability, rows,
-                               offsets);
+      ops::route_and_sort_top1(to_cuda(x.narrow(0, tokens), dtype), w, nullptr, nullptr, probability, rows, offsets);
       return probability.to_vector<float>();
     };
     const std::vector<float> all = probabilities(40);
