@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <type_traits>
 
 #include "core/cuda/runtime.cuh"
 #include "ops/backends.h"
@@ -221,6 +222,15 @@ void launch_topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
              values.data<float>(), indices.data<int32_t>());
 }
 
+// f(std::integral_constant<int, K>) for the list length K that k takes: the smallest power of two >= k, up to MAX.
+template <int MAX, int K = 1, typename F>
+void with_list_length(int k, const F& f) {
+  if constexpr (K < MAX) {
+    if (k > K) return with_list_length<MAX, 2 * K>(k, f);
+  }
+  f(std::integral_constant<int, K>{});
+}
+
 template <int K>
 void launch_beam_candidates(const Tensor& logits, const Tensor& row_values, int beam, int64_t excluded, int k,
                             Tensor& values, Tensor& indices) {
@@ -260,29 +270,16 @@ void launch_beam_candidates(const Tensor& logits, const Tensor& row_values, int 
 
 bool beam_candidates(const Tensor& logits, const Tensor& row_values, int beam_size, int64_t excluded, int k,
                      Tensor& values, Tensor& indices) {
-  if (k <= 1)
-    launch_beam_candidates<1>(logits, row_values, beam_size, excluded, k, values, indices);
-  else if (k <= 2)
-    launch_beam_candidates<2>(logits, row_values, beam_size, excluded, k, values, indices);
-  else if (k <= 4)
-    launch_beam_candidates<4>(logits, row_values, beam_size, excluded, k, values, indices);
-  else if (k <= 8)
-    launch_beam_candidates<8>(logits, row_values, beam_size, excluded, k, values, indices);
-  else if (k <= 16)
-    launch_beam_candidates<16>(logits, row_values, beam_size, excluded, k, values, indices);
-  else
-    return false;
+  constexpr int kMaxK = 16;  // longer lists do not fit 1024 threads' registers (topk_cuda.h)
+  if (k > kMaxK) return false;
+  with_list_length<kMaxK>(k, [&](auto length) {
+    launch_beam_candidates<decltype(length)::value>(logits, row_values, beam_size, excluded, k, values, indices);
+  });
   return true;
 }
 
 void topk(const Tensor& x, int k, Tensor& values, Tensor& indices) {
-  if (k <= 1) return launch_topk<1>(x, k, values, indices);
-  if (k <= 2) return launch_topk<2>(x, k, values, indices);
-  if (k <= 4) return launch_topk<4>(x, k, values, indices);
-  if (k <= 8) return launch_topk<8>(x, k, values, indices);
-  if (k <= 16) return launch_topk<16>(x, k, values, indices);
-  if (k <= 32) return launch_topk<32>(x, k, values, indices);
-  return launch_topk<64>(x, k, values, indices);
+  with_list_length<kMaxTopK>(k, [&](auto length) { launch_topk<decltype(length)::value>(x, k, values, indices); });
 }
 
 void add_row_values(Tensor& x, const Tensor& row_values) {
