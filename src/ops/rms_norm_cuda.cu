@@ -15,22 +15,6 @@ using rt::from_float;
 using rt::Pack;
 using rt::to_float;
 
-// The sum over the block, returned to every thread; blockDim.x is a multiple of 32.
-__device__ float block_sum(float value) {
-  __shared__ float partial[32];
-  __shared__ float total;
-  value = rms_norm_warp_sum(value);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = rms_norm_warp_sum(lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : 0.0f);
-    if (lane == 0) total = value;
-  }
-  __syncthreads();
-  return total;
-}
-
 // N divides d (N == 1 when the rows are not 16-byte aligned).
 template <typename T, int N>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y, int64_t d,
@@ -47,7 +31,7 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w
 #pragma unroll
     for (int e = 0; e < N; ++e) sum = add_square(to_float(v.v[e]), sum);
   }
-  const float scale = rms_scale(block_sum(sum), d, eps);
+  const float scale = rms_scale(rt::block_reduce(sum, 0.0f, [](float v) { return rms_norm_warp_sum(v); }), d, eps);
   for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
     const P v = xr[i], g = w[i];
     P out;

@@ -53,18 +53,7 @@ __device__ __forceinline__ Stats warps_stats(const Stats* warp_results, int warp
 }
 
 __device__ inline Stats block_stats(Stats s) {
-  __shared__ Stats partial[32];
-  __shared__ Stats total;
-  s = warp_stats(s);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    s = warps_stats(partial, static_cast<int>(blockDim.x / 32));
-    if (lane == 0) total = s;
-  }
-  __syncthreads();
-  return total;
+  return rt::block_reduce(s, Stats{}, [](Stats v) { return warp_stats(v); });
 }
 
 // Thread `thread` of a row's block of `threads`: its packs thread, thread + threads, ... in order.

@@ -73,6 +73,25 @@ __device__ __forceinline__ void await_previous_kernel() {
 #endif
 }
 
+// The reduction of every thread's value over the block, returned to every thread (blockDim.x a multiple of 32): each
+// warp reduces its lanes with warp_reduce, then warp 0 reduces the warps' results, `identity` in its lanes past the
+// last warp. A fixed order: a row reduced this way gives the same bits in every kernel that reduces it so.
+template <typename V, typename WarpReduce>
+__device__ V block_reduce(V value, V identity, const WarpReduce& warp_reduce) {
+  __shared__ V partial[32];
+  __shared__ V total;
+  value = warp_reduce(value);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = warp_reduce(lane < static_cast<int>(blockDim.x / 32) ? partial[lane] : identity);
+    if (lane == 0) total = value;
+  }
+  __syncthreads();
+  return total;
+}
+
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Args... args) {
   cudaLaunchAttribute attribute{};
