@@ -88,6 +88,14 @@ struct PhaseSeconds {
   double encode = 0.0, search = 0.0;
 };
 
+// A search with `beam` beams (1: greedy) of exactly `steps` tokens.
+elephant::SearchOptions forced_search(int beam, int steps) {
+  elephant::SearchOptions options;
+  options.beam_size = beam;
+  options.max_length = options.min_length = steps;
+  return options;
+}
+
 // A translation of `batch` random sources through the model with `beam` beams (1: greedy), `steps` tokens forced:
 // the encoder, then the search (which returns its ids on the host), each timed from a synchronized device.
 PhaseSeconds phase_seconds(elephant::EncoderDecoderModel& model, int batch, int beam, int input_length, int steps,
@@ -95,9 +103,7 @@ PhaseSeconds phase_seconds(elephant::EncoderDecoderModel& model, int batch, int 
   using namespace elephant;
   const auto sources = random_sources(model, batch, input_length, rng);
   const Device device = model.options().device;
-  SearchOptions options;
-  options.beam_size = beam;
-  options.max_length = options.min_length = steps;
+  const SearchOptions options = forced_search(beam, steps);
   device_synchronize(device);
   const auto start = std::chrono::steady_clock::now();
   const EncoderOutput encoded = model.encode(sources);
@@ -139,9 +145,7 @@ void profile_one_step(elephant::EncoderDecoderModel& model, int batch, int input
 void profile_one_search(elephant::EncoderDecoderModel& model, int batch, int beam, int input_length, int steps,
                         std::mt19937& rng) {
   using namespace elephant;
-  SearchOptions options;
-  options.beam_size = beam;
-  options.max_length = options.min_length = steps;
+  const SearchOptions options = forced_search(beam, steps);
   generate(model, model.encode(random_sources(model, batch, input_length, rng)), options);
   const EncoderOutput encoded = model.encode(random_sources(model, batch, input_length, rng));
   device_synchronize(model.options().device);
@@ -151,24 +155,23 @@ void profile_one_search(elephant::EncoderDecoderModel& model, int batch, int bea
   cuda_profiler_stop();
 }
 
-struct Profiling {
-  bool step = false, search = false;
-};
+// What --steps-only brackets for a profiler instead of timing (--profile-search over --profile-step).
+enum class Profile { None, Step, Search };
 
 int time_steps_only(const std::string& model_dir, const elephant::ModelOptions& options,
                     const std::vector<int>& batch_sizes, const std::vector<int>& beams, int input_length, int steps,
-                    int batches, int seed, Profiling profile) {
+                    int batches, int seed, Profile profile) {
   using namespace elephant;
   if (steps < 3) throw UsageError("--steps-only needs --new-tokens of at least 3");
   auto model = load_model(model_dir, options);
   std::mt19937 rng(static_cast<unsigned>(seed));
-  if (profile.search) {
+  if (profile == Profile::Search) {
     for (const int beam : beams)
       for (const int batch : batch_sizes) profile_one_search(*model, batch, beam, input_length, steps, rng);
     std::printf("profiled one search of %d steps per batch and beam size\n", steps);
     return 0;
   }
-  if (profile.step) {
+  if (profile == Profile::Step) {
     for (const int batch : batch_sizes) profile_one_step(*model, batch, input_length, rng);
     std::printf("profiled one replayed decode step per batch size\n");
     return 0;
@@ -238,7 +241,10 @@ int main(int argc, char** argv) {
       options.quantize = {quantize == "int8" ? 8 : quantize == "int4" ? 4 : 0, 0};
       options.quantize_non_experts = quantize_non_experts;
       return time_steps_only(model_dir, options, parse_list(batch_sizes), parse_list(beams), input_length, new_tokens,
-                             batches, seed, {profile_step, profile_search});
+                             batches, seed,
+                             profile_search ? Profile::Search
+                             : profile_step ? Profile::Step
+                                            : Profile::None);
     }
     if (profile_step || profile_search) throw UsageError("--profile-step and --profile-search need --steps-only");
     TranslatorOptions translator_options;
