@@ -44,6 +44,9 @@
 #            one at a time (no PDL overlap), in launch order (step_profile.csv) and summed by kernel;
 #            STEP_PROFILE_FLAGS='--profile-search --beams 2 --new-tokens 8' brackets a whole search instead (the
 #            search's own kernels next to its steps')
+#   trace    a CUPTI timeline (bench/cupti_trace.cc, injected) of one whole search per batch and beam size
+#            (bench_translate --steps-only --profile-search; TRACE_FLAGS, default --batch-sizes 8 --beams 1,2):
+#            GPU busy against wall time, the idle gaps and the runtime calls inside them (tools/bench/trace_gaps.py)
 #   kernels  Nsight Compute over the grouped GEMM of one bench_cuda_moe row (NCU_FILTER, default ExpertGemm/int4/32):
 #            sections, scheduler and warp-stall statistics (ncu.txt), and the SASS with its stall samples (ncu_sass.csv).
 #            NCU_KERNELS (a kernel-name regex, default grouped_gemm) and NCU_LAUNCHES (default 2) widen it, e.g. every
@@ -497,6 +500,22 @@ PY
   else
     echo "== stepprofile: no ncu on this machine"
   fi
+fi
+
+if [[ $stages == *" trace "* ]]; then
+  # The real timeline of whole searches (no ncu serializing kernels): bench/cupti_trace.cc records every kernel, copy
+  # and runtime call through CUPTI while bench_translate --profile-search brackets one search per batch and beam
+  # size; trace_gaps.py splits each bracket into GPU work and idle gaps, and names what the host did in the gaps.
+  model=build-device/paper_model
+  [ -f "$model/config.json" ] || python3 tools/bench/make_paper_model.py --out "$model" >"$logs/paper_model.txt" 2>&1
+  # shellcheck disable=SC2086
+  ELEPHANT_TRACE="$logs/trace.csv" CUDA_INJECTION64_PATH=$PWD/build-device/bin/libelephant_cupti_trace.so \
+    build-device/bin/bench_translate "$model" --device cuda --dtype fp16 --steps-only --profile-search \
+    ${TRACE_FLAGS:---batch-sizes 8 --beams 1,2} >"$logs/trace_run.txt" 2>&1 || status=1
+  echo "== CUPTI timeline of whole searches (${TRACE_FLAGS:---batch-sizes 8 --beams 1,2}): trace_gaps.txt"
+  python3 tools/bench/trace_gaps.py "$logs/trace.csv" >"$logs/trace_gaps.txt" 2>&1 || status=1
+  cat "$logs/trace_gaps.txt"
+  xz -T0 -6 "$logs/trace.csv"
 fi
 
 if [[ $stages == *" kernels "* ]]; then
