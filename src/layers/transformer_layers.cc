@@ -25,17 +25,19 @@ Tensor RmsNorm::linear(const Tensor& x, const Tensor& weights) const {
   return y;
 }
 
-Tensor RmsNorm::linear(const Tensor& x, const Weight& w) const {
+Tensor RmsNorm::linear(const Tensor& x, const Weight& w, std::optional<ops::Activation> activation) const {
   Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
-  linear(x, w, y);
+  linear(x, w, y, activation);
   return y;
 }
 
-void RmsNorm::linear(const Tensor& x, const Weight& w, Tensor& y) const {
+void RmsNorm::linear(const Tensor& x, const Weight& w, Tensor& y, std::optional<ops::Activation> activation) const {
+  ops::NormLinearArgs args;
+  args.activation = activation;
   if (w.quantized.defined()) {
-    ops::rms_norm_linear(x, weight, epsilon, w.quantized, y);
+    ops::rms_norm_linear(x, weight, epsilon, w.quantized, y, args);
   } else {
-    ops::rms_norm_linear(x, weight, epsilon, w.dense, y);
+    ops::rms_norm_linear(x, weight, epsilon, w.dense, y, args);
   }
 }
 
@@ -71,9 +73,8 @@ void add_linear(const Tensor& x, const Weight& w, Tensor& hidden) {
 
 namespace {
 
-// hidden += wo(act(h)) for h = wi(x).
-void add_dense_ffn_output(const DenseFeedForward& ffn, ops::Activation activation, Tensor h, Tensor& hidden) {
-  ops::activate(activation, h);
+// hidden += wo(h) for h = act(wi(x)).
+void add_dense_ffn_output(const DenseFeedForward& ffn, const Tensor& h, Tensor& hidden) {
   add_linear(h, ffn.wo, hidden);
 }
 
@@ -129,7 +130,9 @@ void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, c
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, x, hidden, active);
   } else {
-    add_dense_ffn_output(*ffn.dense, ffn.activation, linear(x, ffn.dense->wi), hidden);
+    Tensor h = linear(x, ffn.dense->wi);
+    ops::activate(ffn.activation, h);
+    add_dense_ffn_output(*ffn.dense, h, hidden);
   }
 }
 
@@ -137,7 +140,7 @@ void add_feed_forward(const FeedForward& ffn, const RmsNorm& norm, Tensor& hidde
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, norm(hidden), hidden, active);
   } else {
-    add_dense_ffn_output(*ffn.dense, ffn.activation, norm.linear(hidden, ffn.dense->wi), hidden);
+    add_dense_ffn_output(*ffn.dense, norm.linear(hidden, ffn.dense->wi, ffn.activation), hidden);
   }
 }
 

@@ -42,9 +42,11 @@ struct RmsNorm {
   // [rows, n], or by every weight of a stack [count, n, d_model] into [count, rows, n]. One launch on CUDA for a
   // decode step's few rows (ops::rms_norm_linear).
   Tensor linear(const Tensor& x, const Tensor& weights) const;
-  // The same by a Linear weight in either form, into a new tensor or into y [rows, n] (a view may be given).
-  Tensor linear(const Tensor& x, const Weight& w) const;
-  void linear(const Tensor& x, const Weight& w, Tensor& y) const;
+  // The same by a Linear weight in either form, into a new tensor or into y [rows, n] (a view may be given); then the
+  // activation, if any (on CUDA in the projection's epilogue where its kernel has one).
+  Tensor linear(const Tensor& x, const Weight& w, std::optional<ops::Activation> activation = std::nullopt) const;
+  void linear(const Tensor& x, const Weight& w, Tensor& y,
+              std::optional<ops::Activation> activation = std::nullopt) const;
 };
 
 struct MultiHeadAttention {

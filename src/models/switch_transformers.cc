@@ -490,9 +490,10 @@ void SwitchTransformersModel::compute_step(DecoderState& state, const Tensor& to
   }
   state.advance_positions();
   // transformers rescales before the tied projection (Mesh TensorFlow's convention).
-  const float scale =
-      config_.tie_word_embeddings ? static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5)) : 1.0f;
-  ops::rms_norm_linear(hidden, decoder_final_norm_.weight, decoder_final_norm_.epsilon, lm_head_, logits, scale);
+  ops::NormLinearArgs projection;
+  if (config_.tie_word_embeddings)
+    projection.scale = static_cast<float>(std::pow(static_cast<double>(config_.d_model), -0.5));
+  ops::rms_norm_linear(hidden, decoder_final_norm_.weight, decoder_final_norm_.epsilon, lm_head_, logits, projection);
 }
 
 }  // namespace elephant

@@ -92,6 +92,16 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
     fail("gemm", "shapes do not match: a " + describe(a) + ", b " + describe(b) +
                      (args.transpose_b ? " (transposed)" : "") + ", c " + describe(c));
   if (c.numel() == 0) return;
+  if (args.activation) {
+#ifdef ELEPHANT_WITH_CUDA
+    if (a.device() == Device::CUDA && cuda::small_m_gemm(a, b, c, args)) return;  // in the kernel's epilogue
+#endif
+    GemmArgs product = args;
+    product.activation.reset();
+    gemm(a, b, c, product);
+    activate(*args.activation, c);
+    return;
+  }
   ELEPHANT_DISPATCH(a.device(), gemm(a, b, c, args));
 }
 
@@ -132,7 +142,7 @@ void linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
 }
 
 void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
-                     float scale) {
+                     const NormLinearArgs& args) {
   same_device("rms_norm_linear", x, norm_weight);
   same_device("rms_norm_linear", x, weights);
   same_device("rms_norm_linear", x, y);
@@ -152,34 +162,43 @@ void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, cons
     return;
   }
 #ifdef ELEPHANT_WITH_CUDA
-  if (x.device() == Device::CUDA && cuda::small_m_rms_norm_linear(x, norm_weight, eps, weights, y, scale)) return;
+  if (x.device() == Device::CUDA && cuda::small_m_rms_norm_linear(x, norm_weight, eps, weights, y, args)) return;
 #endif
   // Everywhere else the separate ops, whose rounding the fused kernel reproduces.
   Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
   rms_norm(x, norm_weight, eps, normalized);
-  if (scale != 1.0f) scale_in_place(normalized, scale);
+  if (args.scale != 1.0f) scale_in_place(normalized, args.scale);
   if (stack) {
     linear_stack(normalized, weights, y);
+    if (args.activation) activate(*args.activation, y);
   } else {
-    GemmArgs args;
-    args.b_is_weight = true;
-    gemm(normalized, weights, y, args);
+    GemmArgs projection;
+    projection.b_is_weight = true;
+    projection.activation = args.activation;
+    gemm(normalized, weights, y, projection);
   }
 }
 
-void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const QuantizedTensor& weight, Tensor& y) {
+void rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const QuantizedTensor& weight, Tensor& y,
+                     const NormLinearArgs& args) {
   check_quantized_linear("rms_norm_linear", x, weight, y);
   same_device("rms_norm_linear", x, norm_weight);
   if (norm_weight.shape() != Shape{x.dim(1)} || norm_weight.dtype() != x.dtype())
     fail("rms_norm_linear", "x " + describe(x) + ", norm weight " + describe(norm_weight));
+  if (args.scale != 1.0f)
+    fail("rms_norm_linear", "a scale of " + std::to_string(args.scale) + " with a quantized weight (only 1)");
   if (y.numel() == 0) return;
+  bool fused = false;
 #ifdef ELEPHANT_WITH_CUDA
-  if (x.device() == Device::CUDA && cuda::small_m_rms_norm_quantized_linear(x, norm_weight, eps, weight, y)) return;
+  fused = x.device() == Device::CUDA && cuda::small_m_rms_norm_quantized_linear(x, norm_weight, eps, weight, y);
 #endif
-  // Everywhere else the separate ops, whose rounding the fused kernel reproduces.
-  Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
-  rms_norm(x, norm_weight, eps, normalized);
-  quantized_linear(normalized, weight, y);
+  if (!fused) {
+    // Everywhere else the separate ops, whose rounding the fused kernel reproduces.
+    Tensor normalized = Tensor::empty(x.shape(), x.dtype(), x.device());
+    rms_norm(x, norm_weight, eps, normalized);
+    quantized_linear(normalized, weight, y);
+  }
+  if (args.activation) activate(*args.activation, y);
 }
 
 void add_in_place(Tensor& hidden, const Tensor& y) {

@@ -46,6 +46,6 @@ bool small_m_rms_norm_quantized_linear(const Tensor& x, const Tensor& norm_weigh
 // ops::rms_norm_linear in one launch, the norm inside the small-m kernel, when that kernel applies, k is at most 4096
 // and the norm weight is 16-byte aligned. Otherwise returns false and does nothing.
 bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
-                             float scale);
+                             const NormLinearArgs& args);
 
 }  // namespace elephant::ops::cuda

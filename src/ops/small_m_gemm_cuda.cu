@@ -218,12 +218,13 @@ __device__ void normalize_rows(const T* a, int k, const RowNorm<T>& norm, const 
 // in T (BITS 16) or int8 codes (BITS 8, scaled by `quant`), c: [M, n]; k a multiple of 8 (16 for codes), a and w
 // 16-byte aligned. Four blocks per SM (all of a 4096 x 1024 weight's 512 blocks resident at once) cap registers at 128;
 // without the cap ptxas picked 80 and spilled at M = 8. kNorm: a is normalized first (k <= kNormMaxK, the norm weight
-// 16-byte aligned, M * k halves of dynamic shared memory).
+// 16-byte aligned, M * k halves of dynamic shared memory). activation (kNoActivation: none) applies to each output's
+// float value before it is rounded (GemmArgs::activation).
 template <typename T, typename CT, int M, bool kNorm, int BITS, bool kExperts = false>
 __global__ void __launch_bounds__(kThreads, 4)
     small_m_gemm_kernel(const T* __restrict__ a, const void* __restrict__ w, CT* __restrict__ c, int n, int k,
                         int group_warps, int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta,
-                        bool w_is_weight, RowNorm<T> norm, Int8Scales quant, ExpertRows<T> rows) {
+                        int activation, bool w_is_weight, RowNorm<T> norm, Int8Scales quant, ExpertRows<T> rows) {
   static_assert(BITS == 16 || BITS == 8, "half-precision or int8 weights");
   constexpr int kFeatures = 128 / BITS;    // of one 16-byte weight chunk
   constexpr int kAChunks = kFeatures / 8;  // 16-byte chunks of a that one weight chunk meets
@@ -387,6 +388,8 @@ __global__ void __launch_bounds__(kThreads, 4)
       CT* out = c + static_cast<int64_t>(r) * n + column;
       float value = alpha * sum;
       if (beta != 0.0f) value += beta * rt::to_float(*out);  // beta == 0 never reads c (it may hold NaN)
+      // int8 Linears take no activation (launch_variant refuses one): with it their 4-row kernel spilled.
+      if constexpr (BITS == 16) value = apply_activation(activation, value);
       *out = rt::from_float<CT>(value);
     }
   }
@@ -407,7 +410,8 @@ constexpr int kMmaUnroll = 4;
 template <typename T, bool kSixteen, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32)
     small_m_mma_kernel(const T* __restrict__ a, const T* __restrict__ w, T* __restrict__ c, int m, int n, int k,
-                       int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta, bool w_is_weight) {
+                       int64_t w_batch_stride, int64_t c_batch_stride, float alpha, float beta, int activation,
+                       bool w_is_weight) {
   constexpr int kStepChunks = 4 * WARPS;
   constexpr int kPass = kStepChunks * kMmaUnroll;
   __shared__ float partial[WARPS][32][4];
@@ -476,7 +480,7 @@ __global__ void __launch_bounds__(WARPS * 32)
     T* out = c + static_cast<int64_t>(r) * n + column;
     float value = alpha * sum[i];
     if (beta != 0.0f) value += beta * rt::to_float(*out);  // beta == 0 never reads c (it may hold NaN)
-    *out = rt::from_float<T>(value);
+    *out = rt::from_float<T>(apply_activation(activation, value));
   }
 }
 
@@ -498,6 +502,7 @@ struct Problem {
   int64_t m, n, k;
   int64_t count = 1, w_stride = 0, c_stride = 0;
   float alpha = 1.0f, beta = 0.0f;
+  int activation = kNoActivation;  // GemmArgs::activation (ExpertRows carries an expert GEMM's)
   bool w_is_weight = false;
   RowNorm<T> norm{};     // a normalized first when norm.weight is set
   ExpertRows<T> rows{};  // a grouped GEMM's experts when rows.offsets is set (count: the grid's expert slots)
@@ -505,13 +510,16 @@ struct Problem {
 
 template <typename T, typename CT, bool kNorm, int BITS, bool kExperts>
 void launch_variant(const Problem<T, CT>& p) {
+  if (BITS != 16 && p.activation != kNoActivation)
+    throw std::logic_error("small_m_gemm: an activation with int8 weights (the quantized ops apply it separately)");
   const int group_warps = group_warps_for(p.k * BITS / 128);
   const int rows_per_block = kRows * (kWarps / group_warps);
   const dim3 grid(rt::blocks_for(p.n, rows_per_block), static_cast<unsigned>(p.count));
   const size_t shared_bytes = kNorm ? static_cast<size_t>(p.m * p.k) * sizeof(T) : 0;
   const auto run = [&](auto kernel) {
     rt::launch(kernel, grid, kThreads, shared_bytes, p.a, p.w, p.c, static_cast<int>(p.n), static_cast<int>(p.k),
-               group_warps, p.w_stride, p.c_stride, p.alpha, p.beta, p.w_is_weight, p.norm, p.quant, p.rows);
+               group_warps, p.w_stride, p.c_stride, p.alpha, p.beta, p.activation, p.w_is_weight, p.norm, p.quant,
+               p.rows);
   };
   switch (p.m) {
     case 1:
@@ -536,7 +544,7 @@ void launch_mma_variant(const Problem<T, T>& p) {
   const dim3 grid(rt::blocks_for(p.n, 8), static_cast<unsigned>(p.count));
   rt::launch(small_m_mma_kernel<T, kSixteen, WARPS>, grid, WARPS * 32, 0, p.a, static_cast<const T*>(p.w), p.c,
              static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k), p.w_stride, p.c_stride, p.alpha,
-             p.beta, p.w_is_weight);
+             p.beta, p.activation, p.w_is_weight);
 }
 
 // Warps per block of the tensor-core kernel: enough that one pass of kMmaUnroll chunks per lane covers the row, at
@@ -667,6 +675,7 @@ bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& a
       launch_into<T>(a, b, n, 1, c, [&](auto& p) {
         p.alpha = args.alpha;
         p.beta = args.beta;
+        p.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
         p.w_is_weight = args.b_is_weight;
       });
     }
@@ -723,7 +732,7 @@ bool small_m_linear_stack(const Tensor& x, const Tensor& weights, Tensor& y) {
 }
 
 bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weights, Tensor& y,
-                             float scale) {
+                             const NormLinearArgs& args) {
   const bool stack = weights.rank() == 3;
   const int64_t n = weights.dim(-2), count = stack ? weights.dim(0) : 1;
   if (!applies(x, weights, n, count, y.dtype()) || !norm_applies(x, norm_weight)) return false;
@@ -732,7 +741,8 @@ bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float e
     if constexpr (!std::is_same_v<T, float>) {
       launch_into<T>(x, weights, n, count, y, [&](auto& p) {
         p.w_is_weight = true;
-        p.norm = {norm_weight.data<T>(), eps, scale};
+        p.norm = {norm_weight.data<T>(), eps, args.scale};
+        p.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
       });
     }
   });

@@ -294,7 +294,7 @@ TEST(CudaDenseOps, CudaRmsNormLinearMatchesCpu) {
           else
             ops::gemm(normalized, w, expected);
           Tensor y = poisoned(norm_linear_output(c), y_dtype, Device::CUDA);
-          ops::rms_norm_linear(to_cuda(x, dtype), to_cuda(g, dtype), 1e-6f, to_cuda(w, dtype), y, scale);
+          ops::rms_norm_linear(to_cuda(x, dtype), to_cuda(g, dtype), 1e-6f, to_cuda(w, dtype), y, {scale});
           EXPECT_EQ(y.dtype(), y_dtype);
           EXPECT_TRUE(relative_l2_within(y, expected, tolerance_for(dtype)));
         }
@@ -323,8 +323,47 @@ TEST(CudaDenseOps, CudaRmsNormLinearEqualsSeparateOpsBitwise) {
         else
           ops::gemm(normalized, w, expected, ops::GemmArgs{true, 1.0f, 0.0f, true});
         Tensor y = poisoned(norm_linear_output(c), y_dtype, Device::CUDA);
-        ops::rms_norm_linear(x, g, 1e-6f, w, y, scale);
+        ops::rms_norm_linear(x, g, 1e-6f, w, y, {scale});
         EXPECT_EQ(host(y).to_vector<float>(), host(expected).to_vector<float>());
+      }
+}
+
+// An activation in the small-m kernels' epilogue (1-4 rows on the float path, fused norm included, 5-16 on the tensor
+// cores; 17 rows take cuBLAS, then ops::activate) against the same product on the GPU, then ops::activate: ReLU bit
+// for bit (it commutes with the rounding to the output dtype), the others within that dtype's tolerance (the epilogue
+// rounds once, the separate op twice).
+TEST(CudaDenseOps, ActivationInTheProjectionEqualsTheSeparateOp) {
+  ELEPHANT_REQUIRE_CUDA();
+  std::mt19937 rng(26);
+  for (DType dtype : testdev::cuda_dtypes())
+    for (int64_t rows : {1, 3, 4, 5, 8, 16, 17})
+      for (ops::Activation activation : {ops::Activation::ReLU, ops::Activation::Gelu, ops::Activation::Silu}) {
+        SCOPED_TRACE(name(dtype) + " rows=" + std::to_string(rows) + " activation " +
+                     std::to_string(static_cast<int>(activation)));
+        const Tensor x = to_cuda(random_cpu({rows, 512}, rng, -2.0f, 2.0f), dtype);
+        const Tensor g = to_cuda(random_cpu({512}, rng, 0.5f, 1.5f), dtype);
+        const Tensor w = to_cuda(random_cpu({1000, 512}, rng), dtype);
+        const auto expect_equal = [&](const Tensor& got, const Tensor& expected) {
+          if (activation == ops::Activation::ReLU)
+            EXPECT_EQ(host(got).to_vector<float>(), host(expected).to_vector<float>());
+          else
+            EXPECT_TRUE(relative_l2_within(host(got), host(expected), tolerance_for(dtype)));
+        };
+        ops::GemmArgs args{true, 1.0f, 0.0f, true};
+        Tensor expected = poisoned({rows, 1000}, dtype, Device::CUDA);
+        ops::gemm(x, w, expected, args);
+        ops::activate(activation, expected);
+        args.activation = activation;
+        Tensor y = poisoned({rows, 1000}, dtype, Device::CUDA);
+        ops::gemm(x, w, y, args);
+        expect_equal(y, expected);
+
+        Tensor normalized_expected = poisoned({rows, 1000}, dtype, Device::CUDA);
+        ops::rms_norm_linear(x, g, 1e-6f, w, normalized_expected);
+        ops::activate(activation, normalized_expected);
+        Tensor normalized = poisoned({rows, 1000}, dtype, Device::CUDA);
+        ops::rms_norm_linear(x, g, 1e-6f, w, normalized, {1.0f, activation});
+        expect_equal(normalized, normalized_expected);
       }
 }
 

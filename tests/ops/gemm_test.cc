@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "ops/activation.h"
 #include "ops/reference_helpers.h"
 
 namespace elephant {
@@ -114,6 +115,26 @@ TEST(GemmTest, AlphaAndBetaAccumulateIntoC) {
 
 // Each matrix of linear_stack's output is the linear() of its weight, against the double reference; bad shapes
 // and dtypes are rejected with both shapes in the message.
+// c = act(alpha * a·b^T + beta * c): the activation follows the accumulation into c.
+TEST(GemmTest, ActivationAppliesToTheAccumulatedProduct) {
+  std::mt19937 rng(24);
+  const Tensor a = random_tensor({3, 7}, rng, -2.0f, 2.0f);
+  const Tensor b = random_tensor({5, 7}, rng, -2.0f, 2.0f);
+  const Tensor c0 = random_tensor({3, 5}, rng, -2.0f, 2.0f);
+  for (ops::Activation activation :
+       {ops::Activation::ReLU, ops::Activation::Gelu, ops::Activation::GeluNew, ops::Activation::Silu}) {
+    SCOPED_TRACE(static_cast<int>(activation));
+    ops::GemmArgs args{true, 1.5f, 0.5f};
+    Tensor expected = c0.clone();
+    ops::gemm(a, b, expected, args);
+    ops::activate(activation, expected);
+    args.activation = activation;
+    Tensor c = c0.clone();
+    ops::gemm(a, b, c, args);
+    EXPECT_TRUE(testref::bitwise_equal(c, testref::to_vector(expected)));
+  }
+}
+
 TEST(GemmTest, LinearStackProjectsWithEveryWeight) {
   std::mt19937 rng(21);
   for (const GemmShape& s : {GemmShape{1, 12, 8}, GemmShape{5, 7, 33}, GemmShape{0, 4, 3}}) {

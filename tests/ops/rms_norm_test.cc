@@ -9,9 +9,11 @@
 #include <vector>
 
 #include "layers/transformer_layers.h"
+#include "ops/activation.h"
 #include "ops/elementwise.h"
 #include "ops/gemm.h"
 #include "ops/reference_helpers.h"
+#include "quantization/quantized_tensor.h"
 
 namespace elephant {
 namespace {
@@ -137,10 +139,36 @@ TEST(RmsNormLinearTest, CpuIsRmsNormThenProjection) {
       else
         ops::gemm(normalized, weights, expected);
       Tensor y = Tensor::empty(y_shape);
-      ops::rms_norm_linear(x, g, 1e-6f, weights, y, scale);
+      ops::rms_norm_linear(x, g, 1e-6f, weights, y, {scale});
       EXPECT_TRUE(testref::bitwise_equal(y, testref::to_vector(expected)));
     }
   }
+}
+
+// The activation follows the projection, for a Linear weight, a stack and a quantized weight; a quantized weight
+// takes no scale.
+TEST(RmsNormLinearTest, ActivationFollowsTheProjection) {
+  std::mt19937 rng(50);
+  const Tensor x = random_tensor({3, 32}, rng, -3.0f, 3.0f);
+  const Tensor g = random_tensor({32}, rng);
+  const Tensor w = random_tensor({6, 32}, rng), stack = random_tensor({2, 6, 32}, rng);
+  const QuantizedTensor q = quantize(random_tensor({6, 32}, rng, -0.2f, 0.2f), 8, 0, "w");
+  for (ops::Activation activation : {ops::Activation::ReLU, ops::Activation::Silu}) {
+    SCOPED_TRACE(static_cast<int>(activation));
+    const auto check = [&](const auto& weights, const Shape& shape, float scale) {
+      Tensor expected = Tensor::empty(shape);
+      ops::rms_norm_linear(x, g, 1e-6f, weights, expected, {scale});
+      ops::activate(activation, expected);
+      Tensor y = Tensor::empty(shape);
+      ops::rms_norm_linear(x, g, 1e-6f, weights, y, {scale, activation});
+      EXPECT_TRUE(testref::bitwise_equal(y, testref::to_vector(expected)));
+    };
+    check(w, {3, 6}, 0.5f);
+    check(stack, {2, 3, 6}, 1.0f);
+    check(q, {3, 6}, 1.0f);
+  }
+  Tensor y = Tensor::empty({3, 6});
+  EXPECT_THROW(ops::rms_norm_linear(x, g, 1e-6f, q, y, {0.5f}), std::invalid_argument);
 }
 
 TEST(RmsNormLinearTest, ZeroWidthRowsGiveZeros) {
