@@ -61,5 +61,30 @@ TEST(HostReadback, CudaCopyIsOrderedOnTheStream) {
   moved.start(flags);  // destroyed while pending: waits
 }
 
+// Pinned memory is slow to make and free (~0.5 ms a buffer): a readback's buffer goes back to a pool when the
+// readback goes, and the next readback of that size takes it.
+TEST(HostReadback, CudaPinnedBufferOutlivesItsReadback) {
+  ELEPHANT_REQUIRE_CUDA();
+  const Tensor flags = Tensor::from_vector(std::vector<uint8_t>{1, 0, 1}, {3}, Device::CUDA);
+  const void* first = nullptr;
+  {
+    HostReadback readback;
+    readback.start(flags);
+    first = readback.wait().raw();
+  }
+  HostReadback next;
+  next.start(Tensor::from_vector(std::vector<uint8_t>{0, 1}, {2}, Device::CUDA));
+  EXPECT_EQ(next.wait().raw(), first);
+  EXPECT_EQ(bytes_of(next.wait()), (std::vector<uint8_t>{0, 1}));
+  // A tensor the caller keeps holds its buffer: the next readback gets another.
+  const Tensor kept = next.wait();
+  next = HostReadback();
+  HostReadback other;
+  other.start(flags);
+  EXPECT_NE(other.wait().raw(), kept.raw());
+  EXPECT_EQ(bytes_of(kept), (std::vector<uint8_t>{0, 1}));
+  EXPECT_EQ(bytes_of(other.wait()), (std::vector<uint8_t>{1, 0, 1}));
+}
+
 }  // namespace
 }  // namespace elephant
