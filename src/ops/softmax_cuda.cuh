@@ -18,21 +18,11 @@ namespace softmax_detail {
 
 namespace rt = ::elephant::cuda;
 
-// The running max starts at -FLT_MAX, not -inf, so that a leading -inf element adds exp(-inf) = 0 instead
-// of exp(-inf - -inf) = NaN.
+// The max starts at -FLT_MAX, not -inf, so that a row of -inf adds exp(-inf) = 0 instead of exp(-inf - -inf) = NaN.
 struct Stats {
   float max = -FLT_MAX;
   float sum = 0.0f;
 };
-
-__device__ __forceinline__ void add(Stats& s, float v) {
-  if (v > s.max) {
-    s.sum = s.sum * expf(s.max - v) + 1.0f;
-    s.max = v;
-  } else {
-    s.sum += expf(v - s.max);
-  }
-}
 
 __device__ __forceinline__ Stats merge(Stats a, Stats b) {
   const float max = fmaxf(a.max, b.max);
@@ -56,7 +46,9 @@ __device__ inline Stats block_stats(Stats s) {
   return rt::block_reduce(s, Stats{}, [](Stats v) { return warp_stats(v); });
 }
 
-// Thread `thread` of a row's block of `threads`: its packs thread, thread + threads, ... in order.
+// Thread `thread` of a row's block of `threads`: its packs thread, thread + threads, ... in order, the maximum first,
+// then the sum of exp(v - max), as the CPU computes them. Two passes (the second reads the packs again, from L1): in
+// one online pass every element waited on the last one's exp, and 16 rows of 128,000 took 21 us on an H100.
 template <typename T, int N>
 __device__ inline Stats thread_stats(const rt::Pack<T, N>* row, int64_t packs, int64_t thread, int64_t threads) {
   Stats s;
@@ -64,7 +56,13 @@ __device__ inline Stats thread_stats(const rt::Pack<T, N>* row, int64_t packs, i
   for (int64_t i = thread; i < packs; i += threads) {
     const rt::Pack<T, N> v = row[i];
 #pragma unroll
-    for (int e = 0; e < N; ++e) add(s, rt::to_float(v.v[e]));
+    for (int e = 0; e < N; ++e) s.max = fmaxf(s.max, rt::to_float(v.v[e]));
+  }
+#pragma unroll 4
+  for (int64_t i = thread; i < packs; i += threads) {
+    const rt::Pack<T, N> v = row[i];
+#pragma unroll
+    for (int e = 0; e < N; ++e) s.sum += expf(rt::to_float(v.v[e]) - s.max);
   }
   return s;
 }
