@@ -32,7 +32,7 @@ std::vector<std::vector<int32_t>> greedy_search(EncoderDecoderModel& model, cons
   if (sources <= 0) return results;
   auto state = model.start_decoding(encoded, 1, options.max_length);
   const Device device = state->device();
-  const bool pipelined = options.pipeline_steps.value_or(false);  // see SearchOptions
+  const bool pipelined = options.pipeline_steps.value_or(device == Device::CUDA);  // see SearchOptions
 
   // The source each row decodes; -1: a finished row kept in the batch as padding, its result already reported.
   std::vector<int32_t> row_to_source(static_cast<size_t>(sources));

