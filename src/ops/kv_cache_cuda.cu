@@ -46,8 +46,9 @@ struct CachePointers {
 };
 
 // One thread per word of a group's written slots (blockIdx.y the group, blockIdx.z the cache): it reads that word of
-// every row of the group before it writes any, so the reorder is in place, one read and at most one write per word,
-// where gathering into a copy and back read and wrote every word twice.
+// every row another row continues before it writes any, so the reorder is in place, at most one read and one write
+// per word, where gathering into a copy and back read and wrote every word twice. A group whose rows all continue
+// themselves is left alone.
 template <typename Word>
 __global__ void reorder_cache_groups_kernel(CachePointers caches, const int32_t* __restrict__ parents, int group,
                                             int64_t row_words, int64_t words) {
@@ -55,16 +56,19 @@ __global__ void reorder_cache_groups_kernel(CachePointers caches, const int32_t*
   Word* cache = static_cast<Word*>(caches.at[blockIdx.z]);
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * group;
   int parent[kMaxGroup];
+  unsigned sources = 0;  // bit q: a row continues row q, which is read
 #pragma unroll
   for (int j = 0; j < kMaxGroup; ++j) {
     const int p = j < group ? parents[begin + j] - static_cast<int>(begin) : j;
     parent[j] = p >= 0 && p < group ? p : j;  // the CPU throws; here the row is left as it was
+    if (parent[j] != j) sources |= 1u << parent[j];
   }
+  if (!sources) return;  // every row continues itself
   for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < words; w += int64_t(gridDim.x) * blockDim.x) {
     Word v[kMaxGroup];
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
-      if (j < group) v[j] = cache[(begin + j) * row_words + w];
+      if (sources >> j & 1u) v[j] = cache[(begin + j) * row_words + w];
     }
     // Each value goes to the rows that continue its row: constant indices keep v in registers.
 #pragma unroll
