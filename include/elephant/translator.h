@@ -33,7 +33,7 @@ struct TranslationOptions {
   int max_input_length = 512;   // longer inputs are truncated (with a warning), EOS included
   float length_penalty = 1.0f;  // beam scores are divided by length^length_penalty, as in transformers
   bool prune_finished = true;   // finished sentences leave the batch (never changes the result)
-  bool pipeline_steps = true;   // on CUDA, beam search queues the next decode step before the host reads this one's
+  bool pipeline_steps = true;   // on CUDA, a search queues the next decode step before the host reads this one's
                                 // flags (never changes the result; false: step by step, to measure it)
   std::string target_lang;      // prepend the tag <2xx> to every source; empty: none
 };
