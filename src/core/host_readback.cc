@@ -1,6 +1,7 @@
 #include "core/host_readback.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -28,11 +29,24 @@ namespace {
 #ifdef ELEPHANT_WITH_CUDA
 // Pinned buffers outlive their readbacks: cudaMallocHost and cudaFreeHost took 0.45 and 0.22 ms a call on the H100
 // machine's host (CUPTI timeline, 2026-11-27), and each search made and dropped two, ~3% of a batch-8 translation.
-// Freed buffers wait here for the next readback of their size class (a power of two), for the life of the process;
+// Freed buffers wait here for the next readback of their size class (a power of two) until the process exits;
 // classes past kLargestPooled (no decode's flags come near it) are freed at once.
 class PinnedPool {
  public:
   static constexpr size_t kLargestPooled = size_t{1} << 20;
+
+  // The process's pool: made at the first readback, after the CUDA runtime, so that it frees its buffers before the
+  // runtime tears down at exit (compute-sanitizer counts a buffer still held then as a leak).
+  static PinnedPool& instance() {
+    static PinnedPool pool;
+    return pool;
+  }
+
+  ~PinnedPool() {
+    destroyed_ = true;
+    for (std::vector<void*>& free : free_)
+      for (void* buffer : free) cuda::free_pinned(buffer);
+  }
 
   static size_t size_class(size_t bytes) {
     size_t size = 64;
@@ -57,6 +71,8 @@ class PinnedPool {
   }
 
  private:
+  PinnedPool() = default;
+
   static size_t class_index(size_t size) {
     size_t index = 0;
     while ((size_t{64} << index) < size) ++index;
@@ -64,7 +80,7 @@ class PinnedPool {
   }
 
   void give_back(void* buffer, size_t size) {
-    if (size <= kLargestPooled) {
+    if (size <= kLargestPooled && !destroyed_) {
       try {
         const std::lock_guard<std::mutex> lock(mutex_);
         free_[class_index(size)].push_back(buffer);
@@ -75,15 +91,11 @@ class PinnedPool {
     cuda::free_pinned(buffer);
   }
 
+  // Outside the pool's lifetime: a readback that outlives the pool frees its buffer itself.
+  static inline std::atomic<bool> destroyed_{false};
   std::mutex mutex_;
   std::vector<void*> free_[15];  // 64 B .. kLargestPooled
 };
-
-// Never destroyed: readbacks that static destructors drop still give their buffers back.
-PinnedPool& pinned_pool() {
-  static PinnedPool* pool = new PinnedPool;
-  return *pool;
-}
 #else
 [[noreturn]] void no_cuda() { throw UsageError("this build of elephant has no CUDA backend"); }
 #endif
@@ -146,7 +158,7 @@ void HostReadback::reserve(size_t bytes, Device device) {
   if (device == Device::CUDA) {
 #ifdef ELEPHANT_WITH_CUDA
     rounded = PinnedPool::size_class(rounded);
-    buffer_ = pinned_pool().take(rounded);
+    buffer_ = PinnedPool::instance().take(rounded);
     if (!event_) event_ = std::make_unique<Event>();
 #else
     no_cuda();
