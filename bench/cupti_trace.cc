@@ -41,7 +41,8 @@ void write_record(const CUpti_Activity* record) {
     case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
     case CUPTI_ACTIVITY_KIND_KERNEL: {
       const auto* kernel = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
-      write_row("kernel", kernel->name, kernel->start, kernel->end, kernel->correlationId, kernel->graphId);
+      write_row("kernel", kernel->name ? kernel->name : "unknown", kernel->start, kernel->end, kernel->correlationId,
+                kernel->graphId);
       break;
     }
     case CUPTI_ACTIVITY_KIND_MEMCPY: {
