@@ -38,7 +38,7 @@
 #            A then B, VERSUS_FLAGS (default --batch-sizes 1,8,96 --beams 1,2 --batches 5); medians side by side
 #   profile  Nsight Systems over bench_translate (PROFILE_BATCH, PROFILE_BEAM; default 1, 1; PROFILE_FLAGS: more
 #            flags, e.g. "--quantize int4 --quantize-non-experts"): API calls, kernels. The H100 machine of
-#            2026-11-26 had no nsys (the stage then says so): use translate's capture columns and ncu (kernels)
+#            2026-11-26 had no nsys (the stage then says so): use the trace stage (CUPTI) and ncu (kernels)
 #   stepprofile Nsight Compute over one decode step replayed from its graph (bench_translate --steps-only
 #            --profile-step, STEP_PROFILE_BATCH, default 8; STEP_PROFILE_FLAGS: more flags): each kernel's duration,
 #            one at a time (no PDL overlap), in launch order (step_profile.csv) and summed by kernel;
