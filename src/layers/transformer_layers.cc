@@ -41,19 +41,21 @@ void RmsNorm::linear(const Tensor& x, const Weight& w, Tensor& y, std::optional<
   }
 }
 
-Tensor linear(const Tensor& x, const Weight& w) {
+Tensor linear(const Tensor& x, const Weight& w, std::optional<ops::Activation> activation) {
   Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
-  linear(x, w, y);
+  linear(x, w, y, activation);
   return y;
 }
 
-void linear(const Tensor& x, const Weight& w, Tensor& y) {
+void linear(const Tensor& x, const Weight& w, Tensor& y, std::optional<ops::Activation> activation) {
   if (w.quantized.defined()) {
     ops::quantized_linear(x, w.quantized, y);
+    if (activation) ops::activate(*activation, y);
     return;
   }
   ops::GemmArgs args;
   args.b_is_weight = true;
+  args.activation = activation;
   ops::gemm(x, w.dense, y, args);
 }
 
@@ -72,11 +74,6 @@ void add_linear(const Tensor& x, const Weight& w, Tensor& hidden) {
 }
 
 namespace {
-
-// hidden += wo(h) for h = act(wi(x)).
-void add_dense_ffn_output(const DenseFeedForward& ffn, const Tensor& h, Tensor& hidden) {
-  add_linear(h, ffn.wo, hidden);
-}
 
 // Route, sort the rows by expert, run all experts as one grouped GEMM per weight matrix (the first reading the rows
 // in expert order, the second adding its scaled outputs back to the rows they came from). Nothing here reads device
@@ -130,9 +127,7 @@ void add_feed_forward(const FeedForward& ffn, const Tensor& x, Tensor& hidden, c
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, x, hidden, active);
   } else {
-    Tensor h = linear(x, ffn.dense->wi);
-    ops::activate(ffn.activation, h);
-    add_dense_ffn_output(*ffn.dense, h, hidden);
+    add_linear(linear(x, ffn.dense->wi, ffn.activation), ffn.dense->wo, hidden);
   }
 }
 
@@ -140,7 +135,7 @@ void add_feed_forward(const FeedForward& ffn, const RmsNorm& norm, Tensor& hidde
   if (ffn.moe) {
     add_mixture_of_experts(*ffn.moe, ffn.activation, norm(hidden), hidden, active);
   } else {
-    add_dense_ffn_output(*ffn.dense, norm.linear(hidden, ffn.dense->wi, ffn.activation), hidden);
+    add_linear(norm.linear(hidden, ffn.dense->wi, ffn.activation), ffn.dense->wo, hidden);
   }
 }
 

@@ -26,10 +26,11 @@ struct Weight {
   int64_t dim(int axis) const { return quantized.defined() ? quantized.dim(axis) : dense.dim(axis); }
 };
 
-// y = x · w^T for x [rows, k], in x's dtype.
-Tensor linear(const Tensor& x, const Weight& w);
+// y = x · w^T for x [rows, k], in x's dtype; then the activation, if any (on CUDA in the projection's epilogue where
+// its kernel has one).
+Tensor linear(const Tensor& x, const Weight& w, std::optional<ops::Activation> activation = std::nullopt);
 // The same into y [rows, n] (a view of a larger tensor may be given).
-void linear(const Tensor& x, const Weight& w, Tensor& y);
+void linear(const Tensor& x, const Weight& w, Tensor& y, std::optional<ops::Activation> activation = std::nullopt);
 // hidden += x · w^T: a residual add in the GEMM (beta = 1; quantized: ops::quantized_linear accumulating).
 void add_linear(const Tensor& x, const Weight& w, Tensor& hidden);
 
