@@ -4,12 +4,18 @@
 // grouped GEMMs apply in their epilogue. kNoActivation stands for none.
 
 #include <cmath>
+#include <optional>
 
 #include "ops/activation.h"
 
 namespace elephant::ops::cuda {
 
 constexpr int kNoActivation = -1;
+
+// An op's optional activation (GemmArgs, GroupedGemmArgs, NormLinearArgs) as the kernels take it.
+inline int activation_code(const std::optional<Activation>& activation) {
+  return activation ? static_cast<int>(*activation) : kNoActivation;
+}
 
 __device__ __forceinline__ float apply_activation(int activation, float v) {
   // The formulas of activation_cpu.cc.

@@ -98,7 +98,7 @@ void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& args) {
 #endif
     GemmArgs product = args;
     product.activation.reset();
-    gemm(a, b, c, product);
+    [&] { ELEPHANT_DISPATCH(a.device(), gemm(a, b, c, product)); }();  // checked above: the backend's product alone
     activate(*args.activation, c);
     return;
   }

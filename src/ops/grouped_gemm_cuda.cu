@@ -1079,7 +1079,7 @@ Problem<T> problem_of(const Tensor& a, const Tensor* offsets, Tensor& out, const
   p.experts = experts;
   p.n = n;
   p.k = k;
-  p.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
+  p.activation = activation_code(args.activation);
   return p;
 }
 

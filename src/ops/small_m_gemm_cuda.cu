@@ -675,7 +675,7 @@ bool small_m_gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmArgs& a
       launch_into<T>(a, b, n, 1, c, [&](auto& p) {
         p.alpha = args.alpha;
         p.beta = args.beta;
-        p.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
+        p.activation = activation_code(args.activation);
         p.w_is_weight = args.b_is_weight;
       });
     }
@@ -710,7 +710,7 @@ bool small_m_grouped_gemm(const Tensor& a, const Tensor& weights, const Tensor& 
       p.rows.out_scale = args.out_scale ? args.out_scale->data<float>() : nullptr;
       p.rows.bias = args.bias ? args.bias->data<T>() : nullptr;
       p.rows.experts = static_cast<int>(experts);
-      p.rows.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
+      p.rows.activation = activation_code(args.activation);
       p.rows.settled = args.routing_settled;
       launch<16>(p);
     }
@@ -742,7 +742,7 @@ bool small_m_rms_norm_linear(const Tensor& x, const Tensor& norm_weight, float e
       launch_into<T>(x, weights, n, count, y, [&](auto& p) {
         p.w_is_weight = true;
         p.norm = {norm_weight.data<T>(), eps, args.scale};
-        p.activation = args.activation ? static_cast<int>(*args.activation) : kNoActivation;
+        p.activation = activation_code(args.activation);
       });
     }
   });
