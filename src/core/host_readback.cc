@@ -29,11 +29,11 @@ namespace {
 #ifdef ELEPHANT_WITH_CUDA
 // Pinned buffers outlive their readbacks: cudaMallocHost and cudaFreeHost took 0.45 and 0.22 ms a call on the H100
 // machine's host (CUPTI timeline, 2026-11-27), and each search made and dropped two, ~3% of a batch-8 translation.
-// Freed buffers wait here for the next readback of their size class (a power of two) until the process exits;
-// classes past kLargestPooled (no decode's flags come near it) are freed at once.
+// Freed buffers wait here for the next readback of their size class (64 B times a power of two) until the process
+// exits; classes from kClasses on (past 1 MiB: no decode's flags come near it) are freed at once.
 class PinnedPool {
  public:
-  static constexpr size_t kLargestPooled = size_t{1} << 20;
+  static constexpr int kClasses = 15;
 
   // The process's pool: made at the first readback, after the CUDA runtime, so that it frees its buffers before the
   // runtime tears down at exit (compute-sanitizer counts a buffer still held then as a leak).
@@ -48,42 +48,37 @@ class PinnedPool {
       for (void* buffer : free) cuda::free_pinned(buffer);
   }
 
-  static size_t size_class(size_t bytes) {
-    size_t size = 64;
-    while (size < bytes) size *= 2;
-    return size;
+  // The smallest class whose buffers hold `bytes`.
+  static int size_class(size_t bytes) {
+    int size_class = 0;
+    while (class_bytes(size_class) < bytes) ++size_class;
+    return size_class;
   }
+  static size_t class_bytes(int size_class) { return size_t{64} << size_class; }
 
-  // A buffer of size_class(bytes) bytes, back in the pool when the last owner drops it.
-  std::shared_ptr<void> take(size_t bytes) {
-    const size_t size = size_class(bytes);
+  // A buffer of class_bytes(size_class) bytes, back in the pool when the last owner drops it.
+  std::shared_ptr<void> take(int size_class) {
     void* buffer = nullptr;
-    if (size <= kLargestPooled) {
+    if (size_class < kClasses) {
       const std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<void*>& free = free_[class_index(size)];
+      std::vector<void*>& free = free_[size_class];
       if (!free.empty()) {
         buffer = free.back();
         free.pop_back();
       }
     }
-    if (!buffer) buffer = cuda::allocate_pinned(size);
-    return std::shared_ptr<void>(buffer, [this, size](void* p) { give_back(p, size); });
+    if (!buffer) buffer = cuda::allocate_pinned(class_bytes(size_class));
+    return std::shared_ptr<void>(buffer, [this, size_class](void* p) { give_back(p, size_class); });
   }
 
  private:
   PinnedPool() = default;
 
-  static size_t class_index(size_t size) {
-    size_t index = 0;
-    while ((size_t{64} << index) < size) ++index;
-    return index;
-  }
-
-  void give_back(void* buffer, size_t size) {
-    if (size <= kLargestPooled && !destroyed_) {
+  void give_back(void* buffer, int size_class) {
+    if (size_class < kClasses && !destroyed_) {
       try {
         const std::lock_guard<std::mutex> lock(mutex_);
-        free_[class_index(size)].push_back(buffer);
+        free_[size_class].push_back(buffer);
         return;
       } catch (...) {  // no room to keep it: free it instead
       }
@@ -94,7 +89,7 @@ class PinnedPool {
   // Outside the pool's lifetime: a readback that outlives the pool frees its buffer itself.
   static inline std::atomic<bool> destroyed_{false};
   std::mutex mutex_;
-  std::vector<void*> free_[15];  // 64 B .. kLargestPooled
+  std::vector<void*> free_[kClasses];
 };
 #else
 [[noreturn]] void no_cuda() { throw UsageError("this build of elephant has no CUDA backend"); }
@@ -154,21 +149,22 @@ void HostReadback::reserve(size_t bytes, Device device) {
   host_ = Tensor();
   buffer_.reset();
   capacity_ = 0;
-  size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
   if (device == Device::CUDA) {
 #ifdef ELEPHANT_WITH_CUDA
-    rounded = PinnedPool::size_class(rounded);
-    buffer_ = PinnedPool::instance().take(rounded);
+    const int size_class = PinnedPool::size_class(bytes);
+    buffer_ = PinnedPool::instance().take(size_class);
+    capacity_ = PinnedPool::class_bytes(size_class);
     if (!event_) event_ = std::make_unique<Event>();
 #else
     no_cuda();
 #endif
   } else {
+    const size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
     void* data = std::aligned_alloc(64, rounded);
     if (!data) throw std::bad_alloc();
     buffer_ = std::shared_ptr<void>(data, [](void* p) { std::free(p); });
+    capacity_ = rounded;
   }
-  capacity_ = rounded;
   buffer_device_ = device;
 }
 
