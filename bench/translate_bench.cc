@@ -228,7 +228,8 @@ int main(int argc, char** argv) {
                "with --steps-only: one replayed step per batch size between cudaProfilerStart and Stop, nothing timed");
   app.add_flag("--profile-search", profile_search,
                "with --steps-only: one whole search per batch and beam size between cudaProfilerStart and Stop");
-  app.add_flag("--no-pipeline", no_pipeline, "each beam-search step waits for the last one's flags (the comparison)");
+  app.add_flag("--no-pipeline", no_pipeline,
+               "each search step on CUDA waits for the last one's flags (the comparison)");
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -113,8 +113,6 @@ TEST(GemmTest, AlphaAndBetaAccumulateIntoC) {
       }
 }
 
-// Each matrix of linear_stack's output is the linear() of its weight, against the double reference; bad shapes
-// and dtypes are rejected with both shapes in the message.
 // c = act(alpha * a·b^T + beta * c): the activation follows the accumulation into c.
 TEST(GemmTest, ActivationAppliesToTheAccumulatedProduct) {
   std::mt19937 rng(24);
@@ -135,6 +133,8 @@ TEST(GemmTest, ActivationAppliesToTheAccumulatedProduct) {
   }
 }
 
+// Each matrix of linear_stack's output is the linear() of its weight, against the double reference; bad shapes
+// and dtypes are rejected with both shapes in the message.
 TEST(GemmTest, LinearStackProjectsWithEveryWeight) {
   std::mt19937 rng(21);
   for (const GemmShape& s : {GemmShape{1, 12, 8}, GemmShape{5, 7, 33}, GemmShape{0, 4, 3}}) {
